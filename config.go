@@ -1,0 +1,126 @@
+package kwik
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/wire"
+	"github.com/quic-go/quic-go"
+)
+
+// ALPN is the TLS application protocol KWIK negotiates when the tls.Config names none.
+const ALPN = "kwik/1"
+
+// protocolVersion is the KWIK wire protocol version sent in the handshake.
+const protocolVersion = 1
+
+// Config configures a KWIK session. The zero value (or nil) is valid: every field documents
+// its default. It is taken by Dial and Listen and must not be changed afterwards.
+type Config struct {
+	// QUIC is passed to quic-go for every path. nil means quic-go's defaults. KWIK fills
+	// MaxIncomingUniStreams when it is zero (to MaxRealStreams), since its data travels on
+	// unidirectional streams; everything else is left as given.
+	QUIC *quic.Config
+
+	// StreamsPerRealStream is how many logical streams share one real QUIC stream before the
+	// pool opens another. 0 means 4; 1 gives every logical stream a QUIC stream of its own.
+	StreamsPerRealStream int
+
+	// MaxRealStreams bounds the real QUIC streams a path uses to send data. Past it, logical
+	// streams share the least loaded ones. 0 means 64.
+	MaxRealStreams int
+
+	// MaxIncomingStreams is how many logical streams the peer may have open at once towards
+	// this side; OpenStreamSync on the peer waits beyond it. 0 means 100 (as quic-go).
+	MaxIncomingStreams int
+
+	// StreamReceiveWindow is the receive credit of each logical stream: the most bytes the peer
+	// may send ahead of this side's Read, and so the most memory one stream holds. 0 means 1 MiB.
+	StreamReceiveWindow int
+
+	// MaxMessageSize is the largest message (control frame or data packet, length prefix
+	// excluded) this side accepts; the peer sizes its data packets to it. 0 means 64 KiB.
+	// It must be between 4 KiB and 16 MiB.
+	MaxMessageSize int
+
+	// HandshakeTimeout bounds the QUIC handshake plus KWIK's authentication. 0 means 10 s.
+	HandshakeTimeout time.Duration
+}
+
+const (
+	defaultStreamsPerRealStream = 4
+	defaultMaxRealStreams       = 64
+	defaultMaxIncomingStreams   = 100
+	defaultStreamReceiveWindow  = 1 << 20
+	defaultMaxMessageSize       = 64 << 10
+	defaultHandshakeTimeout     = 10 * time.Second
+	minMessageSize              = 4 << 10
+	maxMessageSize              = 16 << 20
+	maxStreamReceiveWindow      = 1 << 30
+)
+
+// populate returns a copy of c with every default filled in, or an error for a bad value.
+func (c *Config) populate() (*Config, error) {
+	var conf Config
+	if c != nil {
+		conf = *c
+	}
+	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
+		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 {
+		return nil, errors.New("kwik: negative value in Config")
+	}
+	if conf.StreamsPerRealStream == 0 {
+		conf.StreamsPerRealStream = defaultStreamsPerRealStream
+	}
+	if conf.MaxRealStreams == 0 {
+		conf.MaxRealStreams = defaultMaxRealStreams
+	}
+	if conf.MaxIncomingStreams == 0 {
+		conf.MaxIncomingStreams = defaultMaxIncomingStreams
+	}
+	if conf.StreamReceiveWindow == 0 {
+		conf.StreamReceiveWindow = defaultStreamReceiveWindow
+	}
+	if conf.StreamReceiveWindow > maxStreamReceiveWindow {
+		return nil, fmt.Errorf("kwik: StreamReceiveWindow %d above %d", conf.StreamReceiveWindow, maxStreamReceiveWindow)
+	}
+	if conf.MaxMessageSize == 0 {
+		conf.MaxMessageSize = defaultMaxMessageSize
+	}
+	if conf.MaxMessageSize < minMessageSize || conf.MaxMessageSize > maxMessageSize {
+		return nil, fmt.Errorf("kwik: MaxMessageSize %d outside [%d, %d]", conf.MaxMessageSize, minMessageSize, maxMessageSize)
+	}
+	if wire.MaxFrameData(conf.MaxMessageSize) <= 0 {
+		return nil, fmt.Errorf("kwik: MaxMessageSize %d leaves no room for data", conf.MaxMessageSize)
+	}
+	if conf.HandshakeTimeout == 0 {
+		conf.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	var q quic.Config
+	if conf.QUIC != nil {
+		q = *conf.QUIC
+	}
+	if q.MaxIncomingUniStreams == 0 {
+		q.MaxIncomingUniStreams = int64(conf.MaxRealStreams)
+	}
+	if q.MaxIncomingUniStreams < 0 {
+		return nil, errors.New("kwik: QUIC.MaxIncomingUniStreams must allow KWIK's data streams")
+	}
+	conf.QUIC = &q
+	return &conf, nil
+}
+
+// tlsConfig returns the TLS config to use: the caller's, with KWIK's ALPN when it names none.
+func tlsConfig(c *tls.Config) (*tls.Config, error) {
+	if c == nil {
+		return nil, errors.New("kwik: a tls.Config is required")
+	}
+	if len(c.NextProtos) > 0 {
+		return c, nil
+	}
+	c = c.Clone()
+	c.NextProtos = []string{ALPN}
+	return c, nil
+}

@@ -1,0 +1,243 @@
+package kwik
+
+import (
+	"sync"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/wire"
+	"github.com/kwik-go/kwik/internal/wire/pb"
+)
+
+// ackDelay is how long a receiver gathers packet IDs before acknowledging them: one
+// AckFrame per path per ackDelay at most, whatever the packet rate.
+const ackDelay = 10 * time.Millisecond
+
+// controlWriter is the only writer of a path's control stream. Other goroutines queue frames
+// and never block on the network: stream credit (MaxStreamData) and MaxStreams are coalesced
+// to their latest value, acks are gathered for ackDelay, so the queue stays bounded by the
+// number of streams.
+type controlWriter struct {
+	p    *path
+	wake chan struct{} // cap 1
+
+	mu            sync.Mutex
+	frames        []*pb.ControlFrame
+	maxStreamData map[uint64]uint64
+	maxStreams    uint64
+	closed        bool
+
+	// Owned by the run goroutine.
+	buf         []byte
+	nextFrameID uint64
+}
+
+func newControlWriter(p *path) *controlWriter {
+	return &controlWriter{p: p, wake: make(chan struct{}, 1), maxStreamData: make(map[uint64]uint64)}
+}
+
+func (w *controlWriter) queue(f *pb.ControlFrame) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.frames = append(w.frames, f)
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+func (w *controlWriter) queueMaxStreamData(id, max uint64) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	if max > w.maxStreamData[id] {
+		w.maxStreamData[id] = max
+	}
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+func (w *controlWriter) queueMaxStreams(max uint64) {
+	w.mu.Lock()
+	if max > w.maxStreams {
+		w.maxStreams = max
+	}
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+func (w *controlWriter) run() {
+	defer w.p.sess.wg.Done()
+	var (
+		frames     []*pb.ControlFrame
+		credit     = make(map[uint64]uint64)
+		maxStreams uint64
+		ackTimer   = time.NewTimer(time.Hour)
+		ackArmed   bool
+		// Reused for the coalesced frames, which are the steady-state traffic.
+		msd    pb.MaxStreamData
+		msdF   = &pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &msd}}
+		ms     pb.MaxStreams
+		msF    = &pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreams{MaxStreams: &ms}}
+		ack    pb.AckFrame
+		ackF   = &pb.ControlFrame{Payload: &pb.ControlFrame_Ack{Ack: &ack}}
+		ranges []*pb.AckRange
+	)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	for {
+		sendAcks := false
+		select {
+		case <-w.wake:
+		case <-ackTimer.C:
+			ackArmed = false
+			sendAcks = true
+		case <-w.p.sess.ctx.Done():
+			w.mu.Lock()
+			w.closed = true
+			w.frames = nil
+			w.mu.Unlock()
+			return
+		}
+		w.mu.Lock()
+		frames, w.frames = w.frames, frames[:0]
+		credit, w.maxStreamData = w.maxStreamData, credit
+		maxStreams, w.maxStreams = w.maxStreams, 0
+		w.mu.Unlock()
+
+		w.buf = w.buf[:0]
+		var err error
+		for i, f := range frames {
+			w.buf, err = w.append(f)
+			frames[i] = nil
+			if err != nil {
+				break
+			}
+		}
+		for id, max := range credit {
+			msd.LogicalStreamId, msd.Maximum = id, max
+			if err == nil {
+				w.buf, err = w.append(msdF)
+			}
+		}
+		clear(credit)
+		if maxStreams > 0 && err == nil {
+			ms.Maximum = maxStreams
+			w.buf, err = w.append(msF)
+		}
+		w.p.acks.mu.Lock()
+		pending := w.p.acks.pending
+		if pending && sendAcks {
+			ranges = ranges[:0]
+			for _, r := range w.p.acks.received.Ranges() {
+				ranges = append(ranges, &pb.AckRange{First: r.Start, Last: r.End - 1})
+			}
+			if max, ok := w.p.acks.received.Max(); ok {
+				w.p.acks.received.RemoveBelow(max)
+			}
+			w.p.acks.pending = false
+			pending = false
+		}
+		w.p.acks.mu.Unlock()
+		if sendAcks && len(ranges) > 0 && err == nil {
+			ack.PathId = w.p.id
+			ack.Ranges = ranges
+			ack.AckId++
+			ack.Timestamp = uint64(time.Now().UnixNano())
+			w.buf, err = w.append(ackF)
+			ranges = ranges[:0]
+		}
+		if pending && !ackArmed {
+			ackTimer.Reset(ackDelay)
+			ackArmed = true
+		}
+		if err == nil && len(w.buf) > 0 {
+			_, err = w.p.ctrlStream.Write(w.buf)
+		}
+		if err != nil {
+			w.p.fail(err)
+			return
+		}
+	}
+}
+
+func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
+	f.FrameId = w.nextFrameID
+	w.nextFrameID++
+	return wire.AppendControlFrame(w.buf, f)
+}
+
+// readControl reads the path's control stream until the connection ends.
+func (p *path) readControl() {
+	defer p.sess.wg.Done()
+	var f pb.ControlFrame
+	for {
+		body, err := p.ctrlReader.Next()
+		if err != nil {
+			p.fail(err)
+			return
+		}
+		if err := wire.ParseControlFrame(body, &f); err != nil {
+			p.fail(err)
+			return
+		}
+		p.lastActive.Store(time.Now().UnixNano())
+		if err := p.handleControl(&f); err != nil {
+			p.fail(err)
+			return
+		}
+	}
+}
+
+func (p *path) handleControl(f *pb.ControlFrame) error {
+	switch m := f.Payload.(type) {
+	case *pb.ControlFrame_StreamCreateNotification:
+		_, err := p.sess.streams.get(m.StreamCreateNotification.LogicalStreamId)
+		return err
+	case *pb.ControlFrame_MaxStreamData:
+		s, err := p.sess.streams.get(m.MaxStreamData.LogicalStreamId)
+		if s != nil {
+			s.handleMaxStreamData(m.MaxStreamData.Maximum)
+		}
+		return err
+	case *pb.ControlFrame_MaxStreams:
+		p.sess.streams.handleMaxStreams(m.MaxStreams.Maximum)
+		return nil
+	case *pb.ControlFrame_StreamReset:
+		r := m.StreamReset
+		s, err := p.sess.streams.get(r.LogicalStreamId)
+		if s != nil {
+			err = s.handleReset(StreamErrorCode(r.ErrorCode), r.FinalSize)
+		}
+		return err
+	case *pb.ControlFrame_StopSending:
+		s, err := p.sess.streams.get(m.StopSending.LogicalStreamId)
+		if s != nil {
+			s.cancelWrite(StreamErrorCode(m.StopSending.ErrorCode), true)
+		}
+		return err
+	case *pb.ControlFrame_Ack:
+		return p.handleAck(m.Ack)
+	case *pb.ControlFrame_Heartbeat:
+		if !m.Heartbeat.Response {
+			p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_Heartbeat{Heartbeat: &pb.Heartbeat{Sequence: m.Heartbeat.Sequence, Response: true}}})
+		}
+		return nil
+	}
+	return &Error{Code: CodeInvalidFrame, Message: "unexpected control frame"}
+}
+
+func (p *path) handleAck(a *pb.AckFrame) error {
+	sent := p.nextPacket.Load()
+	var n uint64
+	for _, r := range a.Ranges {
+		if r.Last < r.First || r.Last >= sent {
+			return &Error{Code: CodeInvalidFrame, Message: "ack for a packet never sent"}
+		}
+		n += r.Last - r.First + 1
+	}
+	p.stats.packetsAcked.Add(n)
+	return nil
+}

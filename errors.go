@@ -1,0 +1,136 @@
+package kwik
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ErrorCode is one of KWIK's own error codes (the seed's KWIK_* codes).
+type ErrorCode uint64
+
+// KWIK's error codes. Their numeric values are part of the wire protocol (docs/PROTOCOL.md).
+const (
+	CodePathNotFound       ErrorCode = 1 // KWIK_PATH_NOT_FOUND
+	CodePathDead           ErrorCode = 2 // KWIK_PATH_DEAD
+	CodeInvalidFrame       ErrorCode = 3 // KWIK_INVALID_FRAME
+	CodeAuthFailed         ErrorCode = 4 // KWIK_AUTH_FAILED
+	CodeStreamCreateFailed ErrorCode = 5 // KWIK_STREAM_CREATE_FAILED
+	CodePacketTooLarge     ErrorCode = 6 // KWIK_PACKET_TOO_LARGE
+	CodeOffsetMismatch     ErrorCode = 7 // KWIK_OFFSET_MISMATCH
+	CodeFlowControl        ErrorCode = 8 // KWIK_FLOW_CONTROL: data beyond the granted credit
+	CodeInternal           ErrorCode = 9 // KWIK_INTERNAL
+)
+
+var codeNames = map[ErrorCode]string{
+	CodePathNotFound:       "KWIK_PATH_NOT_FOUND",
+	CodePathDead:           "KWIK_PATH_DEAD",
+	CodeInvalidFrame:       "KWIK_INVALID_FRAME",
+	CodeAuthFailed:         "KWIK_AUTH_FAILED",
+	CodeStreamCreateFailed: "KWIK_STREAM_CREATE_FAILED",
+	CodePacketTooLarge:     "KWIK_PACKET_TOO_LARGE",
+	CodeOffsetMismatch:     "KWIK_OFFSET_MISMATCH",
+	CodeFlowControl:        "KWIK_FLOW_CONTROL",
+	CodeInternal:           "KWIK_INTERNAL",
+}
+
+func (c ErrorCode) String() string {
+	if n, ok := codeNames[c]; ok {
+		return n
+	}
+	return fmt.Sprintf("KWIK_ERROR_%d", uint64(c))
+}
+
+// kwikCodeBase is where KWIK's codes sit in QUIC's application error space when KWIK itself
+// closes a connection: 0x4b574b00 + code ("KWK\0"). Applications should not use that range.
+const kwikCodeBase quic.ApplicationErrorCode = 0x4b574b00
+
+// Error is a KWIK protocol error. errors.Is matches it against the Err* sentinels by code.
+type Error struct {
+	Code    ErrorCode
+	Message string
+	Remote  bool // the peer reported it
+}
+
+func (e *Error) Error() string {
+	s := "kwik: " + e.Code.String()
+	if e.Remote {
+		s += " (remote)"
+	}
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// Is reports whether target is a *Error with the same code, so that
+// errors.Is(err, kwik.ErrInvalidFrame) holds for every KWIK_INVALID_FRAME error.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinels for errors.Is, one per code.
+var (
+	ErrPathNotFound       = &Error{Code: CodePathNotFound}
+	ErrPathDead           = &Error{Code: CodePathDead}
+	ErrInvalidFrame       = &Error{Code: CodeInvalidFrame}
+	ErrAuthFailed         = &Error{Code: CodeAuthFailed}
+	ErrStreamCreateFailed = &Error{Code: CodeStreamCreateFailed}
+	ErrPacketTooLarge     = &Error{Code: CodePacketTooLarge}
+	ErrOffsetMismatch     = &Error{Code: CodeOffsetMismatch}
+	ErrFlowControl        = &Error{Code: CodeFlowControl}
+)
+
+// ErrNotPrimary is returned by operations that only the primary server of a session may do.
+var ErrNotPrimary = errors.New("kwik: only the primary server may do this")
+
+// ErrNotImplemented is returned by the multi-server operations this version does not have yet.
+var ErrNotImplemented = errors.New("kwik: not implemented yet")
+
+// ErrServerClosed is returned by Listener.Accept after Close.
+var ErrServerClosed = quic.ErrServerClosed
+
+// ErrStreamLimit is returned by OpenStream when the peer allows no more concurrent streams;
+// OpenStreamSync waits instead.
+var ErrStreamLimit = errors.New("kwik: too many open streams")
+
+// ErrWriteAfterClose is returned by Write after Close.
+var ErrWriteAfterClose = errors.New("kwik: write on closed stream")
+
+// ApplicationError is the error a session's operations return after CloseWithError, on both sides
+// (Remote tells which side closed). It is quic-go's own type, so existing error handling keeps working.
+type ApplicationError = quic.ApplicationError
+
+// ApplicationErrorCode is an application-defined session error code.
+type ApplicationErrorCode = quic.ApplicationErrorCode
+
+// StreamError is returned by stream operations after CancelRead or CancelWrite, on either side.
+// Its StreamID is the logical KWIK stream ID.
+type StreamError = quic.StreamError
+
+// StreamErrorCode is an application-defined stream error code.
+type StreamErrorCode = quic.StreamErrorCode
+
+// deadlineError is what Read and Write return when a deadline passes: a net.Error whose Timeout
+// is true, matching os.ErrDeadlineExceeded as the standard library's own deadlines do.
+type deadlineError struct{}
+
+func (deadlineError) Error() string        { return "kwik: deadline exceeded" }
+func (deadlineError) Timeout() bool        { return true }
+func (deadlineError) Temporary() bool      { return true }
+func (deadlineError) Is(target error) bool { return target == os.ErrDeadlineExceeded }
+
+var errDeadline error = deadlineError{}
+
+// closeError turns the error a QUIC connection closed with into what KWIK reports: KWIK's own
+// codes become *Error, everything else (application close, idle timeout) passes through.
+func closeError(err error) error {
+	var appErr *quic.ApplicationError
+	if errors.As(err, &appErr) && appErr.ErrorCode >= kwikCodeBase && appErr.ErrorCode < kwikCodeBase+256 {
+		return &Error{Code: ErrorCode(appErr.ErrorCode - kwikCodeBase), Message: appErr.ErrorMessage, Remote: appErr.Remote}
+	}
+	return err
+}

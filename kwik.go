@@ -1,0 +1,162 @@
+package kwik
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"time"
+)
+
+// Role is the part a side plays in a session.
+type Role int
+
+// The three roles of a KWIK session.
+const (
+	RoleClient    Role = iota // dialed the primary
+	RolePrimary               // accepted the client's Dial; owns the session
+	RoleSecondary             // joined at the primary's request; serves delegated ranges
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleClient:
+		return "client"
+	case RolePrimary:
+		return "primary"
+	case RoleSecondary:
+		return "secondary"
+	}
+	return fmt.Sprintf("Role(%d)", int(r))
+}
+
+// PathStatus is the state of one path of a session.
+type PathStatus int
+
+// Path states, as in the wire protocol's PathStatus.
+const (
+	PathActive PathStatus = iota
+	PathDead
+	PathConnecting
+	PathDisconnecting
+	PathRemoved
+)
+
+func (s PathStatus) String() string {
+	switch s {
+	case PathActive:
+		return "active"
+	case PathDead:
+		return "dead"
+	case PathConnecting:
+		return "connecting"
+	case PathDisconnecting:
+		return "disconnecting"
+	case PathRemoved:
+		return "removed"
+	}
+	return fmt.Sprintf("PathStatus(%d)", int(s))
+}
+
+// PathInfo describes one path of a session as this side knows it.
+type PathInfo struct {
+	PathID     string
+	Address    string // the address that was dialed (for the primary path: the remote address)
+	IsPrimary  bool
+	Status     PathStatus
+	CreatedAt  time.Time
+	LastActive time.Time // last time anything was received on the path
+}
+
+// RawData is a message relayed by SendRawData.
+type RawData struct {
+	Data []byte
+	From string // the path ID of the server that sent it
+}
+
+// Session is a KWIK session: on the client, an aggregate of paths to a primary and its
+// secondaries; on a server, its own path of that aggregate.
+type Session interface {
+	// OpenStreamSync opens a logical stream, waiting while the peer allows no more.
+	OpenStreamSync(ctx context.Context) (Stream, error)
+	// OpenStream opens a logical stream, or fails with ErrStreamLimit when the peer allows no more.
+	// Opening costs no round trip: the peer learns of the stream with its first frame.
+	OpenStream() (Stream, error)
+	// AcceptStream returns the next stream the peer opened.
+	AcceptStream(ctx context.Context) (Stream, error)
+
+	// AddPath asks the client to join the server at address (primary only; elsewhere ErrNotPrimary).
+	AddPath(address string) error
+	// RemovePath closes a secondary path (primary only; elsewhere ErrNotPrimary).
+	RemovePath(pathID string) error
+	// GetActivePaths, GetDeadPaths and GetAllPaths report the session's paths as this side knows them.
+	GetActivePaths() []PathInfo
+	GetDeadPaths() []PathInfo
+	GetAllPaths() []PathInfo
+
+	// SendRawData relays data through the client to the server on pathID.
+	SendRawData(data []byte, pathID string) error
+	// ReceiveRawData returns the next relayed message.
+	ReceiveRawData(ctx context.Context) (RawData, error)
+
+	// ID is the session ID, the same on the client, the primary and every secondary.
+	ID() string
+	Role() Role
+	// Context is canceled when the session closes; context.Cause gives the reason.
+	Context() context.Context
+	LocalAddr() net.Addr
+	RemoteAddr() net.Addr
+	// CloseWithError closes the session on every side; pending and later calls on both sides
+	// return an *ApplicationError carrying code and msg.
+	CloseWithError(code ApplicationErrorCode, msg string) error
+	// Close is CloseWithError(0, "").
+	Close() error
+}
+
+// Stream is a logical KWIK stream. As in QUIC, it is bidirectional and Close closes only the
+// write side; Read returns io.EOF once the peer has closed and every byte has been read.
+type Stream interface {
+	io.ReadWriteCloser
+	// CancelRead abandons the read side; the peer's Write fails with a *StreamError carrying code.
+	CancelRead(code StreamErrorCode)
+	// CancelWrite abandons the write side; the peer's Read fails with a *StreamError carrying code.
+	CancelWrite(code StreamErrorCode)
+	SetDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error
+	SetWriteDeadline(t time.Time) error
+	// Context is canceled once the write side is closed or canceled, or the session ends.
+	Context() context.Context
+	// StreamID is the logical stream ID, the same on the client and the servers.
+	StreamID() uint64
+	// PathID is the path the stream lives on.
+	PathID() string
+
+	// Delegate reserves the next length bytes of the stream for the secondary on pathID (primary only).
+	Delegate(pathID string, length int64, request []byte) (*Delegation, error)
+	// WriteAt fills a reserved range that a failed delegation left undelivered (primary only).
+	WriteAt(p []byte, off int64) (int, error)
+}
+
+// Delegation is a byte range of a stream that a secondary server fills.
+type Delegation struct {
+	PathID string
+	Offset int64
+	Length int64
+}
+
+// Wait returns nil once the client holds the whole range, or a *DelegationError.
+func (d *Delegation) Wait(ctx context.Context) error { return ErrNotImplemented }
+
+// DelegationError reports the part of a delegated range that the client did not receive.
+type DelegationError struct {
+	PathID    string
+	Offset    int64 // first byte not delivered
+	Remaining int64 // bytes from Offset to the end of the range
+	Err       error // why: the path died, or the secondary closed short
+}
+
+func (e *DelegationError) Error() string {
+	return fmt.Sprintf("kwik: delegation to path %s: %d bytes undelivered from offset %d: %v", e.PathID, e.Remaining, e.Offset, e.Err)
+}
+
+func (e *DelegationError) Unwrap() error { return e.Err }

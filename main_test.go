@@ -1,0 +1,95 @@
+package kwik
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// TestMain fails the run if any test leaves a goroutine behind: every goroutine a session or
+// listener starts must end when it closes.
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+var testTLS = newTestTLS()
+
+type tlsPair struct{ server, client *tls.Config }
+
+func newTestTLS() tlsPair {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		DNSNames:     []string{"localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		panic(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return tlsPair{
+		server: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
+		client: &tls.Config{RootCAs: pool, ServerName: "localhost"},
+	}
+}
+
+// testContext returns a context that ends with the test, bounded so a hung test fails.
+func testContext(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// pair is a client session and the primary's side of it, over real UDP on loopback.
+type pair struct {
+	ln             *Listener
+	client, server *session
+}
+
+func newPair(t testing.TB, clientConf, serverConf *Config) *pair {
+	t.Helper()
+	ln, err := Listen("127.0.0.1:0", testTLS.server, serverConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ctx := testContext(t)
+	type res struct {
+		s   Session
+		err error
+	}
+	accepted := make(chan res, 1)
+	go func() {
+		s, err := ln.Accept(ctx)
+		accepted <- res{s, err}
+	}()
+	c, err := Dial(ctx, ln.Addr().String(), testTLS.client, clientConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	r := <-accepted
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.s.Close() })
+	return &pair{ln: ln, client: c.(*session), server: r.s.(*session)}
+}

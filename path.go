@@ -1,0 +1,282 @@
+package kwik
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/data"
+	"github.com/kwik-go/kwik/internal/wire"
+	"github.com/quic-go/quic-go"
+)
+
+// path is one QUIC connection of a session with its control stream and data plane.
+//
+// Goroutines, all counted in the session's WaitGroup and all ending when the connection
+// closes (or, for the control writer, when the session's context ends):
+//   - readControl: reads the control stream and dispatches frames;
+//   - ctrl.run: writes queued control frames, coalescing credit updates and acks;
+//   - acceptData: accepts the peer's data streams and starts a readData for each.
+//
+// Sending needs no goroutine: a stream's Write encodes its DataPacket and writes it on a real
+// stream of the pool from the caller's goroutine.
+type path struct {
+	id        string
+	sess      *session
+	conn      *quic.Conn
+	address   string
+	isPrimary bool
+	createdAt time.Time
+
+	ctrlStream *quic.Stream
+	ctrlReader *wire.Reader
+	ctrl       *controlWriter
+	pool       sendPool
+
+	nextPacket atomic.Uint64 // next DataPacket ID this side sends on the path
+	lastActive atomic.Int64  // Unix nanoseconds of the last message received
+
+	acks struct {
+		mu       sync.Mutex
+		received data.RangeSet // packet IDs received and not yet acknowledged
+		pending  bool
+	}
+
+	stats struct {
+		bytesSent, bytesReceived     atomic.Uint64 // DataPacket bytes, length prefix included
+		packetsSent, packetsReceived atomic.Uint64
+		packetsAcked                 atomic.Uint64 // our packets the peer acknowledged
+	}
+}
+
+func newPath(sess *session, conn *quic.Conn, id, address string, primary bool, ctrlStream *quic.Stream, ctrlReader *wire.Reader) *path {
+	p := &path{
+		id:         id,
+		sess:       sess,
+		conn:       conn,
+		address:    address,
+		isPrimary:  primary,
+		createdAt:  time.Now(),
+		ctrlStream: ctrlStream,
+		ctrlReader: ctrlReader,
+	}
+	p.lastActive.Store(p.createdAt.UnixNano())
+	p.ctrl = newControlWriter(p)
+	p.pool.p = p
+	return p
+}
+
+func (p *path) start() {
+	p.sess.wg.Add(3)
+	go p.readControl()
+	go p.ctrl.run()
+	go p.acceptData()
+}
+
+func (p *path) info() PathInfo {
+	status := PathActive
+	if p.sess.ctx.Err() != nil {
+		status = PathDead
+	}
+	return PathInfo{
+		PathID:     p.id,
+		Address:    p.address,
+		IsPrimary:  p.isPrimary,
+		Status:     status,
+		CreatedAt:  p.createdAt,
+		LastActive: time.Unix(0, p.lastActive.Load()),
+	}
+}
+
+func (p *path) acceptData() {
+	defer p.sess.wg.Done()
+	for {
+		qs, err := p.conn.AcceptUniStream(p.sess.ctx)
+		if err != nil {
+			return
+		}
+		p.sess.wg.Add(1)
+		go p.readData(qs)
+	}
+}
+
+// readData reads DataPackets from one of the peer's data streams and hands each frame to its
+// logical stream. It never blocks on a slow reader: receive credit bounds what the peer sends.
+func (p *path) readData(qs *quic.ReceiveStream) {
+	defer p.sess.wg.Done()
+	r := wire.NewReader(qs, p.sess.conf.MaxMessageSize)
+	var pkt wire.DataPacket
+	for {
+		body, err := r.Next()
+		if err != nil {
+			if err != io.EOF {
+				p.fail(err)
+			}
+			return
+		}
+		if err := wire.ParseDataPacket(body, &pkt); err != nil {
+			p.fail(err)
+			return
+		}
+		p.recordPacket(pkt.PacketID, len(body))
+		for i := range pkt.Frames {
+			f := &pkt.Frames[i]
+			s, err := p.sess.streams.get(f.StreamID)
+			if err == nil && s != nil {
+				err = s.handleFrame(f.Offset, f.Data, f.Fin)
+			}
+			if err != nil {
+				p.fail(err)
+				return
+			}
+		}
+	}
+}
+
+// fail handles an error from reading the path: the connection's end, or a protocol violation
+// by the peer. On the primary path, either ends the session.
+func (p *path) fail(err error) {
+	if p.sess.ctx.Err() != nil {
+		return
+	}
+	if p.conn.Context().Err() != nil {
+		p.sess.closeRemote(context.Cause(p.conn.Context()))
+		return
+	}
+	var tooLarge *wire.MessageTooLargeError
+	var ke *Error
+	switch {
+	case errors.As(err, &tooLarge):
+		err = &Error{Code: CodePacketTooLarge, Message: err.Error()}
+	case errors.As(err, &ke):
+	case errors.Is(err, wire.ErrMalformed), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		err = &Error{Code: CodeInvalidFrame, Message: err.Error()}
+	default:
+		var appErr *quic.ApplicationError
+		if errors.As(err, &appErr) {
+			p.sess.closeRemote(err)
+			return
+		}
+		err = &Error{Code: CodeInvalidFrame, Message: err.Error()}
+	}
+	p.sess.closeLocal(err)
+}
+
+func (p *path) recordPacket(id uint64, size int) {
+	p.stats.packetsReceived.Add(1)
+	p.stats.bytesReceived.Add(uint64(size))
+	p.lastActive.Store(time.Now().UnixNano())
+	p.acks.mu.Lock()
+	p.acks.received.Add(id, id+1)
+	first := !p.acks.pending
+	p.acks.pending = true
+	p.acks.mu.Unlock()
+	if first {
+		notify(p.ctrl.wake)
+	}
+}
+
+// sendPool is a path's set of real QUIC streams for sending data. A logical stream is
+// assigned the least loaded real stream when it first sends; the pool opens another real
+// stream when all carry StreamsPerRealStream logical streams (up to MaxRealStreams), and
+// closes real streams that fall idle, keeping one for the next logical stream.
+type sendPool struct {
+	p *path
+
+	mu      sync.Mutex
+	streams []*realStream
+}
+
+type realStream struct {
+	p     *path
+	qs    *quic.SendStream
+	users int // logical streams assigned; guarded by sendPool.mu
+
+	mu  sync.Mutex // serialises messages on qs
+	buf []byte
+	pkt wire.DataPacket
+}
+
+func (sp *sendPool) assign() (*realStream, error) {
+	conf := sp.p.sess.conf
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	var best *realStream
+	for _, rs := range sp.streams {
+		if best == nil || rs.users < best.users {
+			best = rs
+		}
+	}
+	if best == nil || (best.users >= conf.StreamsPerRealStream && len(sp.streams) < conf.MaxRealStreams) {
+		qs, err := sp.p.conn.OpenUniStream()
+		switch {
+		case err == nil:
+			rs := &realStream{p: sp.p, qs: qs, buf: make([]byte, 0, sp.p.sess.peer.maxMessageSize+16)}
+			sp.streams = append(sp.streams, rs)
+			best = rs
+		case best == nil:
+			if sp.p.sess.ctx.Err() != nil {
+				return nil, sp.p.sess.closeErr()
+			}
+			return nil, err
+		}
+	}
+	best.users++
+	return best, nil
+}
+
+func (sp *sendPool) release(rs *realStream) {
+	sp.mu.Lock()
+	rs.users--
+	if rs.users > 0 {
+		sp.mu.Unlock()
+		return
+	}
+	idle := 0
+	for _, o := range sp.streams {
+		if o.users == 0 {
+			idle++
+		}
+	}
+	if idle <= 1 {
+		sp.mu.Unlock()
+		return
+	}
+	for i, o := range sp.streams {
+		if o == rs {
+			sp.streams = append(sp.streams[:i], sp.streams[i+1:]...)
+			break
+		}
+	}
+	sp.mu.Unlock()
+	rs.mu.Lock()
+	rs.qs.Close()
+	rs.mu.Unlock()
+}
+
+// size reports how many real streams the pool holds (for tests).
+func (sp *sendPool) size() int {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return len(sp.streams)
+}
+
+// writeFrame sends one DataPacket holding one frame. The message is built in the real
+// stream's own buffer, so the steady state allocates nothing.
+func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	rs.pkt.PacketID = rs.p.nextPacket.Add(1) - 1
+	rs.pkt.Frames = append(rs.pkt.Frames[:0], wire.DataFrame{StreamID: id, Offset: off, Data: b, Fin: fin})
+	rs.buf = wire.AppendDataPacketMessage(rs.buf[:0], &rs.pkt)
+	rs.pkt.Frames[0].Data = nil // do not keep the caller's buffer
+	_, err := rs.qs.Write(rs.buf)
+	if err == nil {
+		rs.p.stats.packetsSent.Add(1)
+		rs.p.stats.bytesSent.Add(uint64(len(rs.buf)))
+	}
+	return err
+}

@@ -1,0 +1,428 @@
+package kwik
+
+import (
+	"context"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/data"
+	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
+)
+
+// stream is a logical KWIK stream: a receive half fed by the data readers of every path
+// (reassembled by offset) and a send half that writes DataPackets on a real QUIC stream of
+// its path. Each half has its own mutex beside exactly the fields it guards; neither lock is
+// held while writing to QUIC or waiting. Concurrent Reads (or concurrent Writes) on one
+// stream are not supported, as in quic-go; Read, Write and the Cancel/Close calls may run
+// concurrently with each other.
+type stream struct {
+	id   uint64
+	sess *session
+	path *path
+
+	ctx       context.Context // canceled when the send side ends
+	cancelCtx context.CancelCauseFunc
+
+	recv struct {
+		mu        sync.Mutex
+		buf       data.RecvBuffer
+		window    uint64 // receive credit granted beyond the read offset
+		maxOffset uint64 // credit granted so far: the peer may send bytes below it
+		finalSize uint64
+		finKnown  bool
+		err       error // reset by the peer, or canceled here
+		done      bool  // EOF delivered, reset, or canceled: the half is finished
+		deadline  time.Time
+	}
+	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
+
+	send struct {
+		mu        sync.Mutex
+		offset    uint64 // next byte to send
+		maxOffset uint64 // credit the peer granted
+		closed    bool   // Close was called
+		err       error  // canceled here, or stopped by the peer
+		done      bool   // fin or reset sent
+		deadline  time.Time
+		rs        *realStream // assigned real stream, nil until the first frame
+	}
+	sendSignal chan struct{} // cap 1: credit, cancel or deadline change
+
+	// Guarded by the session's streamsMap mutex.
+	recvFinished, sendFinished bool
+}
+
+func newStream(id uint64, sess *session, p *path) *stream {
+	s := &stream{
+		id:         id,
+		sess:       sess,
+		path:       p,
+		recvSignal: make(chan struct{}, 1),
+		sendSignal: make(chan struct{}, 1),
+	}
+	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
+	s.recv.window = uint64(sess.conf.StreamReceiveWindow)
+	s.recv.maxOffset = s.recv.window
+	s.send.maxOffset = sess.peer.streamWindow
+	return s
+}
+
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func (s *stream) StreamID() uint64         { return s.id }
+func (s *stream) PathID() string           { return s.path.id }
+func (s *stream) Context() context.Context { return s.ctx }
+func (s *stream) streamError(code StreamErrorCode, remote bool) error {
+	return &StreamError{StreamID: quic.StreamID(s.id), ErrorCode: code, Remote: remote}
+}
+
+// wait blocks until signal fires, the deadline passes or the session ends.
+// It returns errDeadline or the session's close error.
+func (s *stream) wait(signal chan struct{}, deadline time.Time) error {
+	if deadline.IsZero() {
+		select {
+		case <-signal:
+			return nil
+		case <-s.sess.ctx.Done():
+			return s.sess.closeErr()
+		}
+	}
+	d := time.Until(deadline)
+	if d <= 0 {
+		return errDeadline
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-signal:
+		return nil
+	case <-t.C:
+		return errDeadline
+	case <-s.sess.ctx.Done():
+		return s.sess.closeErr()
+	}
+}
+
+// Read reads the stream's bytes in order, from whichever path brought them.
+func (s *stream) Read(p []byte) (int, error) {
+	for {
+		s.recv.mu.Lock()
+		if s.recv.err != nil {
+			err := s.recv.err
+			s.recv.mu.Unlock()
+			return 0, err
+		}
+		if s.recv.finKnown && s.recv.buf.ReadOffset() == s.recv.finalSize {
+			s.recv.mu.Unlock()
+			s.finishRecv()
+			return 0, io.EOF
+		}
+		if err := s.sess.ctx.Err(); err != nil {
+			s.recv.mu.Unlock()
+			return 0, s.sess.closeErr()
+		}
+		if len(p) == 0 {
+			s.recv.mu.Unlock()
+			return 0, nil
+		}
+		if n := s.recv.buf.Read(p); n > 0 {
+			off := s.recv.buf.ReadOffset()
+			eof := s.recv.finKnown && off == s.recv.finalSize
+			// Grant more credit once a quarter of the window has been read, so the sender
+			// never waits on a loopback-speed reader.
+			var grant uint64
+			if !s.recv.finKnown && s.recv.maxOffset-off <= s.recv.window*3/4 {
+				s.recv.maxOffset = off + s.recv.window
+				grant = s.recv.maxOffset
+			}
+			s.recv.mu.Unlock()
+			if grant > 0 {
+				s.path.ctrl.queueMaxStreamData(s.id, grant)
+			}
+			if eof {
+				s.finishRecv()
+				return n, io.EOF
+			}
+			return n, nil
+		}
+		deadline := s.recv.deadline
+		s.recv.mu.Unlock()
+		if err := s.wait(s.recvSignal, deadline); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// handleFrame stores a data frame's bytes. It runs on a path's data reader goroutine and
+// never blocks: credit bounds what may arrive.
+func (s *stream) handleFrame(off uint64, b []byte, fin bool) error {
+	end := off + uint64(len(b))
+	if end < off {
+		return &Error{Code: CodeInvalidFrame, Message: "offset overflow"}
+	}
+	s.recv.mu.Lock()
+	defer s.recv.mu.Unlock()
+	if s.recv.done {
+		return nil // canceled or reset: late frames are dropped
+	}
+	if end > s.recv.maxOffset {
+		return &Error{Code: CodeFlowControl, Message: "data beyond stream credit"}
+	}
+	if fin {
+		if s.recv.finKnown && s.recv.finalSize != end {
+			return &Error{Code: CodeInvalidFrame, Message: "final size changed"}
+		}
+		if end < s.recv.buf.HighestReceived() || end < s.recv.buf.ReadOffset() {
+			return &Error{Code: CodeInvalidFrame, Message: "final size below received data"}
+		}
+		s.recv.finKnown, s.recv.finalSize = true, end
+	} else if s.recv.finKnown && end > s.recv.finalSize {
+		return &Error{Code: CodeInvalidFrame, Message: "data beyond final size"}
+	}
+	s.recv.buf.Write(off, b)
+	notify(s.recvSignal)
+	return nil
+}
+
+// handleReset is the peer's CancelWrite.
+func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
+	s.recv.mu.Lock()
+	if s.recv.done {
+		s.recv.mu.Unlock()
+		return nil
+	}
+	if s.recv.finKnown && s.recv.finalSize != finalSize {
+		s.recv.mu.Unlock()
+		return &Error{Code: CodeInvalidFrame, Message: "reset changes final size"}
+	}
+	s.recv.err = s.streamError(code, true)
+	s.recv.done = true
+	s.recv.buf.Release()
+	s.recv.mu.Unlock()
+	notify(s.recvSignal)
+	s.sess.streams.finished(s, true, false)
+	return nil
+}
+
+// CancelRead abandons the read side and tells the peer to stop sending.
+func (s *stream) CancelRead(code StreamErrorCode) {
+	s.recv.mu.Lock()
+	if s.recv.done {
+		s.recv.mu.Unlock()
+		return
+	}
+	s.recv.err = s.streamError(code, false)
+	s.recv.done = true
+	s.recv.buf.Release()
+	s.recv.mu.Unlock()
+	notify(s.recvSignal)
+	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: s.id, ErrorCode: uint64(code)}}})
+	s.sess.streams.finished(s, true, false)
+}
+
+func (s *stream) finishRecv() {
+	s.recv.mu.Lock()
+	was := s.recv.done
+	s.recv.done = true
+	s.recv.buf.Release()
+	s.recv.mu.Unlock()
+	if !was {
+		s.sess.streams.finished(s, true, false)
+	}
+}
+
+// Write sends p in frames no larger than the peer's message size, within the peer's credit.
+func (s *stream) Write(p []byte) (int, error) {
+	var n int
+	for len(p) > 0 {
+		s.send.mu.Lock()
+		if s.send.err != nil {
+			err := s.send.err
+			s.send.mu.Unlock()
+			return n, err
+		}
+		if s.send.closed {
+			s.send.mu.Unlock()
+			return n, ErrWriteAfterClose
+		}
+		if err := s.sess.ctx.Err(); err != nil {
+			s.send.mu.Unlock()
+			return n, s.sess.closeErr()
+		}
+		if !s.send.deadline.IsZero() && !time.Now().Before(s.send.deadline) {
+			s.send.mu.Unlock()
+			return n, errDeadline
+		}
+		avail := s.send.maxOffset - s.send.offset
+		if avail == 0 {
+			deadline := s.send.deadline
+			s.send.mu.Unlock()
+			if err := s.wait(s.sendSignal, deadline); err != nil {
+				return n, err
+			}
+			continue
+		}
+		chunk := min(uint64(len(p)), avail, uint64(s.sess.peer.maxFrameData))
+		off := s.send.offset
+		s.send.offset += chunk
+		rs, err := s.realStreamLocked()
+		s.send.mu.Unlock()
+		if err != nil {
+			return n, err
+		}
+		if err := rs.writeFrame(s.id, off, p[:chunk], false); err != nil {
+			return n, s.writeError(err)
+		}
+		n += int(chunk)
+		p = p[chunk:]
+	}
+	return n, nil
+}
+
+// realStreamLocked returns the real stream this logical stream sends on, assigning one from
+// the path's pool on first use. s.send.mu is held.
+func (s *stream) realStreamLocked() (*realStream, error) {
+	if s.send.rs == nil {
+		rs, err := s.path.pool.assign()
+		if err != nil {
+			return nil, err
+		}
+		s.send.rs = rs
+	}
+	return s.send.rs, nil
+}
+
+// writeError explains a failed write on the real stream: the session's end or this stream's
+// cancellation, whichever caused it.
+func (s *stream) writeError(err error) error {
+	if s.sess.ctx.Err() != nil {
+		return s.sess.closeErr()
+	}
+	s.send.mu.Lock()
+	defer s.send.mu.Unlock()
+	if s.send.err != nil {
+		return s.send.err
+	}
+	return err
+}
+
+// Close closes the write side: a fin frame marks the final size.
+func (s *stream) Close() error {
+	s.send.mu.Lock()
+	if s.send.closed || s.send.err != nil {
+		s.send.mu.Unlock()
+		return nil
+	}
+	if err := s.sess.ctx.Err(); err != nil {
+		s.send.mu.Unlock()
+		return s.sess.closeErr()
+	}
+	s.send.closed = true
+	off := s.send.offset
+	rs, err := s.realStreamLocked()
+	s.send.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	err = rs.writeFrame(s.id, off, nil, true)
+	s.finishSend(nil)
+	if err != nil {
+		return s.writeError(err)
+	}
+	return nil
+}
+
+// CancelWrite abandons the write side; the peer's Read fails with code.
+func (s *stream) CancelWrite(code StreamErrorCode) {
+	s.cancelWrite(code, false)
+}
+
+func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
+	s.send.mu.Lock()
+	// After Close the fin is on its way over a reliable stream: a cancel (or a STOP_SENDING
+	// racing the fin) changes nothing.
+	if s.send.done || s.send.err != nil || s.send.closed {
+		s.send.mu.Unlock()
+		return
+	}
+	s.send.err = s.streamError(code, remote)
+	finalSize := s.send.offset
+	s.send.mu.Unlock()
+	notify(s.sendSignal)
+	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: s.id, ErrorCode: uint64(code), FinalSize: finalSize}}})
+	s.finishSend(s.send.err)
+}
+
+// finishSend ends the send half once: the real stream goes back to the pool and the
+// stream's context is canceled.
+func (s *stream) finishSend(cause error) {
+	s.send.mu.Lock()
+	if s.send.done {
+		s.send.mu.Unlock()
+		return
+	}
+	s.send.done = true
+	rs := s.send.rs
+	s.send.mu.Unlock()
+	if rs != nil {
+		s.path.pool.release(rs)
+	}
+	if cause == nil {
+		cause = context.Canceled
+	}
+	s.cancelCtx(cause)
+	s.sess.streams.finished(s, false, true)
+}
+
+func (s *stream) handleMaxStreamData(max uint64) {
+	s.send.mu.Lock()
+	if max > s.send.maxOffset {
+		s.send.maxOffset = max
+	}
+	s.send.mu.Unlock()
+	notify(s.sendSignal)
+}
+
+func (s *stream) SetReadDeadline(t time.Time) error {
+	s.recv.mu.Lock()
+	s.recv.deadline = t
+	s.recv.mu.Unlock()
+	notify(s.recvSignal)
+	return nil
+}
+
+func (s *stream) SetWriteDeadline(t time.Time) error {
+	s.send.mu.Lock()
+	s.send.deadline = t
+	s.send.mu.Unlock()
+	notify(s.sendSignal)
+	return nil
+}
+
+func (s *stream) SetDeadline(t time.Time) error {
+	_ = s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+// Delegate is not available yet: multi-source streams come with secondary paths.
+func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegation, error) {
+	if s.sess.role != RolePrimary {
+		return nil, ErrNotPrimary
+	}
+	return nil, ErrNotImplemented
+}
+
+// WriteAt is not available yet: it refills failed delegations.
+func (s *stream) WriteAt(p []byte, off int64) (int, error) {
+	if s.sess.role != RolePrimary {
+		return 0, ErrNotPrimary
+	}
+	return 0, ErrNotImplemented
+}
