@@ -184,3 +184,8 @@ func validID(id string, n int) bool {
 	_, err := hex.DecodeString(id)
 	return err == nil
 }
+
+// DialAddr is Dial under quic-go's name, so that porting code is a change of import.
+func DialAddr(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {
+	return Dial(ctx, addr, tlsConf, conf)
+}

@@ -105,3 +105,8 @@ func (l *Listener) Close() error {
 		}
 	}
 }
+
+// ListenAddr is Listen under quic-go's name, so that porting code is a change of import.
+func ListenAddr(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
+	return Listen(addr, tlsConf, conf)
+}

@@ -198,9 +198,3 @@ func (m *streamsMap) closeAll(err error) {
 		s.cancelCtx(err)
 	}
 }
-
-func (m *streamsMap) count() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.streams)
-}

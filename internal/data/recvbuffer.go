@@ -131,8 +131,8 @@ func (b *RecvBuffer) blockFor(idx uint64) *block {
 // is above every held index.
 func (b *RecvBuffer) appendBlock(idx uint64) *block {
 	// Compact instead of growing once a quarter of the array is dead space:
-	// the steady state then reuses one array, and every compaction is paid for
-	// by the cap/4 reads that freed its slots.
+	// the steady state then reuses one array, and each compaction's copy is
+	// paid for by the cap/4 or more releases since the last one.
 	if len(b.blocks) == cap(b.blocks) && b.head > 0 && b.head >= cap(b.blocks)/4 {
 		n := copy(b.blocks, b.blocks[b.head:])
 		clear(b.blocks[n:])
@@ -155,8 +155,8 @@ func (b *RecvBuffer) Read(p []byte) int {
 	p = p[:n]
 	off := b.readOff
 	for i := b.head; len(p) > 0; i++ {
-		// Every block overlapping [readOff, readOff+n) was written, so the held
-		// blocks from head on are exactly the consecutive ones needed.
+		// Every byte of [readOff, readOff+n) was stored and none released, so
+		// the held blocks from head on are the consecutive ones covering it.
 		c := copy(p, b.blocks[i].b[off%blockSize:])
 		p = p[c:]
 		off += uint64(c)
