@@ -1,0 +1,45 @@
+// Package kwik is a transport on top of quic-go in which one client receives one logical
+// stream from several servers at once, behind QUIC's own API.
+//
+// # Usage
+//
+// A client dials one server, the primary; the primary accepts. Both sides then open and accept
+// streams exactly as with quic-go:
+//
+//	ln, _ := kwik.Listen("0.0.0.0:4242", serverTLS, nil)
+//	sess, _ := ln.Accept(ctx)
+//	st, _ := sess.AcceptStream(ctx)
+//
+//	sess, _ := kwik.Dial(ctx, "primary:4242", clientTLS, nil)
+//	st, _ := sess.OpenStreamSync(ctx)
+//	st.Write(req); st.Close()
+//	resp, _ := io.ReadAll(st)
+//
+// Porting a quic-go application is a change of import: DialAddr and ListenAddr keep quic-go's
+// names, sessions and streams keep its method names, and ApplicationError and StreamError are
+// quic-go's own types.
+//
+// # Streams
+//
+// Logical streams are multiplexed onto real QUIC streams (Config.StreamsPerRealStream logical
+// streams per real one, 4 by default), so many short streams cost few QUIC streams. Every
+// logical stream has its own receive credit (Config.StreamReceiveWindow): a reader that stops
+// reading holds at most that much memory and stalls only its own sender, never the other
+// logical streams that share its real stream. Opening a stream costs no round trip.
+//
+// # Cancellation
+//
+// Stream.CancelRead and Stream.CancelWrite reach the peer as a *StreamError carrying the code.
+// Deadlines make Read and Write return a net.Error whose Timeout is true. Session.CloseWithError
+// ends every pending call on both sides with an *ApplicationError; a protocol violation by the
+// peer ends the session with a *Error carrying one of KWIK's codes (errors.Is(err,
+// kwik.ErrInvalidFrame) and so on). Every goroutine of a session ends when it closes.
+//
+// # Limitations
+//
+// This version has the primary path only: AddPath, RemovePath, SendRawData, ReceiveRawData,
+// Stream.Delegate and Stream.WriteAt return ErrNotImplemented on the primary and ErrNotPrimary
+// where the role forbids them. A Write blocked inside QUIC itself (not on KWIK's credit) cannot
+// be interrupted by its deadline; since receivers always drain their real streams, such waits
+// are short.
+package kwik
