@@ -22,6 +22,7 @@ type controlWriter struct {
 
 	mu            sync.Mutex
 	frames        []*pb.ControlFrame
+	creates       []*stream // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
 	closed        bool
@@ -42,6 +43,19 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 		return
 	}
 	w.frames = append(w.frames, f)
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+// queueCreate announces a stream this side opened. The announcement is dropped if the
+// stream's first data frame is sent before the writer gets to it: the frame announces it.
+func (w *controlWriter) queueCreate(s *stream) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	w.creates = append(w.creates, s)
 	w.mu.Unlock()
 	notify(w.wake)
 }
@@ -72,6 +86,7 @@ func (w *controlWriter) run() {
 	defer w.p.sess.wg.Done()
 	var (
 		frames     []*pb.ControlFrame
+		creates    []*stream
 		credit     = make(map[uint64]uint64)
 		maxStreams uint64
 		ackTimer   = time.NewTimer(time.Hour)
@@ -79,6 +94,8 @@ func (w *controlWriter) run() {
 		// Reused for the coalesced frames, which are the steady-state traffic.
 		msd    pb.MaxStreamData
 		msdF   = &pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &msd}}
+		scn    pb.StreamCreateNotification
+		scnF   = &pb.ControlFrame{Payload: &pb.ControlFrame_StreamCreateNotification{StreamCreateNotification: &scn}}
 		ms     pb.MaxStreams
 		msF    = &pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreams{MaxStreams: &ms}}
 		ack    pb.AckFrame
@@ -103,6 +120,7 @@ func (w *controlWriter) run() {
 		}
 		w.mu.Lock()
 		frames, w.frames = w.frames, frames[:0]
+		creates, w.creates = w.creates, creates[:0]
 		credit, w.maxStreamData = w.maxStreamData, credit
 		maxStreams, w.maxStreams = w.maxStreams, 0
 		w.mu.Unlock()
@@ -115,6 +133,13 @@ func (w *controlWriter) run() {
 			if err != nil {
 				break
 			}
+		}
+		for i, st := range creates {
+			if !st.announced.Swap(true) && err == nil {
+				scn.LogicalStreamId, scn.PathId = st.id, w.p.id
+				w.buf, err = w.append(scnF)
+			}
+			creates[i] = nil
 		}
 		for id, max := range credit {
 			msd.LogicalStreamId, msd.Maximum = id, max

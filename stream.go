@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/data"
@@ -49,6 +50,10 @@ type stream struct {
 		rs        *realStream // assigned real stream, nil until the first frame
 	}
 	sendSignal chan struct{} // cap 1: credit, cancel or deadline change
+
+	// announced is set once the peer has been told of the stream, by its first data frame or
+	// by a STREAM_CREATE_NOTIFICATION, whichever goes first.
+	announced atomic.Bool
 
 	// Guarded by the session's streamsMap mutex.
 	recvFinished, sendFinished bool
@@ -290,6 +295,7 @@ func (s *stream) Write(p []byte) (int, error) {
 // the path's pool on first use. s.send.mu is held.
 func (s *stream) realStreamLocked() (*realStream, error) {
 	if s.send.rs == nil {
+		s.announced.Store(true) // the first frame names the stream
 		rs, err := s.path.pool.assign()
 		if err != nil {
 			return nil, err

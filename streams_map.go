@@ -3,8 +3,6 @@ package kwik
 import (
 	"context"
 	"sync"
-
-	"github.com/kwik-go/kwik/internal/wire/pb"
 )
 
 // streamsMap owns the session's logical streams: ID allocation, the peer's stream limit, the
@@ -60,9 +58,7 @@ func (m *streamsMap) open(ctx context.Context, block bool) (*stream, error) {
 			s := newStream(id, m.sess, m.sess.primary)
 			m.streams[id] = s
 			m.mu.Unlock()
-			m.sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StreamCreateNotification{
-				StreamCreateNotification: &pb.StreamCreateNotification{LogicalStreamId: id, PathId: m.sess.primary.id},
-			}})
+			m.sess.primary.ctrl.queueCreate(s)
 			return s, nil
 		}
 		m.mu.Unlock()
