@@ -264,19 +264,35 @@ func (sp *sendPool) size() int {
 	return len(sp.streams)
 }
 
-// writeFrame sends one DataPacket holding one frame. The message is built in the real
-// stream's own buffer, so the steady state allocates nothing.
+// writeFrame sends one DataPacket holding one frame. Small frames are built whole in the real
+// stream's own buffer; large ones go as a header and then the caller's bytes, which spares a
+// copy (QUIC copies them anyway). Either way the steady state allocates nothing.
 func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
-	rs.pkt.PacketID = rs.p.nextPacket.Add(1) - 1
-	rs.pkt.Frames = append(rs.pkt.Frames[:0], wire.DataFrame{StreamID: id, Offset: off, Data: b, Fin: fin})
-	rs.buf = wire.AppendDataPacketMessage(rs.buf[:0], &rs.pkt)
-	rs.pkt.Frames[0].Data = nil // do not keep the caller's buffer
-	_, err := rs.qs.Write(rs.buf)
+	pn := rs.p.nextPacket.Add(1) - 1
+	var err error
+	size := 0
+	if len(b) >= directWriteMin && !fin {
+		rs.buf = wire.AppendDataPacketHeader(rs.buf[:0], pn, id, off, len(b))
+		size = len(rs.buf) + len(b)
+		if _, err = rs.qs.Write(rs.buf); err == nil {
+			_, err = rs.qs.Write(b)
+		}
+	} else {
+		rs.pkt.PacketID = pn
+		rs.pkt.Frames = append(rs.pkt.Frames[:0], wire.DataFrame{StreamID: id, Offset: off, Data: b, Fin: fin})
+		rs.buf = wire.AppendDataPacketMessage(rs.buf[:0], &rs.pkt)
+		rs.pkt.Frames[0].Data = nil // do not keep the caller's buffer
+		size = len(rs.buf)
+		_, err = rs.qs.Write(rs.buf)
+	}
 	if err == nil {
 		rs.p.stats.packetsSent.Add(1)
-		rs.p.stats.bytesSent.Add(uint64(len(rs.buf)))
+		rs.p.stats.bytesSent.Add(uint64(size))
 	}
 	return err
 }
+
+// directWriteMin is the frame size from which writeFrame writes the caller's bytes directly.
+const directWriteMin = 8 << 10

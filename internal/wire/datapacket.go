@@ -119,6 +119,36 @@ func appendDataPacket(b []byte, p *DataPacket) []byte {
 	return b
 }
 
+// AppendDataPacketHeader appends the message of a one-frame DataPacket without fin up to, not
+// including, the frame's data: the header followed by exactly dataLen data bytes is the message
+// AppendDataPacketMessage writes for that packet. It lets a sender hand large data to QUIC from
+// the caller's buffer instead of copying it behind the header. dataLen must be positive.
+func AppendDataPacketHeader(b []byte, packetID, streamID, offset uint64, dataLen int) []byte {
+	f := DataFrame{StreamID: streamID, Offset: offset}
+	frameSize := dataFrameSize(&f) + tagSize + protowire.SizeBytes(dataLen)
+	n := tagSize + protowire.SizeBytes(frameSize)
+	if packetID != 0 {
+		n += tagSize + protowire.SizeVarint(packetID)
+	}
+	b = protowire.AppendVarint(b, uint64(n))
+	if packetID != 0 {
+		b = protowire.AppendTag(b, packetIDField, protowire.VarintType)
+		b = protowire.AppendVarint(b, packetID)
+	}
+	b = protowire.AppendTag(b, framesField, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(frameSize))
+	if streamID != 0 {
+		b = protowire.AppendTag(b, streamIDField, protowire.VarintType)
+		b = protowire.AppendVarint(b, streamID)
+	}
+	if offset != 0 {
+		b = protowire.AppendTag(b, offsetField, protowire.VarintType)
+		b = protowire.AppendVarint(b, offset)
+	}
+	b = protowire.AppendTag(b, dataField, protowire.BytesType)
+	return protowire.AppendVarint(b, uint64(dataLen))
+}
+
 // MaxFrameData returns the largest len(Data) of a single-frame DataPacket whose body stays <=
 // maxMessageSize, whatever the packet id, stream id, offset and fin (worst-case varints). It
 // returns 0 if no frame with data fits.

@@ -504,3 +504,27 @@ func parseDataPacketSeeds() map[string][]any {
 	}
 	return seeds
 }
+
+func TestAppendDataPacketHeader(t *testing.T) {
+	for _, tc := range []struct {
+		packetID, streamID, offset uint64
+		dataLen                    int
+	}{
+		{0, 0, 0, 1},
+		{1, 2, 3, 100},
+		{1 << 40, 1<<62 + 5, 1 << 50, 65000},
+		{7, 0, 1 << 20, 127},
+		{0, 9, 0, 128},
+	} {
+		data := make([]byte, tc.dataLen)
+		for i := range data {
+			data[i] = byte(i * 7)
+		}
+		p := DataPacket{PacketID: tc.packetID, Frames: []DataFrame{{StreamID: tc.streamID, Offset: tc.offset, Data: data}}}
+		want := AppendDataPacketMessage(nil, &p)
+		got := append(AppendDataPacketHeader(nil, tc.packetID, tc.streamID, tc.offset, tc.dataLen), data...)
+		if !bytes.Equal(got, want) {
+			t.Errorf("%+v: header+data\n%x\nwant\n%x", tc, got[:min(len(got), 40)], want[:min(len(want), 40)])
+		}
+	}
+}
