@@ -45,8 +45,36 @@ type Config struct {
 	// It must be between 4 KiB and 16 MiB.
 	MaxMessageSize int
 
-	// HandshakeTimeout bounds the QUIC handshake plus KWIK's authentication. 0 means 10 s.
+	// HandshakeTimeout bounds the QUIC handshake plus KWIK's authentication, for the primary
+	// path and for every secondary path the client joins. 0 means 10 s.
 	HandshakeTimeout time.Duration
+
+	// JoinKey is the secret a primary and its secondaries share: the primary signs join tokens
+	// with it (AddPath needs it) and a secondary accepts only joins whose token it verifies.
+	// nil: the primary cannot add paths and the server accepts no joins.
+	JoinKey []byte
+
+	// JoinTokenTTL is how long a join token stays valid (and in the secondary's replay cache).
+	// 0 means 15 s.
+	JoinTokenTTL time.Duration
+
+	// HeartbeatInterval is how often each side of a path sends a heartbeat on its control
+	// stream. 0 means 1 s.
+	HeartbeatInterval time.Duration
+
+	// PathTimeout is how long a path may stay silent (no heartbeat, no data) before it is DEAD;
+	// it is checked at every heartbeat, so a dead path is found within PathTimeout plus one
+	// HeartbeatInterval. It must exceed HeartbeatInterval. 0 means 5 s.
+	PathTimeout time.Duration
+
+	// MaxPaths bounds the paths of a session, the primary included, on the primary (AddPath
+	// fails past it) and on the client (it refuses further joins). 0 means 8.
+	MaxPaths int
+
+	// MaxPendingRawData bounds the relayed bytes waiting for ReceiveRawData; past it new ones
+	// are dropped (and counted). It also bounds what the client holds for one path's relay.
+	// 0 means 1 MiB.
+	MaxPendingRawData int
 }
 
 const (
@@ -56,6 +84,11 @@ const (
 	defaultStreamReceiveWindow  = 1 << 20
 	defaultMaxMessageSize       = 64 << 10
 	defaultHandshakeTimeout     = 10 * time.Second
+	defaultJoinTokenTTL         = 15 * time.Second
+	defaultHeartbeatInterval    = time.Second
+	defaultPathTimeout          = 5 * time.Second
+	defaultMaxPaths             = 8
+	defaultMaxPendingRawData    = 1 << 20
 	minMessageSize              = 4 << 10
 	maxMessageSize              = 16 << 20
 	maxStreamReceiveWindow      = 1 << 30
@@ -68,7 +101,9 @@ func (c *Config) populate() (*Config, error) {
 		conf = *c
 	}
 	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
-		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 {
+		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 ||
+		conf.JoinTokenTTL < 0 || conf.HeartbeatInterval < 0 || conf.PathTimeout < 0 || conf.MaxPaths < 0 ||
+		conf.MaxPendingRawData < 0 {
 		return nil, errors.New("kwik: negative value in Config")
 	}
 	if conf.StreamsPerRealStream == 0 {
@@ -97,6 +132,24 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.HandshakeTimeout == 0 {
 		conf.HandshakeTimeout = defaultHandshakeTimeout
+	}
+	if conf.JoinTokenTTL == 0 {
+		conf.JoinTokenTTL = defaultJoinTokenTTL
+	}
+	if conf.HeartbeatInterval == 0 {
+		conf.HeartbeatInterval = defaultHeartbeatInterval
+	}
+	if conf.PathTimeout == 0 {
+		conf.PathTimeout = max(defaultPathTimeout, 2*conf.HeartbeatInterval)
+	}
+	if conf.PathTimeout <= conf.HeartbeatInterval {
+		return nil, fmt.Errorf("kwik: PathTimeout %v must exceed HeartbeatInterval %v", conf.PathTimeout, conf.HeartbeatInterval)
+	}
+	if conf.MaxPaths == 0 {
+		conf.MaxPaths = defaultMaxPaths
+	}
+	if conf.MaxPendingRawData == 0 {
+		conf.MaxPendingRawData = defaultMaxPendingRawData
 	}
 	var q quic.Config
 	if conf.QUIC != nil {

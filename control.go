@@ -1,6 +1,7 @@
 package kwik
 
 import (
+	"fmt"
 	"sync"
 	"time"
 
@@ -25,6 +26,7 @@ type controlWriter struct {
 	creates       []*stream // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
+	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
 	closed        bool
 
 	// Owned by the run goroutine.
@@ -45,6 +47,20 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 	w.frames = append(w.frames, f)
 	w.mu.Unlock()
 	notify(w.wake)
+}
+
+// queueRaw queues relayed data unless more than limit bytes of it are already waiting.
+func (w *controlWriter) queueRaw(m *pb.RawPacketTransmission, limit int) bool {
+	w.mu.Lock()
+	if w.closed || w.rawBytes+len(m.Data) > limit {
+		w.mu.Unlock()
+		return false
+	}
+	w.rawBytes += len(m.Data)
+	w.frames = append(w.frames, &pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: m}})
+	w.mu.Unlock()
+	notify(w.wake)
+	return true
 }
 
 // queueCreate announces a stream this side opened. The announcement is dropped if the
@@ -104,14 +120,27 @@ func (w *controlWriter) run() {
 	)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
+	conf := w.p.sess.conf
+	heartbeat := time.NewTicker(conf.HeartbeatInterval)
+	defer heartbeat.Stop()
+	var (
+		hb  pb.Heartbeat
+		hbF = &pb.ControlFrame{Payload: &pb.ControlFrame_Heartbeat{Heartbeat: &hb}}
+	)
 	for {
-		sendAcks := false
+		sendAcks, sendHeartbeat := false, false
 		select {
 		case <-w.wake:
 		case <-ackTimer.C:
 			ackArmed = false
 			sendAcks = true
-		case <-w.p.sess.ctx.Done():
+		case now := <-heartbeat.C:
+			if silent := now.Sub(time.Unix(0, w.p.lastActive.Load())); silent > conf.PathTimeout {
+				w.p.fail(&Error{Code: CodePathDead, Message: "path " + w.p.id + " silent for " + silent.Round(time.Millisecond).String()})
+				return
+			}
+			sendHeartbeat = true
+		case <-w.p.ctx.Done():
 			w.mu.Lock()
 			w.closed = true
 			w.frames = nil
@@ -120,6 +149,7 @@ func (w *controlWriter) run() {
 		}
 		w.mu.Lock()
 		frames, w.frames = w.frames, frames[:0]
+		w.rawBytes = 0 // taken for writing: the room is free again
 		creates, w.creates = w.creates, creates[:0]
 		credit, w.maxStreamData = w.maxStreamData, credit
 		maxStreams, w.maxStreams = w.maxStreams, 0
@@ -148,6 +178,10 @@ func (w *controlWriter) run() {
 			}
 		}
 		clear(credit)
+		if sendHeartbeat && err == nil {
+			hb.Sequence++
+			w.buf, err = w.append(hbF)
+		}
 		if maxStreams > 0 && err == nil {
 			ms.Maximum = maxStreams
 			w.buf, err = w.append(msF)
@@ -216,42 +250,81 @@ func (p *path) readControl() {
 	}
 }
 
+// handleControl dispatches one control frame. Frames out of place for the path's role are
+// KWIK_INVALID_FRAME: a secondary, for instance, may not touch the client's streams.
 func (p *path) handleControl(f *pb.ControlFrame) error {
+	sess := p.sess
+	streamsAllowed := p.isPrimary || sess.role == RoleSecondary
 	switch m := f.Payload.(type) {
-	case *pb.ControlFrame_StreamCreateNotification:
-		_, err := p.sess.streams.get(m.StreamCreateNotification.LogicalStreamId)
-		return err
-	case *pb.ControlFrame_MaxStreamData:
-		s, err := p.sess.streams.get(m.MaxStreamData.LogicalStreamId)
-		if s != nil {
-			s.handleMaxStreamData(m.MaxStreamData.Maximum)
-		}
-		return err
-	case *pb.ControlFrame_MaxStreams:
-		p.sess.streams.handleMaxStreams(m.MaxStreams.Maximum)
-		return nil
-	case *pb.ControlFrame_StreamReset:
-		r := m.StreamReset
-		s, err := p.sess.streams.get(r.LogicalStreamId)
-		if s != nil {
-			err = s.handleReset(StreamErrorCode(r.ErrorCode), r.FinalSize)
-		}
-		return err
-	case *pb.ControlFrame_StopSending:
-		s, err := p.sess.streams.get(m.StopSending.LogicalStreamId)
-		if s != nil {
-			s.cancelWrite(StreamErrorCode(m.StopSending.ErrorCode), true)
-		}
-		return err
+	case *pb.ControlFrame_Heartbeat:
+		return nil // readControl already noted that the path is alive
 	case *pb.ControlFrame_Ack:
 		return p.handleAck(m.Ack)
-	case *pb.ControlFrame_Heartbeat:
-		if !m.Heartbeat.Response {
-			p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_Heartbeat{Heartbeat: &pb.Heartbeat{Sequence: m.Heartbeat.Sequence, Response: true}}})
+	case *pb.ControlFrame_StreamCreateNotification:
+		if streamsAllowed {
+			_, err := sess.streams.get(m.StreamCreateNotification.LogicalStreamId)
+			return err
 		}
-		return nil
+	case *pb.ControlFrame_MaxStreamData:
+		if streamsAllowed {
+			s, err := sess.streams.get(m.MaxStreamData.LogicalStreamId)
+			if s != nil {
+				s.handleMaxStreamData(m.MaxStreamData.Maximum)
+			}
+			return err
+		}
+	case *pb.ControlFrame_MaxStreams:
+		if streamsAllowed {
+			sess.streams.handleMaxStreams(m.MaxStreams.Maximum)
+			return nil
+		}
+	case *pb.ControlFrame_StreamReset:
+		if streamsAllowed {
+			r := m.StreamReset
+			s, err := sess.streams.get(r.LogicalStreamId)
+			if s != nil {
+				err = s.handleReset(StreamErrorCode(r.ErrorCode), r.FinalSize)
+			}
+			return err
+		}
+	case *pb.ControlFrame_StopSending:
+		if streamsAllowed {
+			s, err := sess.streams.get(m.StopSending.LogicalStreamId)
+			if s != nil {
+				s.cancelWrite(StreamErrorCode(m.StopSending.ErrorCode), true)
+			}
+			return err
+		}
+	case *pb.ControlFrame_RawPacketTransmission:
+		return sess.handleRaw(p, m.RawPacketTransmission)
+	case *pb.ControlFrame_RawPacketResult:
+		if sess.role != RoleClient {
+			return sess.handleRawResult(m.RawPacketResult)
+		}
+	case *pb.ControlFrame_AddPathRequest:
+		if sess.role == RoleClient && p.isPrimary {
+			sess.join(m.AddPathRequest)
+			return nil
+		}
+	case *pb.ControlFrame_RemovePathRequest:
+		if sess.role == RoleClient && p.isPrimary {
+			sess.removePath(m.RemovePathRequest)
+			return nil
+		}
+	case *pb.ControlFrame_AddPathResponse:
+		if sess.role == RolePrimary {
+			return sess.handleAddPathResponse(m.AddPathResponse)
+		}
+	case *pb.ControlFrame_RemovePathResponse:
+		if sess.role == RolePrimary {
+			return sess.handleRemovePathResponse(m.RemovePathResponse)
+		}
+	case *pb.ControlFrame_PathStatusNotification:
+		if sess.role == RolePrimary {
+			return sess.handlePathStatus(m.PathStatusNotification)
+		}
 	}
-	return &Error{Code: CodeInvalidFrame, Message: "unexpected control frame"}
+	return &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("unexpected control frame %T on a %v path", f.Payload, sess.role)}
 }
 
 func (p *path) handleAck(a *pb.AckFrame) error {

@@ -13,15 +13,16 @@ type ErrorCode uint64
 
 // KWIK's error codes. Their numeric values are part of the wire protocol (docs/PROTOCOL.md).
 const (
-	CodePathNotFound       ErrorCode = 1 // KWIK_PATH_NOT_FOUND
-	CodePathDead           ErrorCode = 2 // KWIK_PATH_DEAD
-	CodeInvalidFrame       ErrorCode = 3 // KWIK_INVALID_FRAME
-	CodeAuthFailed         ErrorCode = 4 // KWIK_AUTH_FAILED
-	CodeStreamCreateFailed ErrorCode = 5 // KWIK_STREAM_CREATE_FAILED
-	CodePacketTooLarge     ErrorCode = 6 // KWIK_PACKET_TOO_LARGE
-	CodeOffsetMismatch     ErrorCode = 7 // KWIK_OFFSET_MISMATCH
-	CodeFlowControl        ErrorCode = 8 // KWIK_FLOW_CONTROL: data beyond the granted credit
-	CodeInternal           ErrorCode = 9 // KWIK_INTERNAL
+	CodePathNotFound       ErrorCode = 1  // KWIK_PATH_NOT_FOUND
+	CodePathDead           ErrorCode = 2  // KWIK_PATH_DEAD
+	CodeInvalidFrame       ErrorCode = 3  // KWIK_INVALID_FRAME
+	CodeAuthFailed         ErrorCode = 4  // KWIK_AUTH_FAILED
+	CodeStreamCreateFailed ErrorCode = 5  // KWIK_STREAM_CREATE_FAILED
+	CodePacketTooLarge     ErrorCode = 6  // KWIK_PACKET_TOO_LARGE
+	CodeOffsetMismatch     ErrorCode = 7  // KWIK_OFFSET_MISMATCH
+	CodeFlowControl        ErrorCode = 8  // KWIK_FLOW_CONTROL: data beyond the granted credit
+	CodeInternal           ErrorCode = 9  // KWIK_INTERNAL
+	CodePathRemoved        ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
 )
 
 var codeNames = map[ErrorCode]string{
@@ -34,6 +35,7 @@ var codeNames = map[ErrorCode]string{
 	CodeOffsetMismatch:     "KWIK_OFFSET_MISMATCH",
 	CodeFlowControl:        "KWIK_FLOW_CONTROL",
 	CodeInternal:           "KWIK_INTERNAL",
+	CodePathRemoved:        "KWIK_PATH_REMOVED",
 }
 
 func (c ErrorCode) String() string {
@@ -82,6 +84,7 @@ var (
 	ErrPacketTooLarge     = &Error{Code: CodePacketTooLarge}
 	ErrOffsetMismatch     = &Error{Code: CodeOffsetMismatch}
 	ErrFlowControl        = &Error{Code: CodeFlowControl}
+	ErrPathRemoved        = &Error{Code: CodePathRemoved}
 )
 
 // ErrNotPrimary is returned by operations that only the primary server of a session may do.

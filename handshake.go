@@ -4,15 +4,18 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/hex"
+	"errors"
 	"time"
 
+	"github.com/kwik-go/kwik/internal/jointoken"
 	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
 	"github.com/quic-go/quic-go"
 )
 
 // Dial opens a session with the primary server at addr: QUIC handshake, control stream,
-// authentication, then the session ID the primary issues. conf may be nil.
+// authentication, then the session ID the primary issues. conf may be nil. The tls.Config is
+// also used to join the secondaries the primary adds.
 func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {
 	c, err := conf.populate()
 	if err != nil {
@@ -28,25 +31,41 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	if err != nil {
 		return nil, err
 	}
-	sess, err := clientHandshake(ctx, conn, c, addr)
+	a, err := clientAuthenticate(ctx, conn, c, &pb.AuthenticationRequest{})
 	if err != nil {
 		closeConnWith(conn, err)
 		return nil, err
 	}
+	sess := newSession(RoleClient, a.sessionID, c)
+	sess.tlsConf = tc
+	sess.start(newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer))
 	return sess, nil
 }
 
-func clientHandshake(ctx context.Context, conn *quic.Conn, conf *Config, addr string) (*session, error) {
+// DialAddr is Dial under quic-go's name, so that porting code is a change of import.
+func DialAddr(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {
+	return Dial(ctx, addr, tlsConf, conf)
+}
+
+// authenticated is what a successful client handshake yields.
+type authenticated struct {
+	sessionID, pathID string
+	stream            *quic.Stream
+	reader            *wire.Reader
+	peer              peerParams
+}
+
+// clientAuthenticate opens the control stream of a new path and authenticates: req is empty
+// for a new session, and carries the session ID, path ID and join token for a secondary.
+func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req *pb.AuthenticationRequest) (*authenticated, error) {
 	cs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer watchDeadline(ctx, cs)()
-	req := &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
-		Version: protocolVersion,
-		Params:  conf.params(),
-	}}}
-	if err := writeFrame(cs, req); err != nil {
+	req.Version = protocolVersion
+	req.Params = conf.params()
+	if err := writeFrame(cs, &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: req}}); err != nil {
 		return nil, handshakeError(ctx, conn, err)
 	}
 	r := wire.NewReader(cs, conf.MaxMessageSize)
@@ -72,14 +91,12 @@ func clientHandshake(ctx context.Context, conn *quic.Conn, conf *Config, addr st
 	if err != nil {
 		return nil, err
 	}
-	sess := newSession(RoleClient, resp.SessionId, conf, peer)
-	sess.start(newPath(sess, conn, resp.PathId, addr, true, cs, r))
-	return sess, nil
+	return &authenticated{sessionID: resp.SessionId, pathID: resp.PathId, stream: cs, reader: r, peer: peer}, nil
 }
 
-// serverHandshake authenticates a new connection's first path. Secondary joins come with
-// multi-server sessions; this version refuses them with KWIK_AUTH_FAILED.
-func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config) (*session, error) {
+// serverHandshake authenticates a new connection: a client opening a session (this server
+// becomes its primary), or a client joining this server to a session as a secondary.
+func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache) (*session, error) {
 	cs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -103,15 +120,22 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config) (*sessi
 	if req.Version != protocolVersion {
 		return refuse(CodeAuthFailed, "unsupported protocol version")
 	}
-	if req.SessionId != "" || len(req.Credentials) > 0 {
-		return refuse(CodeAuthFailed, "secondary paths are not supported by this server")
-	}
 	peer, err := parsePeerParams(req.Params)
 	if err != nil {
 		return refuse(CodeInvalidFrame, err.Error())
 	}
-	sess := newSession(RolePrimary, randomID(16), conf, peer)
-	pathID := randomID(8)
+	var sess *session
+	var pathID string
+	if req.SessionId == "" && len(req.Credentials) == 0 && req.PathId == "" {
+		sess = newSession(RolePrimary, randomID(16), conf)
+		pathID = randomID(8)
+	} else {
+		if err := verifyJoin(conf, replay, req); err != nil {
+			return refuse(CodeAuthFailed, err.Error())
+		}
+		sess = newSession(RoleSecondary, req.SessionId, conf)
+		pathID = req.PathId
+	}
 	resp := &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: &pb.AuthenticationResponse{
 		Success:   true,
 		SessionId: sess.id,
@@ -121,8 +145,28 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config) (*sessi
 	if err := writeFrame(cs, resp); err != nil {
 		return nil, handshakeError(ctx, conn, err)
 	}
-	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), true, cs, r))
+	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), sess.role == RolePrimary, true, cs, r, peer))
 	return sess, nil
+}
+
+// verifyJoin checks a secondary join: this server must hold the join key, the token must be
+// the key's for that session and path, unexpired and never used before.
+func verifyJoin(conf *Config, replay *jointoken.ReplayCache, req *pb.AuthenticationRequest) error {
+	if len(conf.JoinKey) == 0 {
+		return errors.New("this server accepts no joins (no join key)")
+	}
+	if !validID(req.SessionId, 16) || !validID(req.PathId, 8) {
+		return errors.New("malformed session or path ID")
+	}
+	now := time.Now()
+	expiry, err := jointoken.Verify(conf.JoinKey, req.Credentials, req.SessionId, req.PathId, now)
+	if err != nil {
+		return err
+	}
+	if expiry.After(now.Add(conf.JoinTokenTTL + time.Minute)) {
+		return errors.New("join token valid for longer than this server allows")
+	}
+	return replay.Use(req.Credentials, expiry, now)
 }
 
 // watchDeadline makes blocking calls on cs fail once ctx ends, and returns the function that
@@ -144,7 +188,7 @@ func handshakeError(ctx context.Context, conn *quic.Conn, err error) error {
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
-	return err
+	return closeError(err)
 }
 
 func writeFrame(cs *quic.Stream, f *pb.ControlFrame) error {
@@ -170,7 +214,8 @@ func readFrame(r *wire.Reader) (*pb.ControlFrame, error) {
 
 // closeConnWith closes a connection whose handshake failed, with KWIK's code when there is one.
 func closeConnWith(conn *quic.Conn, err error) {
-	if ke, ok := err.(*Error); ok && !ke.Remote {
+	var ke *Error
+	if errors.As(err, &ke) && !ke.Remote {
 		_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(ke.Code), ke.Message)
 		return
 	}
@@ -183,9 +228,4 @@ func validID(id string, n int) bool {
 	}
 	_, err := hex.DecodeString(id)
 	return err == nil
-}
-
-// DialAddr is Dial under quic-go's name, so that porting code is a change of import.
-func DialAddr(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {
-	return Dial(ctx, addr, tlsConf, conf)
 }

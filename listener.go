@@ -6,6 +6,8 @@ import (
 	"net"
 	"sync"
 
+	"github.com/kwik-go/kwik/internal/jointoken"
+
 	"github.com/quic-go/quic-go"
 )
 
@@ -13,7 +15,12 @@ import (
 // new sessions are refused rather than held.
 const acceptQueueLen = 64
 
-// Listener accepts KWIK sessions: new sessions from clients, on a primary server. Closing it
+// replayCacheSize bounds the join tokens a listener remembers; past it (a flood of valid joins
+// within one token lifetime) joins are refused rather than risk accepting a replay.
+const replayCacheSize = 1 << 16
+
+// Listener accepts KWIK sessions: new sessions from clients (this server is their primary)
+// and joins of this server to clients' sessions as a secondary, alike. Closing it
 // stops accepting; sessions already accepted keep running until they close (as in quic-go).
 type Listener struct {
 	ql   *quic.Listener
@@ -23,6 +30,7 @@ type Listener struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the accept loop and the handshakes in progress
 	queue  chan *session
+	replay *jointoken.ReplayCache // join tokens used, shared by every join on this listener
 }
 
 // Listen listens for KWIK sessions on the UDP address addr. conf may be nil.
@@ -39,7 +47,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen)}
+	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen), replay: jointoken.NewReplayCache(replayCacheSize)}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -62,7 +70,7 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	defer l.wg.Done()
 	ctx, cancel := context.WithTimeout(l.ctx, l.conf.HandshakeTimeout)
 	defer cancel()
-	sess, err := serverHandshake(ctx, conn, l.conf)
+	sess, err := serverHandshake(ctx, conn, l.conf, l.replay)
 	if err != nil {
 		closeConnWith(conn, err)
 		return

@@ -16,9 +16,10 @@ import (
 // path is one QUIC connection of a session with its control stream and data plane.
 //
 // Goroutines, all counted in the session's WaitGroup and all ending when the connection
-// closes (or, for the control writer, when the session's context ends):
+// closes (or, for the control writer, when the path's context ends):
 //   - readControl: reads the control stream and dispatches frames;
-//   - ctrl.run: writes queued control frames, coalescing credit updates and acks;
+//   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and sends
+//     heartbeats, declaring the path dead when the peer has been silent for PathTimeout;
 //   - acceptData: accepts the peer's data streams and starts a readData for each.
 //
 // Sending needs no goroutine: a stream's Write encodes its DataPacket and writes it on a real
@@ -28,8 +29,14 @@ type path struct {
 	sess      *session
 	conn      *quic.Conn
 	address   string
-	isPrimary bool
+	isPrimary bool // the client's path to the primary, or the primary's own
+	essential bool // the session ends with this path: every path but a client's secondaries
+	peer      peerParams
 	createdAt time.Time
+	rec       *pathRecord // guarded by sess.paths.mu
+
+	ctx    context.Context // ends when the path (or the session) ends
+	cancel context.CancelFunc
 
 	ctrlStream *quic.Stream
 	ctrlReader *wire.Reader
@@ -52,17 +59,20 @@ type path struct {
 	}
 }
 
-func newPath(sess *session, conn *quic.Conn, id, address string, primary bool, ctrlStream *quic.Stream, ctrlReader *wire.Reader) *path {
+func newPath(sess *session, conn *quic.Conn, id, address string, primary, essential bool, ctrlStream *quic.Stream, ctrlReader *wire.Reader, peer peerParams) *path {
 	p := &path{
 		id:         id,
 		sess:       sess,
 		conn:       conn,
 		address:    address,
 		isPrimary:  primary,
+		essential:  essential,
+		peer:       peer,
 		createdAt:  time.Now(),
 		ctrlStream: ctrlStream,
 		ctrlReader: ctrlReader,
 	}
+	p.ctx, p.cancel = context.WithCancel(sess.ctx)
 	p.lastActive.Store(p.createdAt.UnixNano())
 	p.ctrl = newControlWriter(p)
 	p.pool.p = p
@@ -76,25 +86,10 @@ func (p *path) start() {
 	go p.acceptData()
 }
 
-func (p *path) info() PathInfo {
-	status := PathActive
-	if p.sess.ctx.Err() != nil {
-		status = PathDead
-	}
-	return PathInfo{
-		PathID:     p.id,
-		Address:    p.address,
-		IsPrimary:  p.isPrimary,
-		Status:     status,
-		CreatedAt:  p.createdAt,
-		LastActive: time.Unix(0, p.lastActive.Load()),
-	}
-}
-
 func (p *path) acceptData() {
 	defer p.sess.wg.Done()
 	for {
-		qs, err := p.conn.AcceptUniStream(p.sess.ctx)
+		qs, err := p.conn.AcceptUniStream(p.ctx)
 		if err != nil {
 			return
 		}
@@ -124,6 +119,11 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 		p.recordPacket(pkt.PacketID, len(body))
 		for i := range pkt.Frames {
 			f := &pkt.Frames[i]
+			if p.sess.role == RoleClient && !p.isPrimary {
+				// A secondary may only fill ranges delegated to it, and none is yet.
+				p.fail(&Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside any delegated range"})
+				return
+			}
 			s, err := p.sess.streams.get(f.StreamID)
 			if err == nil && s != nil {
 				err = s.handleFrame(f.Offset, f.Data, f.Fin)
@@ -136,14 +136,20 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 	}
 }
 
-// fail handles an error from reading the path: the connection's end, or a protocol violation
-// by the peer. On the primary path, either ends the session.
+// fail handles an error on the path: the connection's end, silence past PathTimeout, or a
+// protocol violation by the peer. An essential path takes the session with it; a client's
+// secondary path dies alone and the primary is told.
 func (p *path) fail(err error) {
-	if p.sess.ctx.Err() != nil {
-		return
+	if p.ctx.Err() != nil {
+		return // the path or the session is already closing
 	}
 	if p.conn.Context().Err() != nil {
-		p.sess.closeRemote(context.Cause(p.conn.Context()))
+		err = closeError(context.Cause(p.conn.Context()))
+		if !p.essential {
+			p.sess.pathDied(p, err)
+			return
+		}
+		p.sess.closeRemote(err)
 		return
 	}
 	var tooLarge *wire.MessageTooLargeError
@@ -157,10 +163,18 @@ func (p *path) fail(err error) {
 	default:
 		var appErr *quic.ApplicationError
 		if errors.As(err, &appErr) {
+			if !p.essential {
+				p.sess.pathDied(p, closeError(err))
+				return
+			}
 			p.sess.closeRemote(err)
 			return
 		}
 		err = &Error{Code: CodeInvalidFrame, Message: err.Error()}
+	}
+	if !p.essential {
+		p.sess.pathDied(p, err)
+		return
 	}
 	p.sess.closeLocal(err)
 }
@@ -214,12 +228,15 @@ func (sp *sendPool) assign() (*realStream, error) {
 		qs, err := sp.p.conn.OpenUniStream()
 		switch {
 		case err == nil:
-			rs := &realStream{p: sp.p, qs: qs, buf: make([]byte, 0, sp.p.sess.peer.maxMessageSize+16)}
+			rs := &realStream{p: sp.p, qs: qs, buf: make([]byte, 0, sp.p.peer.maxMessageSize+16)}
 			sp.streams = append(sp.streams, rs)
 			best = rs
 		case best == nil:
 			if sp.p.sess.ctx.Err() != nil {
 				return nil, sp.p.sess.closeErr()
+			}
+			if sp.p.ctx.Err() != nil {
+				return nil, &Error{Code: CodePathDead, Message: sp.p.id}
 			}
 			return nil, err
 		}

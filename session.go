@@ -3,8 +3,10 @@ package kwik
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -13,14 +15,15 @@ import (
 	"github.com/kwik-go/kwik/internal/wire/pb"
 )
 
-// session is every role's Session. It owns its paths (one, the primary, in this version) and
-// its streams; all its goroutines are counted in wg and end when ctx is canceled and the
-// connections are closed.
+// session is every role's Session. A client session holds one path per server (the primary
+// and the secondaries it joined); a server session holds its own path. The session owns its
+// streams and its paths; all its goroutines are counted in wg and end when ctx is canceled
+// and the connections are closed.
 type session struct {
 	role      Role
 	id        string
 	conf      *Config
-	peer      peerParams
+	tlsConf   *tls.Config // the client's, to join secondaries
 	createdAt time.Time
 
 	ctx    context.Context
@@ -28,11 +31,21 @@ type session struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
-	primary *path
+	primary *path // client: the path to the primary; servers: their own path
 	streams *streamsMap
+
+	paths struct {
+		mu      sync.Mutex
+		records []*pathRecord // every path since the session began, in creation order
+		byID    map[string]*pathRecord
+		adds    map[string]chan *pb.AddPathResponse    // primary: AddPath calls waiting
+		removes map[string]chan *pb.RemovePathResponse // primary: RemovePath calls waiting
+	}
+
+	raw rawState
 }
 
-// peerParams are the limits the peer announced in the handshake.
+// peerParams are the limits the peer of a path announced in its handshake.
 type peerParams struct {
 	maxMessageSize int
 	maxFrameData   int
@@ -72,28 +85,50 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 	return pp, nil
 }
 
-func newSession(role Role, id string, conf *Config, peer peerParams) *session {
-	s := &session{role: role, id: id, conf: conf, peer: peer, createdAt: time.Now()}
+func newSession(role Role, id string, conf *Config) *session {
+	s := &session{role: role, id: id, conf: conf, createdAt: time.Now()}
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.paths.byID = make(map[string]*pathRecord)
+	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
+	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
+	s.raw.init()
 	return s
 }
 
-// start runs the session once its primary path is authenticated.
-func (s *session) start(primary *path) {
-	s.primary = primary
-	s.streams = newStreamsMap(s, s.role == RoleClient, s.peer.maxStreams)
-	primary.start()
+// start runs the session once its first path is authenticated.
+func (s *session) start(first *path) {
+	s.primary = first
+	s.streams = newStreamsMap(s, s.role == RoleClient, first.peer.maxStreams)
+	rec := &pathRecord{id: first.id, address: first.address, primary: s.role != RoleSecondary, status: PathActive, createdAt: first.createdAt, p: first}
+	s.paths.records = append(s.paths.records, rec)
+	s.paths.byID[first.id] = rec
+	first.rec = rec
+	first.start()
 }
 
 func (s *session) closeErr() error { return context.Cause(s.ctx) }
 
-// shutdown closes the session once: every pending call returns cause, and the peer sees
-// code and msg on its connection.
+// shutdown closes the session once: every pending call returns cause, and the peers see code
+// and msg on their connections.
 func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
 	s.once.Do(func() {
 		s.cancel(cause)
 		s.streams.closeAll(cause)
-		_ = s.primary.conn.CloseWithError(code, msg)
+		s.paths.mu.Lock()
+		var live []*path
+		for _, r := range s.paths.records {
+			if r.status == PathActive || r.status == PathConnecting {
+				r.setStatus(PathDead, cause.Error())
+			}
+			if r.p != nil {
+				live = append(live, r.p)
+			}
+		}
+		s.paths.mu.Unlock()
+		for _, p := range live {
+			p.cancel()
+			_ = p.conn.CloseWithError(code, msg)
+		}
 	})
 }
 
@@ -119,7 +154,14 @@ func (s *session) CloseWithError(code ApplicationErrorCode, msg string) error {
 
 func (s *session) Close() error { return s.CloseWithError(0, "") }
 
+// errSecondaryOpens is what a secondary's OpenStream returns: only the primary and the client
+// open streams; a secondary's bytes go into ranges the primary delegates to it.
+var errSecondaryOpens = fmt.Errorf("kwik: a secondary server opens no streams: %w", ErrNotPrimary)
+
 func (s *session) OpenStream() (Stream, error) {
+	if s.role == RoleSecondary {
+		return nil, errSecondaryOpens
+	}
 	st, err := s.streams.open(context.Background(), false)
 	if err != nil {
 		return nil, err
@@ -128,6 +170,9 @@ func (s *session) OpenStream() (Stream, error) {
 }
 
 func (s *session) OpenStreamSync(ctx context.Context) (Stream, error) {
+	if s.role == RoleSecondary {
+		return nil, errSecondaryOpens
+	}
 	st, err := s.streams.open(ctx, true)
 	if err != nil {
 		return nil, err
@@ -141,45 +186,6 @@ func (s *session) AcceptStream(ctx context.Context) (Stream, error) {
 		return nil, err
 	}
 	return st, nil
-}
-
-func (s *session) AddPath(address string) error {
-	if s.role != RolePrimary {
-		return ErrNotPrimary
-	}
-	return ErrNotImplemented
-}
-
-func (s *session) RemovePath(pathID string) error {
-	if s.role != RolePrimary {
-		return ErrNotPrimary
-	}
-	if pathID == s.primary.id {
-		return errors.New("kwik: the primary path cannot be removed")
-	}
-	return &Error{Code: CodePathNotFound, Message: pathID}
-}
-
-func (s *session) GetActivePaths() []PathInfo {
-	if s.ctx.Err() != nil {
-		return nil
-	}
-	return []PathInfo{s.primary.info()}
-}
-
-func (s *session) GetDeadPaths() []PathInfo {
-	if s.ctx.Err() == nil {
-		return nil
-	}
-	return []PathInfo{s.primary.info()}
-}
-
-func (s *session) GetAllPaths() []PathInfo { return []PathInfo{s.primary.info()} }
-
-func (s *session) SendRawData(data []byte, pathID string) error { return ErrNotImplemented }
-
-func (s *session) ReceiveRawData(ctx context.Context) (RawData, error) {
-	return RawData{}, ErrNotImplemented
 }
 
 func (s *session) ID() string               { return s.id }

@@ -70,7 +70,7 @@ func newStream(id uint64, sess *session, p *path) *stream {
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
 	s.recv.window = uint64(sess.conf.StreamReceiveWindow)
 	s.recv.maxOffset = s.recv.window
-	s.send.maxOffset = sess.peer.streamWindow
+	s.send.maxOffset = p.peer.streamWindow
 	return s
 }
 
@@ -274,7 +274,7 @@ func (s *stream) Write(p []byte) (int, error) {
 			}
 			continue
 		}
-		chunk := min(uint64(len(p)), avail, uint64(s.sess.peer.maxFrameData))
+		chunk := min(uint64(len(p)), avail, uint64(s.path.peer.maxFrameData))
 		off := s.send.offset
 		s.send.offset += chunk
 		rs, err := s.realStreamLocked()

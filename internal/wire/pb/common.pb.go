@@ -85,30 +85,32 @@ type ErrorCode int32
 
 const (
 	ErrorCode_NO_ERROR             ErrorCode = 0
-	ErrorCode_PATH_NOT_FOUND       ErrorCode = 1 // KWIK_PATH_NOT_FOUND
-	ErrorCode_PATH_DEAD            ErrorCode = 2 // KWIK_PATH_DEAD
-	ErrorCode_INVALID_FRAME        ErrorCode = 3 // KWIK_INVALID_FRAME
-	ErrorCode_AUTH_FAILED          ErrorCode = 4 // KWIK_AUTH_FAILED
-	ErrorCode_STREAM_CREATE_FAILED ErrorCode = 5 // KWIK_STREAM_CREATE_FAILED
-	ErrorCode_PACKET_TOO_LARGE     ErrorCode = 6 // KWIK_PACKET_TOO_LARGE
-	ErrorCode_OFFSET_MISMATCH      ErrorCode = 7 // KWIK_OFFSET_MISMATCH
-	ErrorCode_FLOW_CONTROL         ErrorCode = 8 // KWIK_FLOW_CONTROL: data beyond the credit the receiver granted
-	ErrorCode_INTERNAL             ErrorCode = 9 // KWIK_INTERNAL
+	ErrorCode_PATH_NOT_FOUND       ErrorCode = 1  // KWIK_PATH_NOT_FOUND
+	ErrorCode_PATH_DEAD            ErrorCode = 2  // KWIK_PATH_DEAD
+	ErrorCode_INVALID_FRAME        ErrorCode = 3  // KWIK_INVALID_FRAME
+	ErrorCode_AUTH_FAILED          ErrorCode = 4  // KWIK_AUTH_FAILED
+	ErrorCode_STREAM_CREATE_FAILED ErrorCode = 5  // KWIK_STREAM_CREATE_FAILED
+	ErrorCode_PACKET_TOO_LARGE     ErrorCode = 6  // KWIK_PACKET_TOO_LARGE
+	ErrorCode_OFFSET_MISMATCH      ErrorCode = 7  // KWIK_OFFSET_MISMATCH
+	ErrorCode_FLOW_CONTROL         ErrorCode = 8  // KWIK_FLOW_CONTROL: data beyond the credit the receiver granted
+	ErrorCode_INTERNAL             ErrorCode = 9  // KWIK_INTERNAL
+	ErrorCode_PATH_REMOVED         ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
 )
 
 // Enum value maps for ErrorCode.
 var (
 	ErrorCode_name = map[int32]string{
-		0: "NO_ERROR",
-		1: "PATH_NOT_FOUND",
-		2: "PATH_DEAD",
-		3: "INVALID_FRAME",
-		4: "AUTH_FAILED",
-		5: "STREAM_CREATE_FAILED",
-		6: "PACKET_TOO_LARGE",
-		7: "OFFSET_MISMATCH",
-		8: "FLOW_CONTROL",
-		9: "INTERNAL",
+		0:  "NO_ERROR",
+		1:  "PATH_NOT_FOUND",
+		2:  "PATH_DEAD",
+		3:  "INVALID_FRAME",
+		4:  "AUTH_FAILED",
+		5:  "STREAM_CREATE_FAILED",
+		6:  "PACKET_TOO_LARGE",
+		7:  "OFFSET_MISMATCH",
+		8:  "FLOW_CONTROL",
+		9:  "INTERNAL",
+		10: "PATH_REMOVED",
 	}
 	ErrorCode_value = map[string]int32{
 		"NO_ERROR":             0,
@@ -121,6 +123,7 @@ var (
 		"OFFSET_MISMATCH":      7,
 		"FLOW_CONTROL":         8,
 		"INTERNAL":             9,
+		"PATH_REMOVED":         10,
 	}
 )
 
@@ -333,7 +336,7 @@ const file_common_proto_rawDesc = "" +
 	"\n" +
 	"CONNECTING\x10\x02\x12\x11\n" +
 	"\rDISCONNECTING\x10\x03\x12\v\n" +
-	"\aREMOVED\x10\x04*\xc5\x01\n" +
+	"\aREMOVED\x10\x04*\xd7\x01\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\x12\n" +
 	"\x0ePATH_NOT_FOUND\x10\x01\x12\r\n" +
@@ -344,7 +347,9 @@ const file_common_proto_rawDesc = "" +
 	"\x10PACKET_TOO_LARGE\x10\x06\x12\x13\n" +
 	"\x0fOFFSET_MISMATCH\x10\a\x12\x10\n" +
 	"\fFLOW_CONTROL\x10\b\x12\f\n" +
-	"\bINTERNAL\x10\tB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\bINTERNAL\x10\t\x12\x10\n" +
+	"\fPATH_REMOVED\x10\n" +
+	"B*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once

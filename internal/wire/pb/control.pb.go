@@ -49,6 +49,7 @@ type ControlFrame struct {
 	//	*ControlFrame_MaxStreams
 	//	*ControlFrame_Ack
 	//	*ControlFrame_SessionClose
+	//	*ControlFrame_RawPacketResult
 	Payload       isControlFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -249,6 +250,15 @@ func (x *ControlFrame) GetSessionClose() *SessionClose {
 	return nil
 }
 
+func (x *ControlFrame) GetRawPacketResult() *RawPacketResult {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_RawPacketResult); ok {
+			return x.RawPacketResult
+		}
+	}
+	return nil
+}
+
 type isControlFrame_Payload interface {
 	isControlFrame_Payload()
 }
@@ -317,6 +327,10 @@ type ControlFrame_SessionClose struct {
 	SessionClose *SessionClose `protobuf:"bytes,25,opt,name=session_close,json=sessionClose,proto3,oneof"`
 }
 
+type ControlFrame_RawPacketResult struct {
+	RawPacketResult *RawPacketResult `protobuf:"bytes,26,opt,name=raw_packet_result,json=rawPacketResult,proto3,oneof"`
+}
+
 func (*ControlFrame_AddPathRequest) isControlFrame_Payload() {}
 
 func (*ControlFrame_AddPathResponse) isControlFrame_Payload() {}
@@ -348,6 +362,8 @@ func (*ControlFrame_MaxStreams) isControlFrame_Payload() {}
 func (*ControlFrame_Ack) isControlFrame_Payload() {}
 
 func (*ControlFrame_SessionClose) isControlFrame_Payload() {}
+
+func (*ControlFrame_RawPacketResult) isControlFrame_Payload() {}
 
 // Limits a peer announces in the handshake; zero means "the protocol default" (docs/PROTOCOL.md).
 type TransportParameters struct {
@@ -923,11 +939,13 @@ func (x *StreamCreateNotification) GetPathId() string {
 	return ""
 }
 
+// RawPacketTransmission: server -> client (relay request), then client -> target server.
 type RawPacketTransmission struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Data           []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	TargetPathId   string                 `protobuf:"bytes,2,opt,name=target_path_id,json=targetPathId,proto3" json:"target_path_id,omitempty"`
-	SourceServerId string                 `protobuf:"bytes,3,opt,name=source_server_id,json=sourceServerId,proto3" json:"source_server_id,omitempty"` // the path ID of the server that sent it
+	SourceServerId string                 `protobuf:"bytes,3,opt,name=source_server_id,json=sourceServerId,proto3" json:"source_server_id,omitempty"` // the path ID of the server that sent it (set by the client)
+	Id             uint64                 `protobuf:"varint,4,opt,name=id,proto3" json:"id,omitempty"`                                                // the source's sequence number, echoed in RawPacketResult
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -983,6 +1001,74 @@ func (x *RawPacketTransmission) GetSourceServerId() string {
 	return ""
 }
 
+func (x *RawPacketTransmission) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+// RawPacketResult: client -> source server, once the relay was forwarded or refused.
+type RawPacketResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	ErrorCode     ErrorCode              `protobuf:"varint,2,opt,name=error_code,json=errorCode,proto3,enum=kwik.common.ErrorCode" json:"error_code,omitempty"` // NO_ERROR when forwarded
+	ErrorMessage  string                 `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RawPacketResult) Reset() {
+	*x = RawPacketResult{}
+	mi := &file_control_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RawPacketResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RawPacketResult) ProtoMessage() {}
+
+func (x *RawPacketResult) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RawPacketResult.ProtoReflect.Descriptor instead.
+func (*RawPacketResult) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RawPacketResult) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *RawPacketResult) GetErrorCode() ErrorCode {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ErrorCode_NO_ERROR
+}
+
+func (x *RawPacketResult) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sequence      uint64                 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
@@ -993,7 +1079,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1091,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1104,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Heartbeat) GetSequence() uint64 {
@@ -1047,7 +1133,7 @@ type StreamReset struct {
 
 func (x *StreamReset) Reset() {
 	*x = StreamReset{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1059,7 +1145,7 @@ func (x *StreamReset) String() string {
 func (*StreamReset) ProtoMessage() {}
 
 func (x *StreamReset) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1072,7 +1158,7 @@ func (x *StreamReset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReset.ProtoReflect.Descriptor instead.
 func (*StreamReset) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StreamReset) GetLogicalStreamId() uint64 {
@@ -1107,7 +1193,7 @@ type StopSending struct {
 
 func (x *StopSending) Reset() {
 	*x = StopSending{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1205,7 @@ func (x *StopSending) String() string {
 func (*StopSending) ProtoMessage() {}
 
 func (x *StopSending) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1218,7 @@ func (x *StopSending) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSending.ProtoReflect.Descriptor instead.
 func (*StopSending) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StopSending) GetLogicalStreamId() uint64 {
@@ -1160,7 +1246,7 @@ type MaxStreamData struct {
 
 func (x *MaxStreamData) Reset() {
 	*x = MaxStreamData{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1258,7 @@ func (x *MaxStreamData) String() string {
 func (*MaxStreamData) ProtoMessage() {}
 
 func (x *MaxStreamData) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1271,7 @@ func (x *MaxStreamData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaxStreamData.ProtoReflect.Descriptor instead.
 func (*MaxStreamData) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MaxStreamData) GetLogicalStreamId() uint64 {
@@ -1212,7 +1298,7 @@ type MaxStreams struct {
 
 func (x *MaxStreams) Reset() {
 	*x = MaxStreams{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1310,7 @@ func (x *MaxStreams) String() string {
 func (*MaxStreams) ProtoMessage() {}
 
 func (x *MaxStreams) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1323,7 @@ func (x *MaxStreams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaxStreams.ProtoReflect.Descriptor instead.
 func (*MaxStreams) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MaxStreams) GetMaximum() uint64 {
@@ -1257,7 +1343,7 @@ type SessionClose struct {
 
 func (x *SessionClose) Reset() {
 	*x = SessionClose{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1355,7 @@ func (x *SessionClose) String() string {
 func (*SessionClose) ProtoMessage() {}
 
 func (x *SessionClose) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1368,7 @@ func (x *SessionClose) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionClose.ProtoReflect.Descriptor instead.
 func (*SessionClose) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SessionClose) GetErrorCode() uint64 {
@@ -1304,7 +1390,7 @@ var File_control_proto protoreflect.FileDescriptor
 const file_control_proto_rawDesc = "" +
 	"\n" +
 	"\rcontrol.proto\x12\fkwik.control\x1a\fcommon.proto\x1a\n" +
-	"data.proto\"\xa3\n" +
+	"data.proto\"\xf0\n" +
 	"\n" +
 	"\fControlFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12\x1c\n" +
@@ -1326,7 +1412,8 @@ const file_control_proto_rawDesc = "" +
 	"\vmax_streams\x18\x17 \x01(\v2\x18.kwik.control.MaxStreamsH\x00R\n" +
 	"maxStreams\x12'\n" +
 	"\x03ack\x18\x18 \x01(\v2\x13.kwik.data.AckFrameH\x00R\x03ack\x12A\n" +
-	"\rsession_close\x18\x19 \x01(\v2\x1a.kwik.control.SessionCloseH\x00R\fsessionCloseB\t\n" +
+	"\rsession_close\x18\x19 \x01(\v2\x1a.kwik.control.SessionCloseH\x00R\fsessionClose\x12K\n" +
+	"\x11raw_packet_result\x18\x1a \x01(\v2\x1d.kwik.control.RawPacketResultH\x00R\x0frawPacketResultB\t\n" +
 	"\apayload\"\xa5\x01\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
@@ -1373,11 +1460,17 @@ const file_control_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"_\n" +
 	"\x18StreamCreateNotification\x12*\n" +
 	"\x11logical_stream_id\x18\x01 \x01(\x04R\x0flogicalStreamId\x12\x17\n" +
-	"\apath_id\x18\x02 \x01(\tR\x06pathId\"{\n" +
+	"\apath_id\x18\x02 \x01(\tR\x06pathId\"\x8b\x01\n" +
 	"\x15RawPacketTransmission\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12$\n" +
 	"\x0etarget_path_id\x18\x02 \x01(\tR\ftargetPathId\x12(\n" +
-	"\x10source_server_id\x18\x03 \x01(\tR\x0esourceServerId\"C\n" +
+	"\x10source_server_id\x18\x03 \x01(\tR\x0esourceServerId\x12\x0e\n" +
+	"\x02id\x18\x04 \x01(\x04R\x02id\"}\n" +
+	"\x0fRawPacketResult\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x125\n" +
+	"\n" +
+	"error_code\x18\x02 \x01(\x0e2\x16.kwik.common.ErrorCodeR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\"C\n" +
 	"\tHeartbeat\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1a\n" +
 	"\bresponse\x18\x02 \x01(\bR\bresponse\"w\n" +
@@ -1414,7 +1507,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_control_proto_goTypes = []any{
 	(*ControlFrame)(nil),             // 0: kwik.control.ControlFrame
 	(*TransportParameters)(nil),      // 1: kwik.control.TransportParameters
@@ -1427,15 +1520,16 @@ var file_control_proto_goTypes = []any{
 	(*PathStatusNotification)(nil),   // 8: kwik.control.PathStatusNotification
 	(*StreamCreateNotification)(nil), // 9: kwik.control.StreamCreateNotification
 	(*RawPacketTransmission)(nil),    // 10: kwik.control.RawPacketTransmission
-	(*Heartbeat)(nil),                // 11: kwik.control.Heartbeat
-	(*StreamReset)(nil),              // 12: kwik.control.StreamReset
-	(*StopSending)(nil),              // 13: kwik.control.StopSending
-	(*MaxStreamData)(nil),            // 14: kwik.control.MaxStreamData
-	(*MaxStreams)(nil),               // 15: kwik.control.MaxStreams
-	(*SessionClose)(nil),             // 16: kwik.control.SessionClose
-	(*AckFrame)(nil),                 // 17: kwik.data.AckFrame
-	(ErrorCode)(0),                   // 18: kwik.common.ErrorCode
-	(PathStatus)(0),                  // 19: kwik.common.PathStatus
+	(*RawPacketResult)(nil),          // 11: kwik.control.RawPacketResult
+	(*Heartbeat)(nil),                // 12: kwik.control.Heartbeat
+	(*StreamReset)(nil),              // 13: kwik.control.StreamReset
+	(*StopSending)(nil),              // 14: kwik.control.StopSending
+	(*MaxStreamData)(nil),            // 15: kwik.control.MaxStreamData
+	(*MaxStreams)(nil),               // 16: kwik.control.MaxStreams
+	(*SessionClose)(nil),             // 17: kwik.control.SessionClose
+	(*AckFrame)(nil),                 // 18: kwik.data.AckFrame
+	(ErrorCode)(0),                   // 19: kwik.common.ErrorCode
+	(PathStatus)(0),                  // 20: kwik.common.PathStatus
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: kwik.control.ControlFrame.add_path_request:type_name -> kwik.control.AddPathRequest
@@ -1447,23 +1541,25 @@ var file_control_proto_depIdxs = []int32{
 	3,  // 6: kwik.control.ControlFrame.authentication_response:type_name -> kwik.control.AuthenticationResponse
 	9,  // 7: kwik.control.ControlFrame.stream_create_notification:type_name -> kwik.control.StreamCreateNotification
 	10, // 8: kwik.control.ControlFrame.raw_packet_transmission:type_name -> kwik.control.RawPacketTransmission
-	11, // 9: kwik.control.ControlFrame.heartbeat:type_name -> kwik.control.Heartbeat
-	12, // 10: kwik.control.ControlFrame.stream_reset:type_name -> kwik.control.StreamReset
-	13, // 11: kwik.control.ControlFrame.stop_sending:type_name -> kwik.control.StopSending
-	14, // 12: kwik.control.ControlFrame.max_stream_data:type_name -> kwik.control.MaxStreamData
-	15, // 13: kwik.control.ControlFrame.max_streams:type_name -> kwik.control.MaxStreams
-	17, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
-	16, // 15: kwik.control.ControlFrame.session_close:type_name -> kwik.control.SessionClose
-	1,  // 16: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
-	18, // 17: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
-	1,  // 18: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
-	18, // 19: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
-	19, // 20: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	12, // 9: kwik.control.ControlFrame.heartbeat:type_name -> kwik.control.Heartbeat
+	13, // 10: kwik.control.ControlFrame.stream_reset:type_name -> kwik.control.StreamReset
+	14, // 11: kwik.control.ControlFrame.stop_sending:type_name -> kwik.control.StopSending
+	15, // 12: kwik.control.ControlFrame.max_stream_data:type_name -> kwik.control.MaxStreamData
+	16, // 13: kwik.control.ControlFrame.max_streams:type_name -> kwik.control.MaxStreams
+	18, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
+	17, // 15: kwik.control.ControlFrame.session_close:type_name -> kwik.control.SessionClose
+	11, // 16: kwik.control.ControlFrame.raw_packet_result:type_name -> kwik.control.RawPacketResult
+	1,  // 17: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
+	19, // 18: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
+	1,  // 19: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
+	19, // 20: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
+	20, // 21: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
+	19, // 22: kwik.control.RawPacketResult.error_code:type_name -> kwik.common.ErrorCode
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1490,6 +1586,7 @@ func file_control_proto_init() {
 		(*ControlFrame_MaxStreams)(nil),
 		(*ControlFrame_Ack)(nil),
 		(*ControlFrame_SessionClose)(nil),
+		(*ControlFrame_RawPacketResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1497,7 +1594,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

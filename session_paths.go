@@ -1,0 +1,389 @@
+package kwik
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/jointoken"
+	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
+)
+
+// pathRecord is one path in a session's history. Guarded by session.paths.mu.
+type pathRecord struct {
+	id, address string
+	primary     bool
+	status      PathStatus
+	reason      string // why it is dead or removed
+	createdAt   time.Time
+	changedAt   time.Time // last status change: LastActive for paths without a connection here
+	p           *path     // the connection, on the side that has one
+}
+
+func (r *pathRecord) setStatus(st PathStatus, reason string) {
+	r.status, r.reason, r.changedAt = st, reason, time.Now()
+}
+
+func (r *pathRecord) info() PathInfo {
+	last := r.changedAt
+	if r.p != nil {
+		last = time.Unix(0, r.p.lastActive.Load())
+	}
+	if last.IsZero() {
+		last = r.createdAt
+	}
+	return PathInfo{PathID: r.id, Address: r.address, IsPrimary: r.primary, Status: r.status, CreatedAt: r.createdAt, LastActive: last}
+}
+
+func (s *session) pathInfos(keep func(PathStatus) bool) []PathInfo {
+	s.paths.mu.Lock()
+	defer s.paths.mu.Unlock()
+	var out []PathInfo
+	for _, r := range s.paths.records {
+		if keep(r.status) {
+			out = append(out, r.info())
+		}
+	}
+	return out
+}
+
+func (s *session) GetActivePaths() []PathInfo {
+	return s.pathInfos(func(st PathStatus) bool { return st == PathActive })
+}
+
+func (s *session) GetDeadPaths() []PathInfo {
+	return s.pathInfos(func(st PathStatus) bool { return st == PathDead })
+}
+
+func (s *session) GetAllPaths() []PathInfo {
+	return s.pathInfos(func(PathStatus) bool { return true })
+}
+
+// pathError says why an operation cannot use pathID: nil if it is active.
+func (s *session) pathError(pathID string) error {
+	s.paths.mu.Lock()
+	defer s.paths.mu.Unlock()
+	r := s.paths.byID[pathID]
+	switch {
+	case r == nil:
+		return &Error{Code: CodePathNotFound, Message: pathID}
+	case r.status == PathDead:
+		return &Error{Code: CodePathDead, Message: pathID + ": " + r.reason}
+	case r.status != PathActive:
+		return &Error{Code: CodePathNotFound, Message: pathID + " is " + r.status.String()}
+	}
+	return nil
+}
+
+// AddPath asks the client to join the server at address. It returns once the client has
+// answered: nil means the path is active.
+func (s *session) AddPath(address string) error {
+	if s.role != RolePrimary {
+		return ErrNotPrimary
+	}
+	if len(s.conf.JoinKey) == 0 {
+		return errors.New("kwik: AddPath needs Config.JoinKey, shared with the secondaries")
+	}
+	if address == "" {
+		return errors.New("kwik: AddPath: empty address")
+	}
+	id := randomID(8)
+	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, time.Now().Add(s.conf.JoinTokenTTL))
+	if err != nil {
+		return err
+	}
+	ch := make(chan *pb.AddPathResponse, 1)
+	s.paths.mu.Lock()
+	if err := s.ctx.Err(); err != nil {
+		s.paths.mu.Unlock()
+		return s.closeErr()
+	}
+	live := 0
+	for _, r := range s.paths.records {
+		if r.status == PathActive || r.status == PathConnecting {
+			live++
+			if r.address == address && !r.primary {
+				s.paths.mu.Unlock()
+				return fmt.Errorf("kwik: AddPath: %s is already path %s (%v)", address, r.id, r.status)
+			}
+		}
+	}
+	if live >= s.conf.MaxPaths {
+		s.paths.mu.Unlock()
+		return fmt.Errorf("kwik: AddPath: the session already has %d paths (Config.MaxPaths)", live)
+	}
+	rec := &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now()}
+	s.paths.records = append(s.paths.records, rec)
+	s.paths.byID[id] = rec
+	s.paths.adds[id] = ch
+	s.paths.mu.Unlock()
+
+	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathRequest{AddPathRequest: &pb.AddPathRequest{
+		TargetAddress: address, SessionId: s.id, PathId: id, JoinToken: token,
+	}}})
+	// The client dials within its own HandshakeTimeout; allow for the token's life as well.
+	timer := time.NewTimer(s.conf.JoinTokenTTL + s.conf.HandshakeTimeout)
+	defer timer.Stop()
+	var resp *pb.AddPathResponse
+	select {
+	case resp = <-ch:
+	case <-timer.C:
+		resp = &pb.AddPathResponse{ErrorCode: pb.ErrorCode(CodePathDead), ErrorMessage: "the client did not answer"}
+	case <-s.ctx.Done():
+		return s.closeErr()
+	}
+	s.paths.mu.Lock()
+	delete(s.paths.adds, id)
+	if resp.Success {
+		if rec.status == PathConnecting {
+			rec.setStatus(PathActive, "")
+		}
+		s.paths.mu.Unlock()
+		return nil
+	}
+	rec.setStatus(PathDead, resp.ErrorMessage)
+	s.paths.mu.Unlock()
+	code := ErrorCode(resp.ErrorCode)
+	if code == 0 {
+		code = CodeInternal
+	}
+	return &Error{Code: code, Message: fmt.Sprintf("joining %s: %s", address, resp.ErrorMessage), Remote: true}
+}
+
+// RemovePath closes a secondary path. It returns once the client has closed it.
+func (s *session) RemovePath(pathID string) error {
+	if s.role != RolePrimary {
+		return ErrNotPrimary
+	}
+	if pathID == s.primary.id {
+		return errors.New("kwik: the primary path cannot be removed")
+	}
+	if err := s.pathError(pathID); err != nil {
+		return err
+	}
+	ch := make(chan *pb.RemovePathResponse, 1)
+	s.paths.mu.Lock()
+	s.paths.removes[pathID] = ch
+	s.paths.mu.Unlock()
+	defer func() {
+		s.paths.mu.Lock()
+		delete(s.paths.removes, pathID)
+		s.paths.mu.Unlock()
+	}()
+	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_RemovePathRequest{RemovePathRequest: &pb.RemovePathRequest{PathId: pathID}}})
+	timer := time.NewTimer(s.conf.PathTimeout + s.conf.HeartbeatInterval)
+	defer timer.Stop()
+	select {
+	case resp := <-ch:
+		s.paths.mu.Lock()
+		r := s.paths.byID[pathID]
+		if resp.Success {
+			r.setStatus(PathRemoved, "removed by the primary")
+		}
+		s.paths.mu.Unlock()
+		if !resp.Success {
+			return &Error{Code: CodePathNotFound, Message: resp.ErrorMessage, Remote: true}
+		}
+		return nil
+	case <-timer.C:
+		return &Error{Code: CodePathDead, Message: "the client did not answer the removal of " + pathID}
+	case <-s.ctx.Done():
+		return s.closeErr()
+	}
+}
+
+// handleAddPathResponse (primary) delivers the client's answer to the waiting AddPath.
+func (s *session) handleAddPathResponse(r *pb.AddPathResponse) error {
+	s.paths.mu.Lock()
+	ch := s.paths.adds[r.PathId]
+	delete(s.paths.adds, r.PathId)
+	s.paths.mu.Unlock()
+	if ch == nil {
+		return nil // AddPath gave up waiting
+	}
+	ch <- r
+	return nil
+}
+
+func (s *session) handleRemovePathResponse(r *pb.RemovePathResponse) error {
+	s.paths.mu.Lock()
+	ch := s.paths.removes[r.PathId]
+	delete(s.paths.removes, r.PathId)
+	s.paths.mu.Unlock()
+	if ch != nil {
+		ch <- r
+	}
+	return nil
+}
+
+// handlePathStatus (primary) records what the client says of a path.
+func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
+	s.paths.mu.Lock()
+	defer s.paths.mu.Unlock()
+	r := s.paths.byID[n.PathId]
+	if r == nil || r == s.primary.rec {
+		return nil
+	}
+	switch n.Status {
+	case pb.PathStatus_DEAD:
+		if r.status == PathActive || r.status == PathConnecting {
+			r.setStatus(PathDead, n.Reason)
+		}
+	case pb.PathStatus_ACTIVE:
+		if r.status == PathDead {
+			r.setStatus(PathActive, "")
+		}
+	}
+	return nil
+}
+
+// join (client) connects to a secondary at the primary's request, in the background, and
+// answers the primary when done.
+func (s *session) join(req *pb.AddPathRequest) {
+	fail := func(code ErrorCode, msg string) {
+		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
+			PathId: req.PathId, ErrorCode: pb.ErrorCode(code), ErrorMessage: msg,
+		}}})
+	}
+	if req.SessionId != s.id || !validID(req.PathId, 8) {
+		fail(CodeAuthFailed, "request names another session or a malformed path ID")
+		return
+	}
+	s.paths.mu.Lock()
+	if s.paths.byID[req.PathId] != nil {
+		s.paths.mu.Unlock()
+		fail(CodeInvalidFrame, "path ID already in use")
+		return
+	}
+	live := 0
+	for _, r := range s.paths.records {
+		if r.status == PathActive || r.status == PathConnecting {
+			live++
+		}
+	}
+	if live >= s.conf.MaxPaths {
+		s.paths.mu.Unlock()
+		fail(CodeInternal, "the client allows no more paths (Config.MaxPaths)")
+		return
+	}
+	rec := &pathRecord{id: req.PathId, address: req.TargetAddress, status: PathConnecting, createdAt: time.Now()}
+	s.paths.records = append(s.paths.records, rec)
+	s.paths.byID[rec.id] = rec
+	s.paths.mu.Unlock()
+
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		err := s.dialSecondary(rec, req.JoinToken)
+		if err == nil {
+			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
+				PathId: rec.id, Success: true,
+			}}})
+			return
+		}
+		s.paths.mu.Lock()
+		if rec.status == PathConnecting {
+			rec.setStatus(PathDead, err.Error())
+		}
+		s.paths.mu.Unlock()
+		code := CodeInternal
+		var ke *Error
+		if errors.As(err, &ke) {
+			code = ke.Code
+		}
+		fail(code, err.Error())
+	}()
+}
+
+// dialSecondary opens and authenticates the path to a secondary.
+func (s *session) dialSecondary(rec *pathRecord, token []byte) error {
+	ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
+	defer cancel()
+	conn, err := quic.DialAddr(ctx, rec.address, s.tlsConf, s.conf.QUIC)
+	if err != nil {
+		return err
+	}
+	p, err := clientAuthenticate(ctx, conn, s.conf, &pb.AuthenticationRequest{
+		SessionId: s.id, Credentials: token, PathId: rec.id,
+	})
+	if err == nil && (p.sessionID != s.id || p.pathID != rec.id) {
+		err = &Error{Code: CodeAuthFailed, Message: "the secondary answered for another session or path"}
+	}
+	if err != nil {
+		closeConnWith(conn, err)
+		return err
+	}
+	path := newPath(s, conn, rec.id, rec.address, false, false, p.stream, p.reader, p.peer)
+	s.paths.mu.Lock()
+	if s.ctx.Err() != nil || rec.status != PathConnecting {
+		s.paths.mu.Unlock()
+		_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "session closed")
+		return errors.New("kwik: the session closed while joining")
+	}
+	rec.p = path
+	path.rec = rec
+	rec.setStatus(PathActive, "")
+	s.paths.mu.Unlock()
+	path.start()
+	return nil
+}
+
+// removePath (client) closes a secondary path at the primary's request.
+func (s *session) removePath(req *pb.RemovePathRequest) {
+	s.paths.mu.Lock()
+	r := s.paths.byID[req.PathId]
+	ok := r != nil && r.p != nil && !r.primary && (r.status == PathActive || r.status == PathDead)
+	var p *path
+	if ok {
+		r.setStatus(PathRemoved, "removed by the primary")
+		p = r.p
+	}
+	s.paths.mu.Unlock()
+	resp := &pb.RemovePathResponse{PathId: req.PathId, Success: ok}
+	if !ok {
+		resp.ErrorMessage = "no such secondary path"
+	} else {
+		p.cancel()
+		_ = p.conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "removed by the primary")
+	}
+	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_RemovePathResponse{RemovePathResponse: resp}})
+}
+
+// pathDied (client) handles the death of a secondary path: it alone ends, the primary is told.
+func (s *session) pathDied(p *path, err error) {
+	s.paths.mu.Lock()
+	r := p.rec
+	changed := r.status == PathActive
+	if changed {
+		r.setStatus(PathDead, err.Error())
+	}
+	s.paths.mu.Unlock()
+	p.cancel()
+	code := kwikCodeBase + ApplicationErrorCode(CodePathDead)
+	var ke *Error
+	if errors.As(err, &ke) && !ke.Remote {
+		code = kwikCodeBase + ApplicationErrorCode(ke.Code)
+	}
+	_ = p.conn.CloseWithError(code, err.Error())
+	if changed {
+		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{
+			PathId: p.id, Status: pb.PathStatus_DEAD, Reason: err.Error(),
+		}}})
+	}
+}
+
+// livePath returns the connection of an active path (client side).
+func (s *session) livePath(pathID string) (*path, error) {
+	if err := s.pathError(pathID); err != nil {
+		return nil, err
+	}
+	s.paths.mu.Lock()
+	defer s.paths.mu.Unlock()
+	r := s.paths.byID[pathID]
+	if r == nil || r.p == nil {
+		return nil, &Error{Code: CodePathNotFound, Message: pathID}
+	}
+	return r.p, nil
+}
