@@ -1,7 +1,9 @@
 package kwik
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -27,6 +29,7 @@ type controlWriter struct {
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
 	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
+	overflow      bool
 	closed        bool
 
 	// Owned by the run goroutine.
@@ -38,13 +41,22 @@ func newControlWriter(p *path) *controlWriter {
 	return &controlWriter{p: p, wake: make(chan struct{}, 1), maxStreamData: make(map[uint64]uint64)}
 }
 
+// maxQueuedControlFrames bounds the frames waiting for the control stream. Only a peer that
+// stops reading its control stream while making this side answer (resets, raw relays...)
+// fills it; that path then fails instead of holding memory.
+const maxQueuedControlFrames = 16384
+
 func (w *controlWriter) queue(f *pb.ControlFrame) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return
 	}
-	w.frames = append(w.frames, f)
+	if len(w.frames) >= maxQueuedControlFrames {
+		w.overflow = true
+	} else {
+		w.frames = append(w.frames, f)
+	}
 	w.mu.Unlock()
 	notify(w.wake)
 }
@@ -134,11 +146,7 @@ func (w *controlWriter) run() {
 		case <-ackTimer.C:
 			ackArmed = false
 			sendAcks = true
-		case now := <-heartbeat.C:
-			if silent := now.Sub(time.Unix(0, w.p.lastActive.Load())); silent > conf.PathTimeout {
-				w.p.fail(&Error{Code: CodePathDead, Message: "path " + w.p.id + " silent for " + silent.Round(time.Millisecond).String()})
-				return
-			}
+		case <-heartbeat.C:
 			sendHeartbeat = true
 		case <-w.p.ctx.Done():
 			w.mu.Lock()
@@ -150,19 +158,23 @@ func (w *controlWriter) run() {
 		w.mu.Lock()
 		frames, w.frames = w.frames, frames[:0]
 		w.rawBytes = 0 // taken for writing: the room is free again
+		overflow := w.overflow
 		creates, w.creates = w.creates, creates[:0]
 		credit, w.maxStreamData = w.maxStreamData, credit
 		maxStreams, w.maxStreams = w.maxStreams, 0
 		w.mu.Unlock()
 
+		if overflow {
+			w.p.fail(&Error{Code: CodeInternal, Message: "control queue overflow: the peer does not read its control stream"})
+			return
+		}
 		w.buf = w.buf[:0]
 		var err error
 		for i, f := range frames {
-			w.buf, err = w.append(f)
-			frames[i] = nil
-			if err != nil {
-				break
+			if err == nil {
+				w.buf, err = w.append(f)
 			}
+			frames[i] = nil
 		}
 		for i, st := range creates {
 			if !st.announced.Swap(true) && err == nil {
@@ -228,13 +240,22 @@ func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
 	return wire.AppendControlFrame(w.buf, f)
 }
 
-// readControl reads the path's control stream until the connection ends.
+// readControl reads the path's control stream until the connection ends. It is also the
+// path's watchdog: the peer sends a heartbeat every HeartbeatInterval, so a control stream
+// silent for PathTimeout means a dead path. (The check is here, not in the writer, because a
+// write may be held up by the very path that died.)
 func (p *path) readControl() {
 	defer p.sess.wg.Done()
 	var f pb.ControlFrame
+	timeout := p.sess.conf.PathTimeout
 	for {
+		_ = p.ctrlStream.SetReadDeadline(time.Now().Add(timeout))
 		body, err := p.ctrlReader.Next()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				silent := time.Since(time.Unix(0, p.lastActive.Load())).Round(time.Millisecond)
+				err = &Error{Code: CodePathDead, Message: fmt.Sprintf("path %s silent for %v", p.id, silent)}
+			}
 			p.fail(err)
 			return
 		}

@@ -97,8 +97,9 @@ var ErrNotImplemented = errors.New("kwik: not implemented yet")
 var ErrServerClosed = quic.ErrServerClosed
 
 // ErrStreamLimit is returned by OpenStream when the peer allows no more concurrent streams;
-// OpenStreamSync waits instead.
-var ErrStreamLimit = errors.New("kwik: too many open streams")
+// OpenStreamSync waits instead. It is quic-go's StreamLimitReachedError, so that errors.As
+// checks written for quic-go keep working.
+var ErrStreamLimit error = quic.StreamLimitReachedError{}
 
 // ErrWriteAfterClose is returned by Write after Close.
 var ErrWriteAfterClose = errors.New("kwik: write on closed stream")

@@ -62,7 +62,8 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 	if err != nil {
 		return nil, err
 	}
-	defer watchDeadline(ctx, cs)()
+	stopWatch := watchDeadline(ctx, cs)
+	defer stopWatch()
 	req.Version = protocolVersion
 	req.Params = conf.params()
 	if err := writeFrame(cs, &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: req}}); err != nil {
@@ -91,6 +92,9 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 	if err != nil {
 		return nil, err
 	}
+	if !stopWatch() {
+		return nil, context.Cause(ctx)
+	}
 	return &authenticated{sessionID: resp.SessionId, pathID: resp.PathId, stream: cs, reader: r, peer: peer}, nil
 }
 
@@ -101,7 +105,8 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	if err != nil {
 		return nil, err
 	}
-	defer watchDeadline(ctx, cs)()
+	stopWatch := watchDeadline(ctx, cs)
+	defer stopWatch()
 	r := wire.NewReader(cs, conf.MaxMessageSize)
 	f, err := readFrame(r)
 	if err != nil {
@@ -145,6 +150,9 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	if err := writeFrame(cs, resp); err != nil {
 		return nil, handshakeError(ctx, conn, err)
 	}
+	if !stopWatch() {
+		return nil, context.Cause(ctx)
+	}
 	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), sess.role == RolePrimary, true, cs, r, peer))
 	return sess, nil
 }
@@ -169,15 +177,17 @@ func verifyJoin(conf *Config, replay *jointoken.ReplayCache, req *pb.Authenticat
 	return replay.Use(req.Credentials, expiry, now)
 }
 
-// watchDeadline makes blocking calls on cs fail once ctx ends, and returns the function that
-// stops watching and clears the deadline.
-func watchDeadline(ctx context.Context, cs *quic.Stream) func() {
+// watchDeadline makes blocking calls on cs fail once ctx ends. The function it returns stops
+// watching and reports whether that happened before ctx ended: a handshake must call it, and
+// give up on false, before handing cs to a session (whose reads a late deadline would break).
+func watchDeadline(ctx context.Context, cs *quic.Stream) func() bool {
 	stop := context.AfterFunc(ctx, func() { _ = cs.SetDeadline(time.Now()) })
-	return func() {
+	return func() bool {
 		if !stop() {
-			return // fired: the handshake failed anyway
+			return false
 		}
 		_ = cs.SetDeadline(time.Time{})
+		return true
 	}
 }
 

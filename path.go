@@ -116,7 +116,10 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 			p.fail(err)
 			return
 		}
-		p.recordPacket(pkt.PacketID, len(body))
+		if !p.recordPacket(pkt.PacketID, len(body)) {
+			p.fail(&Error{Code: CodeInvalidFrame, Message: "packet IDs too scattered"})
+			return
+		}
 		for i := range pkt.Frames {
 			f := &pkt.Frames[i]
 			if p.sess.role == RoleClient && !p.isPrimary {
@@ -132,6 +135,9 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 				p.fail(err)
 				return
 			}
+		}
+		if cap(pkt.Frames) > 64 {
+			pkt.Frames = nil // do not keep a hostile packet's frame table
 		}
 	}
 }
@@ -179,18 +185,26 @@ func (p *path) fail(err error) {
 	p.sess.closeLocal(err)
 }
 
-func (p *path) recordPacket(id uint64, size int) {
+// maxAckRanges bounds the packet-ID ranges waiting to be acknowledged: honest senders leave
+// about one gap per real stream between two acks.
+const maxAckRanges = 4096
+
+// recordPacket notes a received packet for the next AckFrame. It reports false if the peer
+// scatters packet IDs beyond reason.
+func (p *path) recordPacket(id uint64, size int) bool {
 	p.stats.packetsReceived.Add(1)
 	p.stats.bytesReceived.Add(uint64(size))
 	p.lastActive.Store(time.Now().UnixNano())
 	p.acks.mu.Lock()
 	p.acks.received.Add(id, id+1)
+	ok := p.acks.received.Len() <= maxAckRanges
 	first := !p.acks.pending
 	p.acks.pending = true
 	p.acks.mu.Unlock()
 	if first {
 		notify(p.ctrl.wake)
 	}
+	return ok
 }
 
 // sendPool is a path's set of real QUIC streams for sending data. A logical stream is
@@ -208,6 +222,10 @@ type realStream struct {
 	p     *path
 	qs    *quic.SendStream
 	users int // logical streams assigned; guarded by sendPool.mu
+
+	// closeWhenIdle asks the writer holding mu to close qs when it is done: release never
+	// waits for a write that QUIC may be holding up.
+	closeWhenIdle atomic.Bool
 
 	mu  sync.Mutex // serialises messages on qs
 	buf []byte
@@ -269,9 +287,18 @@ func (sp *sendPool) release(rs *realStream) {
 		}
 	}
 	sp.mu.Unlock()
-	rs.mu.Lock()
-	rs.qs.Close()
-	rs.mu.Unlock()
+	rs.closeWhenIdle.Store(true)
+	if rs.mu.TryLock() {
+		rs.closeIfIdle()
+		rs.mu.Unlock()
+	}
+}
+
+// closeIfIdle closes qs once the pool has let it go. rs.mu is held.
+func (rs *realStream) closeIfIdle() {
+	if rs.closeWhenIdle.Load() {
+		rs.qs.Close()
+	}
 }
 
 // size reports how many real streams the pool holds (for tests).
@@ -287,6 +314,7 @@ func (sp *sendPool) size() int {
 func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
+	defer rs.closeIfIdle()
 	pn := rs.p.nextPacket.Add(1) - 1
 	var err error
 	size := 0

@@ -232,12 +232,12 @@ func TestRawData(t *testing.T) {
 	primaryID := p.server.primary.id
 	ctx := testContext(t)
 	for _, tc := range []struct {
-		name     string
-		from     *session
-		fromID   string
-		to       *session
-		toID     string
-		data     string
+		name   string
+		from   *session
+		fromID string
+		to     *session
+		toID   string
+		data   string
 	}{
 		{"primary to secondary", p.server, primaryID, s1, id1, "hello s1"},
 		{"secondary to primary", s1, id1, p.server, primaryID, "hello primary"},

@@ -34,7 +34,8 @@ type stream struct {
 		finalSize uint64
 		finKnown  bool
 		err       error // reset by the peer, or canceled here
-		done      bool  // EOF delivered, reset, or canceled: the half is finished
+		done      bool  // EOF reached, reset, or canceled: no more data is taken
+		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
 		deadline  time.Time
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
@@ -45,7 +46,8 @@ type stream struct {
 		maxOffset uint64 // credit the peer granted
 		closed    bool   // Close was called
 		err       error  // canceled here, or stopped by the peer
-		done      bool   // fin or reset sent
+		done      bool   // fin or reset sent: the real stream is given back
+		completed bool   // the application has seen the end (Close, CancelWrite, or the error)
 		deadline  time.Time
 		rs        *realStream // assigned real stream, nil until the first frame
 	}
@@ -122,6 +124,7 @@ func (s *stream) Read(p []byte) (int, error) {
 		if s.recv.err != nil {
 			err := s.recv.err
 			s.recv.mu.Unlock()
+			s.completeRecv()
 			return 0, err
 		}
 		if s.recv.finKnown && s.recv.buf.ReadOffset() == s.recv.finalSize {
@@ -192,9 +195,17 @@ func (s *stream) handleFrame(off uint64, b []byte, fin bool) error {
 		return &Error{Code: CodeInvalidFrame, Message: "data beyond final size"}
 	}
 	s.recv.buf.Write(off, b)
+	if s.recv.buf.Received().Len() > maxRangesPerStream {
+		return &Error{Code: CodeInvalidFrame, Message: "stream data too fragmented"}
+	}
 	notify(s.recvSignal)
 	return nil
 }
+
+// maxRangesPerStream bounds the gaps a stream's receive buffer may hold: honest senders leave
+// a few (one per source in flight); a peer spraying tiny frames would otherwise cost
+// quadratic time and memory well beyond the credit.
+const maxRangesPerStream = 1024
 
 // handleReset is the peer's CancelWrite.
 func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
@@ -203,16 +214,17 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 		s.recv.mu.Unlock()
 		return nil
 	}
-	if s.recv.finKnown && s.recv.finalSize != finalSize {
+	if (s.recv.finKnown && s.recv.finalSize != finalSize) || finalSize < s.recv.buf.HighestReceived() || finalSize > s.recv.maxOffset {
 		s.recv.mu.Unlock()
-		return &Error{Code: CodeInvalidFrame, Message: "reset changes final size"}
+		return &Error{Code: CodeInvalidFrame, Message: "reset with an impossible final size"}
 	}
+	// The stream completes when the application sees the error (Read) or cancels reading:
+	// until then it counts against the peer's stream limit, as in QUIC.
 	s.recv.err = s.streamError(code, true)
 	s.recv.done = true
 	s.recv.buf.Release()
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
-	s.sess.streams.finished(s, true, false)
 	return nil
 }
 
@@ -221,6 +233,7 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	s.recv.mu.Lock()
 	if s.recv.done {
 		s.recv.mu.Unlock()
+		s.completeRecv()
 		return
 	}
 	s.recv.err = s.streamError(code, false)
@@ -229,14 +242,23 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: s.id, ErrorCode: uint64(code)}}})
-	s.sess.streams.finished(s, true, false)
+	s.completeRecv()
 }
 
+// finishRecv ends the receive half once Read has reached the final size.
 func (s *stream) finishRecv() {
 	s.recv.mu.Lock()
-	was := s.recv.done
 	s.recv.done = true
 	s.recv.buf.Release()
+	s.recv.mu.Unlock()
+	s.completeRecv()
+}
+
+// completeRecv reports, once, that the application has seen the end of the receive half.
+func (s *stream) completeRecv() {
+	s.recv.mu.Lock()
+	was := s.recv.completed
+	s.recv.completed = true
 	s.recv.mu.Unlock()
 	if !was {
 		s.sess.streams.finished(s, true, false)
@@ -251,6 +273,7 @@ func (s *stream) Write(p []byte) (int, error) {
 		if s.send.err != nil {
 			err := s.send.err
 			s.send.mu.Unlock()
+			s.completeSend()
 			return n, err
 		}
 		if s.send.closed {
@@ -274,14 +297,15 @@ func (s *stream) Write(p []byte) (int, error) {
 			}
 			continue
 		}
+		rs, err := s.realStreamLocked()
+		if err != nil {
+			s.send.mu.Unlock()
+			return n, err
+		}
 		chunk := min(uint64(len(p)), avail, uint64(s.path.peer.maxFrameData))
 		off := s.send.offset
 		s.send.offset += chunk
-		rs, err := s.realStreamLocked()
 		s.send.mu.Unlock()
-		if err != nil {
-			return n, err
-		}
 		if err := rs.writeFrame(s.id, off, p[:chunk], false); err != nil {
 			return n, s.writeError(err)
 		}
@@ -322,7 +346,13 @@ func (s *stream) writeError(err error) error {
 // Close closes the write side: a fin frame marks the final size.
 func (s *stream) Close() error {
 	s.send.mu.Lock()
-	if s.send.closed || s.send.err != nil {
+	if s.send.err != nil {
+		err := s.send.err
+		s.send.mu.Unlock()
+		s.completeSend()
+		return err
+	}
+	if s.send.closed {
 		s.send.mu.Unlock()
 		return nil
 	}
@@ -334,11 +364,11 @@ func (s *stream) Close() error {
 	off := s.send.offset
 	rs, err := s.realStreamLocked()
 	s.send.mu.Unlock()
-	if err != nil {
-		return err
+	if err == nil {
+		err = rs.writeFrame(s.id, off, nil, true)
 	}
-	err = rs.writeFrame(s.id, off, nil, true)
-	s.finishSend(nil)
+	s.endSend(nil)
+	s.completeSend()
 	if err != nil {
 		return s.writeError(err)
 	}
@@ -356,19 +386,39 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	// racing the fin) changes nothing.
 	if s.send.done || s.send.err != nil || s.send.closed {
 		s.send.mu.Unlock()
+		if !remote {
+			s.completeSend()
+		}
 		return
 	}
-	s.send.err = s.streamError(code, remote)
+	err := s.streamError(code, remote)
+	s.send.err = err
 	finalSize := s.send.offset
 	s.send.mu.Unlock()
 	notify(s.sendSignal)
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: s.id, ErrorCode: uint64(code), FinalSize: finalSize}}})
-	s.finishSend(s.send.err)
+	s.endSend(err)
+	// After a STOP_SENDING the stream completes when the application sees the error (Write,
+	// Close or CancelWrite), so that it keeps counting against the peer's limit until then.
+	if !remote {
+		s.completeSend()
+	}
 }
 
-// finishSend ends the send half once: the real stream goes back to the pool and the
-// stream's context is canceled.
-func (s *stream) finishSend(cause error) {
+// completeSend reports, once, that the application has seen the end of the send half.
+func (s *stream) completeSend() {
+	s.send.mu.Lock()
+	was := s.send.completed
+	s.send.completed = true
+	s.send.mu.Unlock()
+	if !was {
+		s.sess.streams.finished(s, false, true)
+	}
+}
+
+// endSend ends the send half once: the real stream goes back to the pool and the stream's
+// context is canceled.
+func (s *stream) endSend(cause error) {
 	s.send.mu.Lock()
 	if s.send.done {
 		s.send.mu.Unlock()
@@ -384,7 +434,6 @@ func (s *stream) finishSend(cause error) {
 		cause = context.Canceled
 	}
 	s.cancelCtx(cause)
-	s.sess.streams.finished(s, false, true)
 }
 
 func (s *stream) handleMaxStreamData(max uint64) {

@@ -57,6 +57,9 @@ func (m *streamsMap) open(ctx context.Context, block bool) (*stream, error) {
 			m.nextLocal++
 			s := newStream(id, m.sess, m.sess.primary)
 			m.streams[id] = s
+			if m.nextLocal < m.maxLocal {
+				notify(m.openSignal) // one MaxStreams may let several waiters through
+			}
 			m.mu.Unlock()
 			m.sess.primary.ctrl.queueCreate(s)
 			return s, nil
