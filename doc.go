@@ -35,11 +35,24 @@
 // peer ends the session with a *Error carrying one of KWIK's codes (errors.Is(err,
 // kwik.ErrInvalidFrame) and so on). Every goroutine of a session ends when it closes.
 //
+// # Paths
+//
+// The primary adds a secondary server with Session.AddPath(address): the client dials it and
+// authenticates with the session ID and a join token that the primary signs with
+// Config.JoinKey, a key the primary and its secondaries share. The secondary's Listener.Accept
+// then returns a session whose Role is RoleSecondary and whose ID is the client's session ID.
+// Every side lists the session's paths with GetActivePaths, GetDeadPaths and GetAllPaths.
+// Heartbeats on every path's control stream detect a silent path within Config.PathTimeout
+// plus one Config.HeartbeatInterval: a dead secondary path dies alone (the primary is told,
+// and operations naming it fail with ErrPathDead); a dead primary path ends the session on
+// every side. RemovePath closes a secondary cleanly. SendRawData relays bytes through the
+// client to any server of the session, which reads them with ReceiveRawData.
+//
 // # Limitations
 //
-// This version has the primary path only: AddPath, RemovePath, SendRawData, ReceiveRawData,
-// Stream.Delegate and Stream.WriteAt return ErrNotImplemented on the primary and ErrNotPrimary
-// where the role forbids them. A Write blocked inside QUIC itself (not on KWIK's credit) cannot
-// be interrupted by its deadline; since receivers always drain their real streams, such waits
-// are short.
+// Stream.Delegate and Stream.WriteAt (multi-source streams) return ErrNotImplemented on the
+// primary in this version. A Write blocked inside QUIC itself (not on KWIK's credit) is not
+// interrupted by its deadline or by CancelWrite: receivers always drain their real streams, so
+// such waits last about one message's sending time, unless the path is dead, in which case the
+// Write fails once the path is declared dead.
 package kwik
