@@ -275,7 +275,8 @@ func (p *path) readControl() {
 // KWIK_INVALID_FRAME: a secondary, for instance, may not touch the client's streams.
 func (p *path) handleControl(f *pb.ControlFrame) error {
 	sess := p.sess
-	streamsAllowed := p.isPrimary || sess.role == RoleSecondary
+	// Logical streams live between the client and the primary only.
+	streamsAllowed := p.isPrimary
 	switch m := f.Payload.(type) {
 	case *pb.ControlFrame_Heartbeat:
 		return nil // readControl already noted that the path is alive
@@ -287,6 +288,10 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 			return err
 		}
 	case *pb.ControlFrame_MaxStreamData:
+		if sess.role == RoleSecondary {
+			sess.handleDelegationCredit(m.MaxStreamData.LogicalStreamId, m.MaxStreamData.Maximum)
+			return nil
+		}
 		if streamsAllowed {
 			s, err := sess.streams.get(m.MaxStreamData.LogicalStreamId)
 			if s != nil {
@@ -339,6 +344,22 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 	case *pb.ControlFrame_RemovePathResponse:
 		if sess.role == RolePrimary {
 			return sess.handleRemovePathResponse(m.RemovePathResponse)
+		}
+	case *pb.ControlFrame_DelegateRange:
+		if sess.role == RoleClient && p.isPrimary {
+			return sess.handleDelegateRange(m.DelegateRange)
+		}
+	case *pb.ControlFrame_DelegationAssign:
+		if sess.role == RoleSecondary {
+			return sess.handleDelegationAssign(p, m.DelegationAssign)
+		}
+	case *pb.ControlFrame_DelegationDone:
+		if sess.role == RoleClient && !p.isPrimary {
+			return sess.handleDelegationDone(p, m.DelegationDone)
+		}
+	case *pb.ControlFrame_DelegationStatus:
+		if sess.role == RolePrimary {
+			return sess.handleDelegationStatus(m.DelegationStatus)
 		}
 	case *pb.ControlFrame_PathStatusNotification:
 		if sess.role == RolePrimary {

@@ -156,7 +156,7 @@ func TestFragmentedStreamRejected(t *testing.T) {
 	one := []byte{1}
 	var ferr error
 	for i := uint64(1 << 15); i > 0 && ferr == nil; i-- {
-		ferr = s.handleFrame(2*i+1, one, false)
+		ferr = s.handleFrame(s.path, 2*i+1, one, false)
 	}
 	if !errors.Is(ferr, ErrInvalidFrame) {
 		t.Fatalf("fragmented frames: %v, want KWIK_INVALID_FRAME", ferr)

@@ -136,27 +136,3 @@ type Stream interface {
 	// WriteAt fills a reserved range that a failed delegation left undelivered (primary only).
 	WriteAt(p []byte, off int64) (int, error)
 }
-
-// Delegation is a byte range of a stream that a secondary server fills.
-type Delegation struct {
-	PathID string
-	Offset int64
-	Length int64
-}
-
-// Wait returns nil once the client holds the whole range, or a *DelegationError.
-func (d *Delegation) Wait(ctx context.Context) error { return ErrNotImplemented }
-
-// DelegationError reports the part of a delegated range that the client did not receive.
-type DelegationError struct {
-	PathID    string
-	Offset    int64 // first byte not delivered
-	Remaining int64 // bytes from Offset to the end of the range
-	Err       error // why: the path died, or the secondary closed short
-}
-
-func (e *DelegationError) Error() string {
-	return fmt.Sprintf("kwik: delegation to path %s: %d bytes undelivered from offset %d: %v", e.PathID, e.Remaining, e.Offset, e.Err)
-}
-
-func (e *DelegationError) Unwrap() error { return e.Err }

@@ -122,14 +122,19 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 		}
 		for i := range pkt.Frames {
 			f := &pkt.Frames[i]
-			if p.sess.role == RoleClient && !p.isPrimary {
-				// A secondary may only fill ranges delegated to it, and none is yet.
-				p.fail(&Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside any delegated range"})
-				return
+			var s *stream
+			var err error
+			switch {
+			case p.isPrimary:
+				s, err = p.sess.streams.get(f.StreamID)
+			case p.sess.role == RoleClient:
+				// A secondary fills delegated ranges of existing streams; it never opens one.
+				s, err = p.sess.streams.lookup(f.StreamID)
+			default:
+				err = &Error{Code: CodeInvalidFrame, Message: "data sent to a secondary"}
 			}
-			s, err := p.sess.streams.get(f.StreamID)
 			if err == nil && s != nil {
-				err = s.handleFrame(f.Offset, f.Data, f.Fin)
+				err = s.handleFrame(p, f.Offset, f.Data, f.Fin)
 			}
 			if err != nil {
 				p.fail(err)

@@ -43,6 +43,10 @@ type session struct {
 	}
 
 	raw rawState
+
+	delegs       primaryDelegations   // primary: delegations awaiting the client's verdict
+	clientDelegs clientDelegations    // client: reservations by delegation ID
+	secondary    secondaryDelegations // secondary: delegations as streams
 }
 
 // peerParams are the limits the peer of a path announced in its handshake.
@@ -92,6 +96,10 @@ func newSession(role Role, id string, conf *Config) *session {
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
 	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
 	s.raw.init()
+	s.delegs.byID = make(map[uint64]*Delegation)
+	s.clientDelegs.byID = make(map[uint64]*delegationRecord)
+	s.secondary.byStream = make(map[uint64][]*delegatedStream)
+	s.secondary.signal = make(chan struct{}, 1)
 	return s
 }
 
@@ -180,7 +188,15 @@ func (s *session) OpenStreamSync(ctx context.Context) (Stream, error) {
 	return st, nil
 }
 
+// AcceptStream returns the next stream the peer opened; on a secondary, the next delegation.
 func (s *session) AcceptStream(ctx context.Context) (Stream, error) {
+	if s.role == RoleSecondary {
+		ds, err := s.acceptDelegation(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ds, nil
+	}
 	st, err := s.streams.acceptStream(ctx)
 	if err != nil {
 		return nil, err

@@ -347,6 +347,7 @@ func (s *session) removePath(req *pb.RemovePathRequest) {
 	} else {
 		p.cancel()
 		_ = p.conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "removed by the primary")
+		s.failDelegations(p, CodePathRemoved, "path removed")
 	}
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_RemovePathResponse{RemovePathResponse: resp}})
 }
@@ -367,6 +368,7 @@ func (s *session) pathDied(p *path, err error) {
 		code = kwikCodeBase + ApplicationErrorCode(ke.Code)
 	}
 	_ = p.conn.CloseWithError(code, err.Error())
+	s.failDelegations(p, CodePathDead, err.Error())
 	if changed {
 		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{
 			PathId: p.id, Status: pb.PathStatus_DEAD, Reason: err.Error(),

@@ -37,6 +37,7 @@ type stream struct {
 		done      bool  // EOF reached, reset, or canceled: no more data is taken
 		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
 		deadline  time.Time
+		delegs    []*delegationRecord // client: active delegations of this stream
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
 
@@ -50,6 +51,13 @@ type stream struct {
 		completed bool   // the application has seen the end (Close, CancelWrite, or the error)
 		deadline  time.Time
 		rs        *realStream // assigned real stream, nil until the first frame
+
+		// Primary: delegations not yet resolved, and the undelivered suffixes of failed ones
+		// (what WriteAt may fill). The stream completes only once both are empty, so that the
+		// client's credit keeps reaching it.
+		pending        int
+		refill         data.RangeSet
+		completeWanted bool
 	}
 	sendSignal chan struct{} // cap 1: credit, cancel or deadline change
 
@@ -146,9 +154,15 @@ func (s *stream) Read(p []byte) (int, error) {
 			// Grant more credit once a quarter of the window has been read, so the sender
 			// never waits on a loopback-speed reader.
 			var grant uint64
-			if !s.recv.finKnown && s.recv.maxOffset-off <= s.recv.window*3/4 {
+			// (A known final size may still lie beyond the credit: delegated ranges and their
+			// refills come after the primary's fin.)
+			if (!s.recv.finKnown || s.recv.maxOffset < s.recv.finalSize) && s.recv.maxOffset-off <= s.recv.window*3/4 {
 				s.recv.maxOffset = off + s.recv.window
 				grant = s.recv.maxOffset
+				// Secondaries filling delegated ranges get the same credit.
+				for _, d := range s.recv.delegs {
+					d.path.ctrl.queueMaxStreamData(s.id, grant)
+				}
 			}
 			s.recv.mu.Unlock()
 			if grant > 0 {
@@ -168,19 +182,47 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 }
 
-// handleFrame stores a data frame's bytes. It runs on a path's data reader goroutine and
-// never blocks: credit bounds what may arrive.
-func (s *stream) handleFrame(off uint64, b []byte, fin bool) error {
+// handleFrame stores a data frame's bytes that arrived on path p. It runs on a path's data
+// reader goroutine and never blocks: credit bounds what may arrive. On the client, bytes from
+// a secondary are taken only inside a range delegated to that path.
+func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	end := off + uint64(len(b))
 	if end < off {
 		return &Error{Code: CodeInvalidFrame, Message: "offset overflow"}
 	}
 	s.recv.mu.Lock()
-	defer s.recv.mu.Unlock()
 	if s.recv.done {
+		s.recv.mu.Unlock()
 		return nil // canceled or reset: late frames are dropped
 	}
-	if end > s.recv.maxOffset {
+	var d *delegationRecord
+	if p != s.path {
+		if d = s.delegationFor(p, off, end); d == nil || fin {
+			s.recv.mu.Unlock()
+			return &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
+		}
+	}
+	err := s.storeFrame(off, end, b, fin)
+	state, missing := delegationActive, uint64(0)
+	if err == nil && d != nil {
+		d.got.Add(off, end)
+		if state = d.outcome(); state != delegationActive {
+			missing = d.firstMissing()
+			d.detach()
+		}
+	}
+	s.recv.mu.Unlock()
+	if state != delegationActive {
+		s.sess.reportOutcome(d, state, missing, CodeOffsetMismatch, "the secondary closed short")
+	}
+	return err
+}
+
+// storeFrame checks a frame against credit and final size and buffers it. s.recv.mu is held.
+func (s *stream) storeFrame(off, end uint64, b []byte, fin bool) error {
+	// An empty fin stores nothing: its final size may lie beyond the credit, past ranges
+	// delegated to secondaries that the reader has not reached yet.
+	if end > s.recv.maxOffset && len(b) > 0 {
 		return &Error{Code: CodeFlowControl, Message: "data beyond stream credit"}
 	}
 	if fin {
@@ -239,9 +281,13 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	s.recv.err = s.streamError(code, false)
 	s.recv.done = true
 	s.recv.buf.Release()
+	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: s.id, ErrorCode: uint64(code)}}})
+	for _, d := range delegs {
+		s.sess.failDelegation(d, CodeInternal, "the client canceled reading")
+	}
 	s.completeRecv()
 }
 
@@ -288,7 +334,10 @@ func (s *stream) Write(p []byte) (int, error) {
 			s.send.mu.Unlock()
 			return n, errDeadline
 		}
-		avail := s.send.maxOffset - s.send.offset
+		var avail uint64 // Delegate may have moved the offset past the credit
+		if s.send.maxOffset > s.send.offset {
+			avail = s.send.maxOffset - s.send.offset
+		}
 		if avail == 0 {
 			deadline := s.send.deadline
 			s.send.mu.Unlock()
@@ -405,13 +454,17 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	}
 }
 
-// completeSend reports, once, that the application has seen the end of the send half.
+// completeSend reports, once, that the application has seen the end of the send half. On the
+// primary it waits for the stream's delegations to be resolved and refilled.
 func (s *stream) completeSend() {
 	s.send.mu.Lock()
-	was := s.send.completed
-	s.send.completed = true
+	s.send.completeWanted = true
+	ready := !s.send.completed && (s.send.err != nil || (s.send.pending == 0 && s.send.refill.Len() == 0))
+	if ready {
+		s.send.completed = true
+	}
 	s.send.mu.Unlock()
-	if !was {
+	if ready {
 		s.sess.streams.finished(s, false, true)
 	}
 }
@@ -464,20 +517,4 @@ func (s *stream) SetWriteDeadline(t time.Time) error {
 func (s *stream) SetDeadline(t time.Time) error {
 	_ = s.SetReadDeadline(t)
 	return s.SetWriteDeadline(t)
-}
-
-// Delegate is not available yet: multi-source streams come with secondary paths.
-func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegation, error) {
-	if s.sess.role != RolePrimary {
-		return nil, ErrNotPrimary
-	}
-	return nil, ErrNotImplemented
-}
-
-// WriteAt is not available yet: it refills failed delegations.
-func (s *stream) WriteAt(p []byte, off int64) (int, error) {
-	if s.sess.role != RolePrimary {
-		return 0, ErrNotPrimary
-	}
-	return 0, ErrNotImplemented
 }

@@ -113,6 +113,25 @@ func (m *streamsMap) get(id uint64) (*stream, error) {
 	return m.streams[id], nil
 }
 
+// lookup returns an open stream without opening any: for frames from a secondary, which may
+// only write into streams that exist. A stream that has finished gives nil; one that never
+// existed, KWIK_OFFSET_MISMATCH.
+func (m *streamsMap) lookup(id uint64) (*stream, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s, ok := m.streams[id]; ok {
+		return s, nil
+	}
+	next := m.nextRemote
+	if id%2 == m.localParity {
+		next = m.nextLocal
+	}
+	if id/2 < next {
+		return nil, nil
+	}
+	return nil, &Error{Code: CodeOffsetMismatch, Message: "data from a secondary for a stream that does not exist"}
+}
+
 func (m *streamsMap) acceptStream(ctx context.Context) (*stream, error) {
 	for {
 		m.mu.Lock()

@@ -50,6 +50,10 @@ type ControlFrame struct {
 	//	*ControlFrame_Ack
 	//	*ControlFrame_SessionClose
 	//	*ControlFrame_RawPacketResult
+	//	*ControlFrame_DelegateRange
+	//	*ControlFrame_DelegationAssign
+	//	*ControlFrame_DelegationDone
+	//	*ControlFrame_DelegationStatus
 	Payload       isControlFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -259,6 +263,42 @@ func (x *ControlFrame) GetRawPacketResult() *RawPacketResult {
 	return nil
 }
 
+func (x *ControlFrame) GetDelegateRange() *DelegateRange {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_DelegateRange); ok {
+			return x.DelegateRange
+		}
+	}
+	return nil
+}
+
+func (x *ControlFrame) GetDelegationAssign() *DelegationAssign {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_DelegationAssign); ok {
+			return x.DelegationAssign
+		}
+	}
+	return nil
+}
+
+func (x *ControlFrame) GetDelegationDone() *DelegationDone {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_DelegationDone); ok {
+			return x.DelegationDone
+		}
+	}
+	return nil
+}
+
+func (x *ControlFrame) GetDelegationStatus() *DelegationStatus {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_DelegationStatus); ok {
+			return x.DelegationStatus
+		}
+	}
+	return nil
+}
+
 type isControlFrame_Payload interface {
 	isControlFrame_Payload()
 }
@@ -331,6 +371,22 @@ type ControlFrame_RawPacketResult struct {
 	RawPacketResult *RawPacketResult `protobuf:"bytes,26,opt,name=raw_packet_result,json=rawPacketResult,proto3,oneof"`
 }
 
+type ControlFrame_DelegateRange struct {
+	DelegateRange *DelegateRange `protobuf:"bytes,27,opt,name=delegate_range,json=delegateRange,proto3,oneof"`
+}
+
+type ControlFrame_DelegationAssign struct {
+	DelegationAssign *DelegationAssign `protobuf:"bytes,28,opt,name=delegation_assign,json=delegationAssign,proto3,oneof"`
+}
+
+type ControlFrame_DelegationDone struct {
+	DelegationDone *DelegationDone `protobuf:"bytes,29,opt,name=delegation_done,json=delegationDone,proto3,oneof"`
+}
+
+type ControlFrame_DelegationStatus struct {
+	DelegationStatus *DelegationStatus `protobuf:"bytes,30,opt,name=delegation_status,json=delegationStatus,proto3,oneof"`
+}
+
 func (*ControlFrame_AddPathRequest) isControlFrame_Payload() {}
 
 func (*ControlFrame_AddPathResponse) isControlFrame_Payload() {}
@@ -364,6 +420,14 @@ func (*ControlFrame_Ack) isControlFrame_Payload() {}
 func (*ControlFrame_SessionClose) isControlFrame_Payload() {}
 
 func (*ControlFrame_RawPacketResult) isControlFrame_Payload() {}
+
+func (*ControlFrame_DelegateRange) isControlFrame_Payload() {}
+
+func (*ControlFrame_DelegationAssign) isControlFrame_Payload() {}
+
+func (*ControlFrame_DelegationDone) isControlFrame_Payload() {}
+
+func (*ControlFrame_DelegationStatus) isControlFrame_Payload() {}
 
 // Limits a peer announces in the handshake; zero means "the protocol default" (docs/PROTOCOL.md).
 type TransportParameters struct {
@@ -1385,13 +1449,323 @@ func (x *SessionClose) GetReason() string {
 	return ""
 }
 
+// DelegateRange (primary -> client): bytes [offset, offset+length) of the logical stream come
+// from the secondary on path_id. The primary has already skipped them in its own writing.
+type DelegateRange struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	DelegationId    uint64                 `protobuf:"varint,1,opt,name=delegation_id,json=delegationId,proto3" json:"delegation_id,omitempty"` // chosen by the primary, unique in the session
+	LogicalStreamId uint64                 `protobuf:"varint,2,opt,name=logical_stream_id,json=logicalStreamId,proto3" json:"logical_stream_id,omitempty"`
+	Offset          uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length          uint64                 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	PathId          string                 `protobuf:"bytes,5,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"`
+	Request         []byte                 `protobuf:"bytes,6,opt,name=request,proto3" json:"request,omitempty"` // for the secondary's application
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DelegateRange) Reset() {
+	*x = DelegateRange{}
+	mi := &file_control_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegateRange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegateRange) ProtoMessage() {}
+
+func (x *DelegateRange) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegateRange.ProtoReflect.Descriptor instead.
+func (*DelegateRange) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DelegateRange) GetDelegationId() uint64 {
+	if x != nil {
+		return x.DelegationId
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetLogicalStreamId() uint64 {
+	if x != nil {
+		return x.LogicalStreamId
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetPathId() string {
+	if x != nil {
+		return x.PathId
+	}
+	return ""
+}
+
+func (x *DelegateRange) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+// DelegationAssign (client -> secondary): fill bytes [offset, offset+length) of the client's
+// logical stream, sending nothing at or above max_offset until MaxStreamData raises it.
+type DelegationAssign struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	DelegationId    uint64                 `protobuf:"varint,1,opt,name=delegation_id,json=delegationId,proto3" json:"delegation_id,omitempty"`
+	LogicalStreamId uint64                 `protobuf:"varint,2,opt,name=logical_stream_id,json=logicalStreamId,proto3" json:"logical_stream_id,omitempty"`
+	Offset          uint64                 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	Length          uint64                 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	Request         []byte                 `protobuf:"bytes,5,opt,name=request,proto3" json:"request,omitempty"`
+	MaxOffset       uint64                 `protobuf:"varint,6,opt,name=max_offset,json=maxOffset,proto3" json:"max_offset,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DelegationAssign) Reset() {
+	*x = DelegationAssign{}
+	mi := &file_control_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegationAssign) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegationAssign) ProtoMessage() {}
+
+func (x *DelegationAssign) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegationAssign.ProtoReflect.Descriptor instead.
+func (*DelegationAssign) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DelegationAssign) GetDelegationId() uint64 {
+	if x != nil {
+		return x.DelegationId
+	}
+	return 0
+}
+
+func (x *DelegationAssign) GetLogicalStreamId() uint64 {
+	if x != nil {
+		return x.LogicalStreamId
+	}
+	return 0
+}
+
+func (x *DelegationAssign) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *DelegationAssign) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *DelegationAssign) GetRequest() []byte {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *DelegationAssign) GetMaxOffset() uint64 {
+	if x != nil {
+		return x.MaxOffset
+	}
+	return 0
+}
+
+// DelegationDone (secondary -> client): the secondary wrote `written` bytes from the range's
+// offset and will write no more.
+type DelegationDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DelegationId  uint64                 `protobuf:"varint,1,opt,name=delegation_id,json=delegationId,proto3" json:"delegation_id,omitempty"`
+	Written       uint64                 `protobuf:"varint,2,opt,name=written,proto3" json:"written,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DelegationDone) Reset() {
+	*x = DelegationDone{}
+	mi := &file_control_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegationDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegationDone) ProtoMessage() {}
+
+func (x *DelegationDone) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegationDone.ProtoReflect.Descriptor instead.
+func (*DelegationDone) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DelegationDone) GetDelegationId() uint64 {
+	if x != nil {
+		return x.DelegationId
+	}
+	return 0
+}
+
+func (x *DelegationDone) GetWritten() uint64 {
+	if x != nil {
+		return x.Written
+	}
+	return 0
+}
+
+// DelegationStatus (client -> primary): the outcome of a delegation.
+type DelegationStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DelegationId  uint64                 `protobuf:"varint,1,opt,name=delegation_id,json=delegationId,proto3" json:"delegation_id,omitempty"`
+	Complete      bool                   `protobuf:"varint,2,opt,name=complete,proto3" json:"complete,omitempty"`                                // the client holds the whole range
+	MissingOffset uint64                 `protobuf:"varint,3,opt,name=missing_offset,json=missingOffset,proto3" json:"missing_offset,omitempty"` // otherwise: the first byte it does not hold
+	Remaining     uint64                 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`                              // bytes from missing_offset to the end of the range
+	ErrorCode     ErrorCode              `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3,enum=kwik.common.ErrorCode" json:"error_code,omitempty"`
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DelegationStatus) Reset() {
+	*x = DelegationStatus{}
+	mi := &file_control_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DelegationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DelegationStatus) ProtoMessage() {}
+
+func (x *DelegationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DelegationStatus.ProtoReflect.Descriptor instead.
+func (*DelegationStatus) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DelegationStatus) GetDelegationId() uint64 {
+	if x != nil {
+		return x.DelegationId
+	}
+	return 0
+}
+
+func (x *DelegationStatus) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *DelegationStatus) GetMissingOffset() uint64 {
+	if x != nil {
+		return x.MissingOffset
+	}
+	return 0
+}
+
+func (x *DelegationStatus) GetRemaining() uint64 {
+	if x != nil {
+		return x.Remaining
+	}
+	return 0
+}
+
+func (x *DelegationStatus) GetErrorCode() ErrorCode {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ErrorCode_NO_ERROR
+}
+
+func (x *DelegationStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_control_proto protoreflect.FileDescriptor
 
 const file_control_proto_rawDesc = "" +
 	"\n" +
 	"\rcontrol.proto\x12\fkwik.control\x1a\fcommon.proto\x1a\n" +
-	"data.proto\"\xf0\n" +
-	"\n" +
+	"data.proto\"\x9d\r\n" +
 	"\fControlFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12\x1c\n" +
 	"\ttimestamp\x18\x04 \x01(\x04R\ttimestamp\x12H\n" +
@@ -1413,7 +1787,11 @@ const file_control_proto_rawDesc = "" +
 	"maxStreams\x12'\n" +
 	"\x03ack\x18\x18 \x01(\v2\x13.kwik.data.AckFrameH\x00R\x03ack\x12A\n" +
 	"\rsession_close\x18\x19 \x01(\v2\x1a.kwik.control.SessionCloseH\x00R\fsessionClose\x12K\n" +
-	"\x11raw_packet_result\x18\x1a \x01(\v2\x1d.kwik.control.RawPacketResultH\x00R\x0frawPacketResultB\t\n" +
+	"\x11raw_packet_result\x18\x1a \x01(\v2\x1d.kwik.control.RawPacketResultH\x00R\x0frawPacketResult\x12D\n" +
+	"\x0edelegate_range\x18\x1b \x01(\v2\x1b.kwik.control.DelegateRangeH\x00R\rdelegateRange\x12M\n" +
+	"\x11delegation_assign\x18\x1c \x01(\v2\x1e.kwik.control.DelegationAssignH\x00R\x10delegationAssign\x12G\n" +
+	"\x0fdelegation_done\x18\x1d \x01(\v2\x1c.kwik.control.DelegationDoneH\x00R\x0edelegationDone\x12M\n" +
+	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatusB\t\n" +
 	"\apayload\"\xa5\x01\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
@@ -1493,7 +1871,33 @@ const file_control_proto_rawDesc = "" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reasonB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc3\x01\n" +
+	"\rDelegateRange\x12#\n" +
+	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
+	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x17\n" +
+	"\apath_id\x18\x05 \x01(\tR\x06pathId\x12\x18\n" +
+	"\arequest\x18\x06 \x01(\fR\arequest\"\xcc\x01\n" +
+	"\x10DelegationAssign\x12#\n" +
+	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
+	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x18\n" +
+	"\arequest\x18\x05 \x01(\fR\arequest\x12\x1d\n" +
+	"\n" +
+	"max_offset\x18\x06 \x01(\x04R\tmaxOffset\"O\n" +
+	"\x0eDelegationDone\x12#\n" +
+	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12\x18\n" +
+	"\awritten\x18\x02 \x01(\x04R\awritten\"\xe7\x01\n" +
+	"\x10DelegationStatus\x12#\n" +
+	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12\x1a\n" +
+	"\bcomplete\x18\x02 \x01(\bR\bcomplete\x12%\n" +
+	"\x0emissing_offset\x18\x03 \x01(\x04R\rmissingOffset\x12\x1c\n" +
+	"\tremaining\x18\x04 \x01(\x04R\tremaining\x125\n" +
+	"\n" +
+	"error_code\x18\x05 \x01(\x0e2\x16.kwik.common.ErrorCodeR\terrorCode\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reasonB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
@@ -1507,7 +1911,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_control_proto_goTypes = []any{
 	(*ControlFrame)(nil),             // 0: kwik.control.ControlFrame
 	(*TransportParameters)(nil),      // 1: kwik.control.TransportParameters
@@ -1527,9 +1931,13 @@ var file_control_proto_goTypes = []any{
 	(*MaxStreamData)(nil),            // 15: kwik.control.MaxStreamData
 	(*MaxStreams)(nil),               // 16: kwik.control.MaxStreams
 	(*SessionClose)(nil),             // 17: kwik.control.SessionClose
-	(*AckFrame)(nil),                 // 18: kwik.data.AckFrame
-	(ErrorCode)(0),                   // 19: kwik.common.ErrorCode
-	(PathStatus)(0),                  // 20: kwik.common.PathStatus
+	(*DelegateRange)(nil),            // 18: kwik.control.DelegateRange
+	(*DelegationAssign)(nil),         // 19: kwik.control.DelegationAssign
+	(*DelegationDone)(nil),           // 20: kwik.control.DelegationDone
+	(*DelegationStatus)(nil),         // 21: kwik.control.DelegationStatus
+	(*AckFrame)(nil),                 // 22: kwik.data.AckFrame
+	(ErrorCode)(0),                   // 23: kwik.common.ErrorCode
+	(PathStatus)(0),                  // 24: kwik.common.PathStatus
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: kwik.control.ControlFrame.add_path_request:type_name -> kwik.control.AddPathRequest
@@ -1546,20 +1954,25 @@ var file_control_proto_depIdxs = []int32{
 	14, // 11: kwik.control.ControlFrame.stop_sending:type_name -> kwik.control.StopSending
 	15, // 12: kwik.control.ControlFrame.max_stream_data:type_name -> kwik.control.MaxStreamData
 	16, // 13: kwik.control.ControlFrame.max_streams:type_name -> kwik.control.MaxStreams
-	18, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
+	22, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
 	17, // 15: kwik.control.ControlFrame.session_close:type_name -> kwik.control.SessionClose
 	11, // 16: kwik.control.ControlFrame.raw_packet_result:type_name -> kwik.control.RawPacketResult
-	1,  // 17: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
-	19, // 18: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
-	1,  // 19: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
-	19, // 20: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
-	20, // 21: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
-	19, // 22: kwik.control.RawPacketResult.error_code:type_name -> kwik.common.ErrorCode
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	18, // 17: kwik.control.ControlFrame.delegate_range:type_name -> kwik.control.DelegateRange
+	19, // 18: kwik.control.ControlFrame.delegation_assign:type_name -> kwik.control.DelegationAssign
+	20, // 19: kwik.control.ControlFrame.delegation_done:type_name -> kwik.control.DelegationDone
+	21, // 20: kwik.control.ControlFrame.delegation_status:type_name -> kwik.control.DelegationStatus
+	1,  // 21: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
+	23, // 22: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
+	1,  // 23: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
+	23, // 24: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
+	24, // 25: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
+	23, // 26: kwik.control.RawPacketResult.error_code:type_name -> kwik.common.ErrorCode
+	23, // 27: kwik.control.DelegationStatus.error_code:type_name -> kwik.common.ErrorCode
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -1587,6 +2000,10 @@ func file_control_proto_init() {
 		(*ControlFrame_Ack)(nil),
 		(*ControlFrame_SessionClose)(nil),
 		(*ControlFrame_RawPacketResult)(nil),
+		(*ControlFrame_DelegateRange)(nil),
+		(*ControlFrame_DelegationAssign)(nil),
+		(*ControlFrame_DelegationDone)(nil),
+		(*ControlFrame_DelegationStatus)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1594,7 +2011,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,717 @@
+package kwik
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/data"
+	"github.com/kwik-go/kwik/internal/wire/pb"
+)
+
+// Delegation: the primary reserves a byte range of one of its streams for a secondary.
+//
+//	primary   Delegate ──DelegateRange──▶ client ──DelegationAssign──▶ secondary (AcceptStream)
+//	secondary Write    ──DataFrames (its own data plane) ─────────────▶ client, at the range's offsets
+//	secondary Close    ──DelegationDone──▶ client
+//	client             ──DelegationStatus (complete, or the missing suffix)──▶ primary (Wait)
+//
+// The client accepts a secondary's bytes only inside ranges delegated to its path, and grants it
+// the stream's credit as its reader advances, so receive memory stays bounded by the stream's
+// window whichever source runs ahead. State: on the primary, Delegation objects (session.delegs)
+// and the stream's pending/refill accounting (stream.send); on the client, delegationRecords,
+// guarded by their stream's recv.mu and indexed in session.clientDelegs; on a secondary,
+// delegatedStreams (session.secondary).
+
+// Delegation is a byte range of a stream that a secondary server fills.
+type Delegation struct {
+	PathID string
+	Offset int64
+	Length int64
+
+	id   uint64
+	sess *session
+	st   *stream
+	done chan struct{}
+	err  error // set before done is closed
+}
+
+// Done is closed once the outcome is known; Wait then returns it at once.
+func (d *Delegation) Done() <-chan struct{} { return d.done }
+
+// Wait returns nil once the client holds the whole range, or a *DelegationError giving the
+// undelivered suffix (fill it with Stream.WriteAt, or delegate it again... from the stream's
+// WriteAt), or the session's error.
+func (d *Delegation) Wait(ctx context.Context) error {
+	select {
+	case <-d.done:
+		return d.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-d.sess.ctx.Done():
+		select {
+		case <-d.done:
+			return d.err
+		default:
+			return d.sess.closeErr()
+		}
+	}
+}
+
+// DelegationError reports the part of a delegated range that the client did not receive.
+type DelegationError struct {
+	PathID    string
+	Offset    int64 // first byte not delivered
+	Remaining int64 // bytes from Offset to the end of the range
+	Err       error // why: the path died, or the secondary closed short
+}
+
+func (e *DelegationError) Error() string {
+	return fmt.Sprintf("kwik: delegation to path %s: %d bytes undelivered from offset %d: %v", e.PathID, e.Remaining, e.Offset, e.Err)
+}
+
+func (e *DelegationError) Unwrap() error { return e.Err }
+
+// maxDelegationRequest bounds a delegation's request so that it fits every hop's messages.
+func maxDelegationRequest(maxMessageSize int) int { return maxMessageSize - rawOverhead }
+
+// ---- primary ----
+
+type primaryDelegations struct {
+	mu   sync.Mutex
+	next uint64
+	byID map[uint64]*Delegation
+}
+
+// Delegate reserves the next length bytes of the stream for the secondary on pathID and sends
+// it request. The primary's later Writes land after the range.
+func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegation, error) {
+	sess := s.sess
+	if sess.role != RolePrimary {
+		return nil, ErrNotPrimary
+	}
+	if length <= 0 || length > 1<<48 {
+		return nil, fmt.Errorf("kwik: Delegate: length %d out of range", length)
+	}
+	if len(request) > maxDelegationRequest(s.path.peer.maxMessageSize) {
+		return nil, &Error{Code: CodePacketTooLarge, Message: "delegation request too large"}
+	}
+	if pathID == sess.primary.id {
+		return nil, errors.New("kwik: Delegate: the primary path is the primary's own: Write instead")
+	}
+	if err := sess.pathError(pathID); err != nil {
+		return nil, err
+	}
+	s.send.mu.Lock()
+	if s.send.err != nil {
+		err := s.send.err
+		s.send.mu.Unlock()
+		return nil, err
+	}
+	if s.send.closed {
+		s.send.mu.Unlock()
+		return nil, ErrWriteAfterClose
+	}
+	off := s.send.offset
+	s.send.offset += uint64(length)
+	s.send.pending++
+	s.send.mu.Unlock()
+
+	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{})}
+	sess.delegs.mu.Lock()
+	d.id = sess.delegs.next
+	sess.delegs.next++
+	sess.delegs.byID[d.id] = d
+	sess.delegs.mu.Unlock()
+	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+		DelegationId: d.id, LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
+	}}})
+	return d, nil
+}
+
+// handleDelegationStatus (primary) resolves a delegation with the client's verdict.
+func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
+	sess.delegs.mu.Lock()
+	d := sess.delegs.byID[m.DelegationId]
+	delete(sess.delegs.byID, m.DelegationId)
+	sess.delegs.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	start, end := uint64(d.Offset), uint64(d.Offset+d.Length)
+	failed := !m.Complete
+	missing := min(max(m.MissingOffset, start), end)
+	if failed {
+		code := ErrorCode(m.ErrorCode)
+		if code == 0 {
+			code = CodeInternal
+		}
+		d.err = &DelegationError{PathID: d.PathID, Offset: int64(missing), Remaining: int64(end - missing),
+			Err: &Error{Code: code, Message: m.Reason, Remote: true}}
+	}
+	// Record the refill range before waking Wait: its caller may WriteAt at once.
+	d.st.delegationResolved(failed, missing, end)
+	close(d.done)
+	return nil
+}
+
+// delegationResolved updates the send side's accounting: a failed range's missing suffix may
+// now be filled with WriteAt, and the stream completes only once nothing is owed.
+func (s *stream) delegationResolved(failed bool, from, to uint64) {
+	s.send.mu.Lock()
+	s.send.pending--
+	if failed && from < to {
+		s.send.refill.Add(from, to)
+	}
+	want := s.send.completeWanted
+	s.send.mu.Unlock()
+	if want {
+		s.completeSend()
+	}
+}
+
+// WriteAt fills the undelivered suffix of a failed delegation (see DelegationError). It is
+// allowed after Close: the final size already covers it.
+func (s *stream) WriteAt(p []byte, off int64) (int, error) {
+	if s.sess.role != RolePrimary {
+		return 0, ErrNotPrimary
+	}
+	if off < 0 {
+		return 0, errors.New("kwik: WriteAt: negative offset")
+	}
+	start, end := uint64(off), uint64(off)+uint64(len(p))
+	s.send.mu.Lock()
+	if s.send.err != nil {
+		err := s.send.err
+		s.send.mu.Unlock()
+		return 0, err
+	}
+	if !s.send.refill.ContainsRange(start, end) {
+		s.send.mu.Unlock()
+		return 0, &Error{Code: CodeOffsetMismatch, Message: "WriteAt outside the undelivered part of a failed delegation"}
+	}
+	s.send.mu.Unlock()
+	if len(p) == 0 {
+		return 0, nil
+	}
+	rs, err := s.path.pool.assign()
+	if err != nil {
+		return 0, err
+	}
+	defer s.path.pool.release(rs)
+	var n int
+	for n < len(p) {
+		cur := start + uint64(n)
+		s.send.mu.Lock()
+		if s.send.err != nil {
+			err := s.send.err
+			s.send.mu.Unlock()
+			return n, err
+		}
+		if !s.send.deadline.IsZero() && !time.Now().Before(s.send.deadline) {
+			s.send.mu.Unlock()
+			return n, errDeadline
+		}
+		if s.send.maxOffset <= cur {
+			deadline := s.send.deadline
+			s.send.mu.Unlock()
+			if err := s.wait(s.sendSignal, deadline); err != nil {
+				return n, err
+			}
+			continue
+		}
+		chunk := min(uint64(len(p)-n), s.send.maxOffset-cur, uint64(s.path.peer.maxFrameData))
+		s.send.mu.Unlock()
+		if err := rs.writeFrame(s.id, cur, p[n:n+int(chunk)], false); err != nil {
+			return n, s.writeError(err)
+		}
+		n += int(chunk)
+	}
+	s.send.mu.Lock()
+	s.send.refill.Remove(start, end)
+	want := s.send.completeWanted
+	s.send.mu.Unlock()
+	if want {
+		s.completeSend()
+	}
+	return n, nil
+}
+
+// ---- client ----
+
+type delegationState int
+
+const (
+	delegationActive delegationState = iota
+	delegationComplete
+	delegationFailed
+)
+
+// delegationRecord is the client's view of one delegation. Fields below st are guarded by
+// st.recv.mu.
+type delegationRecord struct {
+	id       uint64
+	st       *stream
+	path     *path
+	off, end uint64
+
+	got       data.RangeSet // bytes received from the secondary within the range
+	written   uint64        // what the secondary said it wrote, once doneKnown
+	doneKnown bool
+	state     delegationState
+}
+
+type clientDelegations struct {
+	mu   sync.Mutex
+	byID map[uint64]*delegationRecord
+}
+
+// outcome decides a record once it can. st.recv.mu is held.
+func (d *delegationRecord) outcome() delegationState {
+	if d.state != delegationActive {
+		return d.state
+	}
+	switch {
+	case d.got.ContainsRange(d.off, d.end):
+		d.state = delegationComplete
+	case d.doneKnown && d.got.ContainsRange(d.off, d.off+d.written):
+		d.state = delegationFailed
+	}
+	return d.state
+}
+
+// firstMissing is the first byte of the range the client does not hold. st.recv.mu is held.
+func (d *delegationRecord) firstMissing() uint64 {
+	if m := d.got.Missing(nil, d.off, d.end); len(m) > 0 {
+		return m[0].Start
+	}
+	return d.end
+}
+
+// detach removes a decided record from its stream. st.recv.mu is held. The slice is
+// replaced, not edited, since callers iterate copies of it outside the lock.
+func (d *delegationRecord) detach() {
+	d.st.recv.delegs = without(d.st.recv.delegs, d)
+}
+
+// without returns a new slice holding l's elements but x.
+func without[T comparable](l []T, x T) []T {
+	out := make([]T, 0, len(l))
+	for _, o := range l {
+		if o != x {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+// report tells the primary the outcome of a decided record and forgets it.
+func (sess *session) report(d *delegationRecord, st *pb.DelegationStatus) {
+	sess.clientDelegs.mu.Lock()
+	delete(sess.clientDelegs.byID, d.id)
+	sess.clientDelegs.mu.Unlock()
+	st.DelegationId = d.id
+	sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: st}})
+}
+
+func (sess *session) reportOutcome(d *delegationRecord, state delegationState, missing uint64, code ErrorCode, reason string) {
+	switch state {
+	case delegationComplete:
+		sess.report(d, &pb.DelegationStatus{Complete: true})
+	case delegationFailed:
+		sess.report(d, &pb.DelegationStatus{MissingOffset: missing, Remaining: d.end - missing, ErrorCode: pb.ErrorCode(code), Reason: reason})
+	}
+}
+
+// handleDelegateRange (client) records a reservation and hands it to the secondary.
+func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
+	end := m.Offset + m.Length
+	if m.Length == 0 || end < m.Offset || end > 1<<62 {
+		return &Error{Code: CodeInvalidFrame, Message: "delegated range out of bounds"}
+	}
+	refuse := func(code ErrorCode, reason string) error {
+		sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
+			DelegationId: m.DelegationId, MissingOffset: m.Offset, Remaining: m.Length, ErrorCode: pb.ErrorCode(code), Reason: reason,
+		}}})
+		return nil
+	}
+	st, err := sess.streams.get(m.LogicalStreamId)
+	if err != nil {
+		return err
+	}
+	if st == nil {
+		return refuse(CodeStreamCreateFailed, "the stream is finished")
+	}
+	p, err := sess.livePath(m.PathId)
+	if err != nil {
+		var ke *Error
+		errors.As(err, &ke)
+		return refuse(ke.Code, ke.Message)
+	}
+	if p.isPrimary {
+		return refuse(CodePathNotFound, "delegation to the primary path")
+	}
+	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end}
+	sess.clientDelegs.mu.Lock()
+	if sess.clientDelegs.byID[d.id] != nil {
+		sess.clientDelegs.mu.Unlock()
+		return &Error{Code: CodeInvalidFrame, Message: "delegation ID reused"}
+	}
+	sess.clientDelegs.byID[d.id] = d
+	sess.clientDelegs.mu.Unlock()
+
+	st.recv.mu.Lock()
+	if st.recv.done {
+		d.state = delegationFailed
+		st.recv.mu.Unlock()
+		sess.reportOutcome(d, delegationFailed, d.off, CodeInternal, "the stream is no longer read")
+		return nil
+	}
+	st.recv.delegs = append(slices.Clip(st.recv.delegs), d) // copy on write, as detach
+
+	credit := st.recv.maxOffset
+	st.recv.mu.Unlock()
+	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
+		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: credit,
+	}}})
+	if p.ctx.Err() != nil {
+		// The path died while we recorded the range: its failure handler may have missed it.
+		sess.failDelegations(p, CodePathDead, "path died")
+	}
+	return nil
+}
+
+// delegationFor finds the active delegation of path p covering [off, end). st.recv.mu is held.
+func (s *stream) delegationFor(p *path, off, end uint64) *delegationRecord {
+	for _, d := range s.recv.delegs {
+		if d.path == p && off >= d.off && end <= d.end && d.state == delegationActive {
+			return d
+		}
+	}
+	return nil
+}
+
+// handleDelegationDone (client): the secondary has written all it will.
+func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
+	sess.clientDelegs.mu.Lock()
+	d := sess.clientDelegs.byID[m.DelegationId]
+	sess.clientDelegs.mu.Unlock()
+	if d == nil || d.path != p {
+		return nil // already decided (a late or duplicate notice), or not this path's
+	}
+	if m.Written > d.end-d.off {
+		return &Error{Code: CodeOffsetMismatch, Message: "secondary claims to have written past its range"}
+	}
+	st := d.st
+	st.recv.mu.Lock()
+	if d.state != delegationActive {
+		st.recv.mu.Unlock()
+		return nil
+	}
+	d.doneKnown, d.written = true, m.Written
+	state := d.outcome()
+	missing := d.firstMissing()
+	if state != delegationActive {
+		d.detach()
+	}
+	st.recv.mu.Unlock()
+	sess.reportOutcome(d, state, missing, CodeOffsetMismatch, "the secondary closed short")
+	return nil
+}
+
+// failDelegations (client) fails every active delegation of a path that died or was removed.
+func (sess *session) failDelegations(p *path, code ErrorCode, reason string) {
+	sess.clientDelegs.mu.Lock()
+	var ds []*delegationRecord
+	for _, d := range sess.clientDelegs.byID {
+		if d.path == p {
+			ds = append(ds, d)
+		}
+	}
+	sess.clientDelegs.mu.Unlock()
+	for _, d := range ds {
+		sess.failDelegation(d, code, reason)
+	}
+}
+
+func (sess *session) failDelegation(d *delegationRecord, code ErrorCode, reason string) {
+	st := d.st
+	st.recv.mu.Lock()
+	if d.outcome() != delegationActive {
+		st.recv.mu.Unlock()
+		return
+	}
+	d.state = delegationFailed
+	missing := d.firstMissing()
+	d.detach()
+	st.recv.mu.Unlock()
+	sess.reportOutcome(d, delegationFailed, missing, code, reason)
+}
+
+// ---- secondary ----
+
+type secondaryDelegations struct {
+	mu       sync.Mutex
+	accept   []*delegatedStream
+	byStream map[uint64][]*delegatedStream // by the client's logical stream ID, for credit
+	signal   chan struct{}
+}
+
+// handleDelegationAssign (secondary) surfaces a delegation as a stream for AcceptStream.
+func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) error {
+	end := m.Offset + m.Length
+	if m.Length == 0 || end < m.Offset {
+		return &Error{Code: CodeInvalidFrame, Message: "delegated range out of bounds"}
+	}
+	ds := &delegatedStream{
+		sess: sess, p: p, id: m.DelegationId, streamID: m.LogicalStreamId,
+		off: m.Offset, length: m.Length, request: m.Request, signal: make(chan struct{}, 1),
+	}
+	ds.send.maxOffset = m.MaxOffset
+	ds.ctx, ds.cancel = context.WithCancelCause(sess.ctx)
+	sec := &sess.secondary
+	sec.mu.Lock()
+	sec.accept = append(sec.accept, ds)
+	sec.byStream[ds.streamID] = append(slices.Clip(sec.byStream[ds.streamID]), ds)
+	sec.mu.Unlock()
+	notify(sec.signal)
+	return nil
+}
+
+// handleDelegationCredit (secondary): the client's reader advanced on a stream.
+func (sess *session) handleDelegationCredit(streamID, max uint64) {
+	sec := &sess.secondary
+	sec.mu.Lock()
+	l := sec.byStream[streamID]
+	sec.mu.Unlock()
+	for _, ds := range l {
+		ds.send.mu.Lock()
+		if max > ds.send.maxOffset {
+			ds.send.maxOffset = max
+		}
+		ds.send.mu.Unlock()
+		notify(ds.signal)
+	}
+}
+
+func (sess *session) acceptDelegation(ctx context.Context) (*delegatedStream, error) {
+	sec := &sess.secondary
+	for {
+		sec.mu.Lock()
+		if err := sess.ctx.Err(); err != nil {
+			sec.mu.Unlock()
+			return nil, sess.closeErr()
+		}
+		if len(sec.accept) > 0 {
+			ds := sec.accept[0]
+			sec.accept[0] = nil
+			sec.accept = sec.accept[1:]
+			if len(sec.accept) > 0 {
+				notify(sec.signal)
+			}
+			sec.mu.Unlock()
+			return ds, nil
+		}
+		sec.mu.Unlock()
+		select {
+		case <-sec.signal:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-sess.ctx.Done():
+			return nil, sess.closeErr()
+		}
+	}
+}
+
+// errDelegationFull is what a secondary's Write returns past the end of its range.
+var errDelegationFull = &Error{Code: CodeOffsetMismatch, Message: "write past the end of the delegated range"}
+
+// delegatedStream is a delegation as a secondary sees it: Read yields the primary's request,
+// Write fills the range at the client, Close completes it.
+type delegatedStream struct {
+	sess     *session
+	p        *path
+	id       uint64
+	streamID uint64
+	off      uint64
+	length   uint64
+	request  []byte
+	signal   chan struct{} // cap 1: credit, deadline or close
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+
+	recv struct {
+		mu       sync.Mutex
+		pos      int
+		deadline time.Time
+	}
+	send struct {
+		mu        sync.Mutex
+		written   uint64
+		maxOffset uint64
+		closed    bool
+		deadline  time.Time
+		rs        *realStream
+	}
+}
+
+func (ds *delegatedStream) StreamID() uint64         { return ds.streamID }
+func (ds *delegatedStream) PathID() string           { return ds.p.id }
+func (ds *delegatedStream) Context() context.Context { return ds.ctx }
+
+func (ds *delegatedStream) Read(b []byte) (int, error) {
+	ds.recv.mu.Lock()
+	defer ds.recv.mu.Unlock()
+	if !ds.recv.deadline.IsZero() && !time.Now().Before(ds.recv.deadline) {
+		return 0, errDeadline
+	}
+	if ds.recv.pos >= len(ds.request) {
+		return 0, io.EOF
+	}
+	n := copy(b, ds.request[ds.recv.pos:])
+	ds.recv.pos += n
+	return n, nil
+}
+
+// Write places b at the next offsets of the delegated range on the client. Past the range's
+// end it writes what fits and fails.
+func (ds *delegatedStream) Write(b []byte) (int, error) {
+	var n int
+	for len(b) > 0 {
+		ds.send.mu.Lock()
+		if ds.send.closed {
+			ds.send.mu.Unlock()
+			return n, ErrWriteAfterClose
+		}
+		if err := ds.sess.ctx.Err(); err != nil {
+			ds.send.mu.Unlock()
+			return n, ds.sess.closeErr()
+		}
+		if ds.send.written == ds.length {
+			ds.send.mu.Unlock()
+			return n, errDelegationFull
+		}
+		if !ds.send.deadline.IsZero() && !time.Now().Before(ds.send.deadline) {
+			ds.send.mu.Unlock()
+			return n, errDeadline
+		}
+		cur := ds.off + ds.send.written
+		if ds.send.maxOffset <= cur {
+			deadline := ds.send.deadline
+			ds.send.mu.Unlock()
+			if err := ds.wait(deadline); err != nil {
+				return n, err
+			}
+			continue
+		}
+		if ds.send.rs == nil {
+			rs, err := ds.p.pool.assign()
+			if err != nil {
+				ds.send.mu.Unlock()
+				return n, err
+			}
+			ds.send.rs = rs
+		}
+		rs := ds.send.rs
+		chunk := min(uint64(len(b)), ds.length-ds.send.written, ds.send.maxOffset-cur, uint64(ds.p.peer.maxFrameData))
+		ds.send.written += chunk
+		ds.send.mu.Unlock()
+		if err := rs.writeFrame(ds.streamID, cur, b[:chunk], false); err != nil {
+			if ds.sess.ctx.Err() != nil {
+				return n, ds.sess.closeErr()
+			}
+			return n, err
+		}
+		n += int(chunk)
+		b = b[chunk:]
+	}
+	return n, nil
+}
+
+func (ds *delegatedStream) wait(deadline time.Time) error {
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		t := time.NewTimer(time.Until(deadline))
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-ds.signal:
+		return nil
+	case <-timeout:
+		return errDeadline
+	case <-ds.sess.ctx.Done():
+		return ds.sess.closeErr()
+	}
+}
+
+// Close completes the range: the client learns how much was written; less than the range's
+// length makes the delegation fail at the primary with the rest as its undelivered suffix.
+func (ds *delegatedStream) Close() error {
+	ds.send.mu.Lock()
+	if ds.send.closed {
+		ds.send.mu.Unlock()
+		return nil
+	}
+	ds.send.closed = true
+	written, rs := ds.send.written, ds.send.rs
+	ds.send.mu.Unlock()
+	ds.p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationDone{DelegationDone: &pb.DelegationDone{DelegationId: ds.id, Written: written}}})
+	if rs != nil {
+		ds.p.pool.release(rs)
+	}
+	sec := &ds.sess.secondary
+	sec.mu.Lock()
+	l := without(sec.byStream[ds.streamID], ds) // a new slice: credit handlers iterate the old one unlocked
+	if len(l) == 0 {
+		delete(sec.byStream, ds.streamID)
+	} else {
+		sec.byStream[ds.streamID] = l
+	}
+	sec.mu.Unlock()
+	ds.cancel(context.Canceled)
+	notify(ds.signal)
+	return ds.sess.ctx.Err()
+}
+
+// CancelWrite ends the range where it is, like Close: the primary refills the rest.
+func (ds *delegatedStream) CancelWrite(StreamErrorCode) { _ = ds.Close() }
+
+// CancelRead drops the rest of the request.
+func (ds *delegatedStream) CancelRead(StreamErrorCode) {
+	ds.recv.mu.Lock()
+	ds.recv.pos = len(ds.request)
+	ds.recv.mu.Unlock()
+}
+
+func (ds *delegatedStream) SetReadDeadline(t time.Time) error {
+	ds.recv.mu.Lock()
+	ds.recv.deadline = t
+	ds.recv.mu.Unlock()
+	return nil
+}
+
+func (ds *delegatedStream) SetWriteDeadline(t time.Time) error {
+	ds.send.mu.Lock()
+	ds.send.deadline = t
+	ds.send.mu.Unlock()
+	notify(ds.signal)
+	return nil
+}
+
+func (ds *delegatedStream) SetDeadline(t time.Time) error {
+	_ = ds.SetReadDeadline(t)
+	return ds.SetWriteDeadline(t)
+}
+
+func (ds *delegatedStream) Delegate(string, int64, []byte) (*Delegation, error) {
+	return nil, ErrNotPrimary
+}
+
+func (ds *delegatedStream) WriteAt([]byte, int64) (int, error) { return 0, ErrNotPrimary }

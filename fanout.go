@@ -1,0 +1,238 @@
+package kwik
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// FanoutOptions tunes Fanout. The zero value is valid.
+type FanoutOptions struct {
+	// ChunkSize is the size of each chunk. 0 sizes chunks from the client's receive window so
+	// that every source can have MaxInFlight chunks in flight within it (at most 1 MiB).
+	ChunkSize int64
+	// MaxInFlight is how many delegations each secondary may have outstanding. 0 means 2.
+	MaxInFlight int
+	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
+	// nil means FanoutRequest, which ServeFanout understands.
+	Request func(off, n int64) []byte
+}
+
+// FanoutResult says who served what.
+type FanoutResult struct {
+	Bytes    map[string]int64 // by path ID: bytes delegated that the client received; "" is the primary
+	Refilled int64            // bytes the primary refilled after failed delegations
+	Failed   []*DelegationError
+}
+
+// FanoutRequest is the default request for bytes [off, off+n): 16 bytes, big-endian.
+func FanoutRequest(off, n int64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(off)), uint64(n))
+}
+
+// ParseFanoutRequest reads a FanoutRequest.
+func ParseFanoutRequest(b []byte) (off, n int64, err error) {
+	if len(b) != 16 {
+		return 0, 0, fmt.Errorf("kwik: fanout request of %d bytes, want 16", len(b))
+	}
+	off, n = int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))
+	if off < 0 || n <= 0 || off+n < off {
+		return 0, 0, errors.New("kwik: fanout request out of range")
+	}
+	return off, n, nil
+}
+
+type fanoutEvent struct {
+	path string
+	n    int64
+	err  error
+}
+
+// Fanout serves size bytes of src on st (a primary's stream) from the primary and the
+// secondaries on paths, in chunks: each next chunk goes to whichever source has room first
+// (a secondary with fewer than MaxInFlight chunks outstanding; otherwise the primary writes it
+// itself), so faster links take more chunks. A failed delegation's missing bytes are refilled
+// by the primary at once, and that secondary gets no more chunks. Fanout closes st when all is
+// sent and returns once every delegation is resolved.
+func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths []string, opts *FanoutOptions) (*FanoutResult, error) {
+	var o FanoutOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = 2
+	}
+	if o.Request == nil {
+		o.Request = FanoutRequest
+	}
+	if o.ChunkSize <= 0 {
+		window := int64(defaultStreamReceiveWindow)
+		if s, ok := st.(*stream); ok {
+			window = int64(s.path.peer.streamWindow)
+		}
+		o.ChunkSize = min(max(window/int64(o.MaxInFlight*(len(paths)+1)+1), 16<<10), 1<<20)
+	}
+	res := &FanoutResult{Bytes: map[string]int64{}}
+	var (
+		mu       sync.Mutex // guards res from the watchers
+		wg       sync.WaitGroup
+		events   = make(chan fanoutEvent, len(paths)*o.MaxInFlight)
+		inFlight = make(map[string]int, len(paths))
+		alive    = append([]string(nil), paths...)
+		buf      = make([]byte, o.ChunkSize)
+	)
+	refill := func(de *DelegationError) error {
+		b := make([]byte, de.Remaining)
+		if _, err := src.ReadAt(b, de.Offset); err != nil && err != io.EOF {
+			return err
+		}
+		_, err := st.WriteAt(b, de.Offset)
+		mu.Lock()
+		res.Refilled += de.Remaining
+		res.Failed = append(res.Failed, de)
+		mu.Unlock()
+		return err
+	}
+	var firstErr error // guarded by mu
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr
+	}
+	watch := func(d *Delegation) {
+		defer wg.Done()
+		err := d.Wait(ctx)
+		var de *DelegationError
+		if errors.As(err, &de) {
+			// The reader cannot pass the gap: fill it now, whatever the main loop is doing.
+			if rerr := refill(de); rerr != nil {
+				fail(rerr)
+			}
+		} else if err != nil {
+			fail(err)
+		}
+		delivered := d.Length
+		if de != nil {
+			delivered -= de.Remaining
+		}
+		events <- fanoutEvent{path: d.PathID, n: delivered, err: err}
+	}
+	handle := func(ev fanoutEvent) {
+		inFlight[ev.path]--
+		mu.Lock()
+		res.Bytes[ev.path] += ev.n
+		mu.Unlock()
+		if ev.err != nil {
+			alive = without(alive, ev.path)
+		}
+	}
+	writeOwn := func(off, n int64) error {
+		b := buf[:n]
+		if _, err := src.ReadAt(b, off); err != nil && err != io.EOF {
+			return err
+		}
+		if _, err := st.Write(b); err != nil {
+			return err
+		}
+		mu.Lock()
+		res.Bytes[""] += n
+		mu.Unlock()
+		return nil
+	}
+
+	var off int64
+	var err error
+	for off < size && err == nil && failed() == nil {
+		// Take in what has finished, without waiting.
+		for drained := false; !drained; {
+			select {
+			case ev := <-events:
+				handle(ev)
+			default:
+				drained = true
+			}
+		}
+		n := min(o.ChunkSize, size-off)
+		var to string
+		for _, p := range alive {
+			if inFlight[p] < o.MaxInFlight && (to == "" || inFlight[p] < inFlight[to]) {
+				to = p
+			}
+		}
+		if to == "" {
+			err = writeOwn(off, n)
+			off += n
+			continue
+		}
+		d, derr := st.Delegate(to, n, o.Request(off, n))
+		if derr != nil {
+			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
+				alive = without(alive, to)
+				continue
+			}
+			err = derr
+			break
+		}
+		inFlight[to]++
+		wg.Add(1)
+		go watch(d)
+		off += n
+	}
+	if err == nil {
+		err = st.Close()
+	}
+	go func() { wg.Wait(); close(events) }()
+	for ev := range events {
+		handle(ev)
+	}
+	if err == nil {
+		err = failed()
+	}
+	return res, err
+}
+
+// ServeFanout answers, on a secondary, every delegation made by Fanout with the default
+// request, from src, until the session ends or ctx is canceled.
+func ServeFanout(ctx context.Context, sess Session, src io.ReaderAt) error {
+	for {
+		st, err := sess.AcceptStream(ctx)
+		if err != nil {
+			return err
+		}
+		go func() {
+			req, err := io.ReadAll(io.LimitReader(st, 64))
+			if err != nil {
+				st.Close()
+				return
+			}
+			off, n, err := ParseFanoutRequest(req)
+			if err != nil {
+				st.Close()
+				return
+			}
+			// Stream the range in pieces: bounded memory, and the first bytes leave at once.
+			b := make([]byte, min(n, 64<<10))
+			for done := int64(0); done < n; {
+				k := min(int64(len(b)), n-done)
+				if _, err := src.ReadAt(b[:k], off+done); err != nil && err != io.EOF {
+					break
+				}
+				if _, err := st.Write(b[:k]); err != nil {
+					break
+				}
+				done += k
+			}
+			st.Close()
+		}()
+	}
+}
