@@ -7,14 +7,16 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // FanoutOptions tunes Fanout. The zero value is valid.
 type FanoutOptions struct {
 	// ChunkSize is the size of each chunk. 0 sizes chunks from the client's receive window so
-	// that every source can have MaxInFlight chunks in flight within it (at most 1 MiB).
+	// that every source can have MaxInFlight chunks in flight within it (at most 256 KiB).
 	ChunkSize int64
-	// MaxInFlight is how many delegations each secondary may have outstanding. 0 means 2.
+	// MaxInFlight is how many delegations each secondary may have outstanding: enough to cover
+	// the round trips between a chunk's completion and the next assignment. 0 means 6.
 	MaxInFlight int
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
@@ -63,7 +65,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		o = *opts
 	}
 	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 2
+		o.MaxInFlight = 6
 	}
 	if o.Request == nil {
 		o.Request = FanoutRequest
@@ -73,7 +75,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if s, ok := st.(*stream); ok {
 			window = int64(s.path.peer.streamWindow)
 		}
-		o.ChunkSize = min(max(window/int64(o.MaxInFlight*(len(paths)+1)+1), 16<<10), 1<<20)
+		o.ChunkSize = min(max(window/int64(o.MaxInFlight*(len(paths)+1)+1), 16<<10), 256<<10)
 	}
 	res := &FanoutResult{Bytes: map[string]int64{}}
 	var (
@@ -81,8 +83,11 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		wg       sync.WaitGroup
 		events   = make(chan fanoutEvent, len(paths)*o.MaxInFlight)
 		inFlight = make(map[string]int, len(paths))
-		alive    = append([]string(nil), paths...)
-		buf      = make([]byte, o.ChunkSize)
+		// Per source, for its rate: first assignment and last completion (main loop only).
+		firstSent = make(map[string]time.Time, len(paths))
+		lastDone  = make(map[string]time.Time, len(paths))
+		alive     = append([]string(nil), paths...)
+		buf       = make([]byte, o.ChunkSize)
 	)
 	refill := func(de *DelegationError) error {
 		b := make([]byte, de.Remaining)
@@ -129,6 +134,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	handle := func(ev fanoutEvent) {
 		inFlight[ev.path]--
+		lastDone[ev.path] = time.Now()
 		mu.Lock()
 		res.Bytes[ev.path] += ev.n
 		mu.Unlock()
@@ -136,14 +142,37 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			alive = without(alive, ev.path)
 		}
 	}
+	// Rates, for the end game: a source is given no chunk it would still be sending when the
+	// others have finished everything, so a slow link does not hold up the tail.
+	var ownBytes int64
+	var ownTime time.Duration
+	rate := func(p string) float64 { // bytes per second
+		ownRate := float64(o.ChunkSize) / 0.05 // until measured: 40 Mbit/s
+		if ownTime > 0 {
+			ownRate = float64(ownBytes) / ownTime.Seconds()
+		}
+		if p == "" {
+			return ownRate
+		}
+		mu.Lock()
+		done := res.Bytes[p]
+		mu.Unlock()
+		if el := lastDone[p].Sub(firstSent[p]).Seconds(); done > 0 && el > 0 {
+			return float64(done) / el
+		}
+		return ownRate
+	}
 	writeOwn := func(off, n int64) error {
 		b := buf[:n]
 		if _, err := src.ReadAt(b, off); err != nil && err != io.EOF {
 			return err
 		}
+		t0 := time.Now()
 		if _, err := st.Write(b); err != nil {
 			return err
 		}
+		ownTime += time.Since(t0)
+		ownBytes += n
 		mu.Lock()
 		res.Bytes[""] += n
 		mu.Unlock()
@@ -163,9 +192,19 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 		}
 		n := min(o.ChunkSize, size-off)
+		total := rate("")
+		for _, p := range alive {
+			total += rate(p)
+		}
+		rest := float64(size-off-n) / total // seconds for everyone to send the rest
 		var to string
 		for _, p := range alive {
-			if inFlight[p] < o.MaxInFlight && (to == "" || inFlight[p] < inFlight[to]) {
+			// Only a clearly slower source is held back: estimates are rough, and holding
+			// back an equal one starves it.
+			finish := float64(int64(inFlight[p])*o.ChunkSize+n) / rate(p)
+			slow := rate(p) < 0.75*rate("") && finish > rest+float64(n)/rate("")
+			if inFlight[p] < o.MaxInFlight && !slow &&
+				(to == "" || inFlight[p] < inFlight[to]) {
 				to = p
 			}
 		}
@@ -184,6 +223,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			break
 		}
 		inFlight[to]++
+		if firstSent[to].IsZero() {
+			firstSent[to] = time.Now()
+		}
 		wg.Add(1)
 		go watch(d)
 		off += n

@@ -1,0 +1,100 @@
+package kwik
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+)
+
+func TestFanoutRequest(t *testing.T) {
+	off, n, err := ParseFanoutRequest(FanoutRequest(12345, 678))
+	if err != nil || off != 12345 || n != 678 {
+		t.Fatalf("round trip: %d %d %v", off, n, err)
+	}
+	for _, bad := range [][]byte{nil, make([]byte, 15), FanoutRequest(-1, 5), FanoutRequest(0, 0), FanoutRequest(1<<62, 1<<62)} {
+		if _, _, err := ParseFanoutRequest(bad); err == nil {
+			t.Errorf("accepted %x", bad)
+		}
+	}
+}
+
+// fanoutDownload serves resource with Fanout from the primary and the secondaries of ms
+// (which serve it with ServeFanout) and checks what the client reads.
+func fanoutDownload(t *testing.T, ms *multiSource, resource []byte, onHalf func()) *FanoutResult {
+	ctx := testContext(t)
+	src := bytes.NewReader(resource)
+	for _, sec := range ms.secs {
+		go ServeFanout(ctx, sec, src)
+	}
+	res := make(chan *FanoutResult, 1)
+	go func() {
+		st, err := ms.p.server.OpenStreamSync(ctx)
+		if err != nil {
+			t.Error(err)
+			res <- nil
+			return
+		}
+		fr, err := Fanout(ctx, st, src, int64(len(resource)), ms.ids, &FanoutOptions{ChunkSize: 128 << 10})
+		if err != nil {
+			t.Errorf("Fanout: %v", err)
+		}
+		res <- fr
+	}()
+	cs, err := ms.p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := cs.Read(buf)
+		got = append(got, buf[:n]...)
+		if onHalf != nil && len(got) > len(resource)/2 {
+			onHalf()
+			onHalf = nil
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+	}
+	if !bytes.Equal(got, resource) {
+		t.Fatalf("got %d bytes, want %d, not intact", len(got), len(resource))
+	}
+	return <-res
+}
+
+func TestFanout(t *testing.T) {
+	ms := newMultiSource(t, 2, delegationConf)
+	resource := content(0, 8<<20)
+	fr := fanoutDownload(t, ms, resource, nil)
+	var total int64
+	for _, id := range append([]string{""}, ms.ids...) {
+		total += fr.Bytes[id]
+	}
+	if total != int64(len(resource)) || len(fr.Failed) != 0 {
+		t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
+	}
+	for _, id := range ms.ids {
+		if fr.Bytes[id] == 0 {
+			t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
+		}
+	}
+}
+
+func TestFanoutSourceKilled(t *testing.T) {
+	ms := newMultiSource(t, 2, delegationConf)
+	resource := content(0, 8<<20)
+	fr := fanoutDownload(t, ms, resource, func() { ms.relay[1].SetBlackhole(true) })
+	if len(fr.Failed) == 0 || fr.Refilled == 0 {
+		t.Fatalf("no failure after a source died: %+v", fr)
+	}
+	for _, de := range fr.Failed {
+		if de.PathID != ms.ids[1] || !errors.Is(de, ErrPathDead) {
+			t.Fatalf("failure %+v: %v", de, de.Err)
+		}
+	}
+}
