@@ -48,10 +48,20 @@
 // every side. RemovePath closes a secondary cleanly. SendRawData relays bytes through the
 // client to any server of the session, which reads them with ReceiveRawData.
 //
+// # Delegation
+//
+// On the primary, Stream.Delegate(pathID, length, request) reserves the next length bytes of
+// a stream for the secondary on pathID; later Writes land after them. The secondary receives
+// the delegation as a stream from AcceptStream: Read yields the request, Write fills the
+// range on the client, Close completes it. The client reads one stream, reassembled by offset,
+// and accepts a secondary's bytes only inside the ranges delegated to its path.
+// Delegation.Wait returns nil once the client holds the range, or a *DelegationError naming
+// the undelivered suffix (the path died, or the secondary closed short), which Stream.WriteAt
+// fills, even after Close. Fanout and ServeFanout do all of this for a known-size resource.
+//
 // # Limitations
 //
-// Stream.Delegate and Stream.WriteAt (multi-source streams) return ErrNotImplemented on the
-// primary in this version. A Write blocked inside QUIC itself (not on KWIK's credit) is not
+// A Write blocked inside QUIC itself (not on KWIK's credit) is not
 // interrupted by its deadline or by CancelWrite: receivers always drain their real streams, so
 // such waits last about one message's sending time, unless the path is dead, in which case the
 // Write fails once the path is declared dead.
