@@ -209,6 +209,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 		}
 		if to == "" {
+			// The primary's own pieces are a quarter chunk: while it writes, nobody is given
+			// work, so it looks for a free secondary often.
+			n = min(n, max(o.ChunkSize/4, 16<<10))
 			err = writeOwn(off, n)
 			off += n
 			continue
