@@ -99,6 +99,9 @@ type Session interface {
 	// ReceiveRawData returns the next relayed message.
 	ReceiveRawData(ctx context.Context) (RawData, error)
 
+	// Stats returns a snapshot of the session's paths and their traffic.
+	Stats() SessionStats
+
 	// ID is the session ID, the same on the client, the primary and every secondary.
 	ID() string
 	Role() Role

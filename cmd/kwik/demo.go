@@ -129,9 +129,8 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		}()
 	}
 	type outcome struct {
-		res   *kwik.FanoutResult
-		paths []kwik.PathInfo
-		err   error
+		res *kwik.FanoutResult
+		err error
 	}
 	done := make(chan outcome, 1)
 	go func() {
@@ -160,7 +159,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		}
 		io.Copy(io.Discard, st) // the request
 		res, err := kwik.Fanout(ctx, st, src, size, ids, nil)
-		done <- outcome{res: res, paths: sess.GetAllPaths(), err: err}
+		done <- outcome{res: res, err: err}
 	}()
 
 	// The client knows only the primary's address.
@@ -220,15 +219,18 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	want := sha256.Sum256(object)
 	intact := got == size && bytes.Equal(h.Sum(nil), want[:])
 
+	// The client's own view: what each path brought, and its round-trip time.
+	stats := client.Stats()
 	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\taddress\trole\tstatus\tbytes\tshare\t")
-	for _, p := range out.paths {
-		role, id := "secondary", p.PathID
+	fmt.Fprintln(tw, "path\taddress\trole\tstatus\treceived\tshare\tMbit/s\tRTT\t")
+	for _, p := range stats.Paths {
+		role := "secondary"
 		if p.IsPrimary {
-			role, id = "primary", ""
+			role = "primary"
 		}
-		b := out.res.Bytes[id]
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%d\t%.1f%%\t\n", p.PathID, p.Address, role, p.Status, b, 100*float64(b)/float64(size))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%.1f MiB\t%.1f%%\t%.1f\t%v\t\n", p.PathID, p.Address, role, p.Status,
+			float64(p.BytesReceived)/(1<<20), 100*float64(p.BytesReceived)/float64(stats.BytesReceived),
+			float64(p.BytesReceived)*8/elapsed.Seconds()/1e6, p.QUIC.SmoothedRTT.Round(100*time.Microsecond))
 	}
 	tw.Flush()
 	mbit := float64(size) * 8 / elapsed.Seconds() / 1e6

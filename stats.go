@@ -1,0 +1,83 @@
+package kwik
+
+import (
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// PathStats is what one path has carried, as this side saw it.
+type PathStats struct {
+	PathInfo
+	// KWIK data plane: DataPackets (length prefix included) sent and received on this path,
+	// and this side's packets the peer acknowledged.
+	BytesSent, BytesReceived     uint64
+	PacketsSent, PacketsReceived uint64
+	PacketsAcked                 uint64
+	// DelegationsInFlight: on the client, ranges delegated to this path not yet complete.
+	DelegationsInFlight int
+	// QUIC is quic-go's own view of the connection (RTTs, congestion window, bytes with
+	// retransmissions); zero for a path with no connection on this side.
+	QUIC quic.ConnectionStats
+}
+
+// SessionStats is a snapshot of a session's paths.
+type SessionStats struct {
+	Paths                    []PathStats // in creation order, dead and removed ones included
+	BytesSent, BytesReceived uint64      // sums over the paths
+	SmoothedRTT              time.Duration
+	DelegationsInFlight      int
+	StreamsOpen              int
+	RawDataDropped           uint64 // relayed messages dropped because ReceiveRawData lagged
+}
+
+// Stats returns a snapshot of the session's paths and traffic.
+func (s *session) Stats() SessionStats {
+	var st SessionStats
+	s.paths.mu.Lock()
+	recs := append([]*pathRecord(nil), s.paths.records...)
+	infos := make([]PathInfo, len(recs))
+	for i, r := range recs {
+		infos[i] = r.info()
+	}
+	s.paths.mu.Unlock()
+
+	inFlight := make(map[*path]int)
+	s.clientDelegs.mu.Lock()
+	for _, d := range s.clientDelegs.byID {
+		inFlight[d.path]++
+	}
+	s.clientDelegs.mu.Unlock()
+
+	for i, r := range recs {
+		ps := PathStats{PathInfo: infos[i]}
+		if p := r.p; p != nil {
+			ps.BytesSent = p.stats.bytesSent.Load()
+			ps.BytesReceived = p.stats.bytesReceived.Load()
+			ps.PacketsSent = p.stats.packetsSent.Load()
+			ps.PacketsReceived = p.stats.packetsReceived.Load()
+			ps.PacketsAcked = p.stats.packetsAcked.Load()
+			ps.DelegationsInFlight = inFlight[p]
+			ps.QUIC = p.conn.ConnectionStats()
+		}
+		st.BytesSent += ps.BytesSent
+		st.BytesReceived += ps.BytesReceived
+		st.DelegationsInFlight += ps.DelegationsInFlight
+		st.Paths = append(st.Paths, ps)
+	}
+	if s.primary != nil {
+		st.SmoothedRTT = s.primary.conn.ConnectionStats().SmoothedRTT
+	}
+	s.streams.mu.Lock()
+	st.StreamsOpen = len(s.streams.streams)
+	s.streams.mu.Unlock()
+	s.raw.mu.Lock()
+	st.RawDataDropped = s.raw.dropped
+	s.raw.mu.Unlock()
+	if s.role == RolePrimary {
+		s.delegs.mu.Lock()
+		st.DelegationsInFlight = len(s.delegs.byID)
+		s.delegs.mu.Unlock()
+	}
+	return st
+}
