@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/wire"
@@ -70,6 +71,11 @@ type Config struct {
 	// MaxPaths bounds the paths of a session, the primary included, on the primary (AddPath
 	// fails past it) and on the client (it refuses further joins). 0 means 8.
 	MaxPaths int
+
+	// Logger receives KWIK's events (sessions opened and closed, paths added, dead, removed,
+	// delegations failed) at Info and Debug level. nil: nothing is logged; the library never
+	// prints on its own.
+	Logger *slog.Logger
 
 	// MaxPendingRawData bounds the relayed bytes waiting for ReceiveRawData; past it new ones
 	// are dropped (and counted). It also bounds what the client holds for one path's relay.
@@ -150,6 +156,9 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.MaxPendingRawData == 0 {
 		conf.MaxPendingRawData = defaultMaxPendingRawData
+	}
+	if conf.Logger == nil {
+		conf.Logger = slog.New(slog.DiscardHandler)
 	}
 	var q quic.Config
 	if conf.QUIC != nil {

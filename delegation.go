@@ -147,6 +147,7 @@ func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
 	failed := !m.Complete
 	missing := min(max(m.MissingOffset, start), end)
 	if failed {
+		sess.log.Debug("kwik: delegation failed", "path", d.PathID, "offset", missing, "remaining", end-missing, "reason", m.Reason)
 		code := ErrorCode(m.ErrorCode)
 		if code == 0 {
 			code = CodeInternal

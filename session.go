@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ type session struct {
 	wg     sync.WaitGroup
 	once   sync.Once
 
+	log     *slog.Logger
 	primary *path // client: the path to the primary; servers: their own path
 	streams *streamsMap
 
@@ -91,6 +93,7 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 
 func newSession(role Role, id string, conf *Config) *session {
 	s := &session{role: role, id: id, conf: conf, createdAt: time.Now()}
+	s.log = conf.Logger.With("session", id, "role", role.String())
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
@@ -105,6 +108,7 @@ func newSession(role Role, id string, conf *Config) *session {
 
 // start runs the session once its first path is authenticated.
 func (s *session) start(first *path) {
+	s.log.Info("kwik: session started", "path", first.id, "remote", first.conn.RemoteAddr().String())
 	s.primary = first
 	s.streams = newStreamsMap(s, s.role == RoleClient, first.peer.maxStreams)
 	rec := &pathRecord{id: first.id, address: first.address, primary: s.role != RoleSecondary, status: PathActive, createdAt: first.createdAt, p: first}
@@ -120,6 +124,7 @@ func (s *session) closeErr() error { return context.Cause(s.ctx) }
 // and msg on their connections.
 func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
 	s.once.Do(func() {
+		s.log.Info("kwik: session closed", "cause", cause.Error())
 		s.cancel(cause)
 		s.streams.closeAll(cause)
 		s.paths.mu.Lock()

@@ -141,8 +141,10 @@ func (s *session) AddPath(address string) error {
 			rec.setStatus(PathActive, "")
 		}
 		s.paths.mu.Unlock()
+		s.log.Info("kwik: path added", "path", id, "address", address)
 		return nil
 	}
+	s.log.Info("kwik: path refused", "path", id, "address", address, "reason", resp.ErrorMessage)
 	rec.setStatus(PathDead, resp.ErrorMessage)
 	s.paths.mu.Unlock()
 	code := ErrorCode(resp.ErrorCode)
@@ -230,6 +232,7 @@ func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
 	case pb.PathStatus_DEAD:
 		if r.status == PathActive || r.status == PathConnecting {
 			r.setStatus(PathDead, n.Reason)
+			s.log.Info("kwik: the client reports a dead path", "path", n.PathId, "reason", n.Reason)
 		}
 	case pb.PathStatus_ACTIVE:
 		if r.status == PathDead {
@@ -361,6 +364,7 @@ func (s *session) pathDied(p *path, err error) {
 		r.setStatus(PathDead, err.Error())
 	}
 	s.paths.mu.Unlock()
+	s.log.Info("kwik: path dead", "path", p.id, "address", p.address, "reason", err.Error())
 	p.cancel()
 	code := kwikCodeBase + ApplicationErrorCode(CodePathDead)
 	var ke *Error
