@@ -64,11 +64,12 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 // queueRaw queues relayed data unless more than limit bytes of it are already waiting.
 func (w *controlWriter) queueRaw(m *pb.RawPacketTransmission, limit int) bool {
 	w.mu.Lock()
-	if w.closed || w.rawBytes+len(m.Data) > limit {
+	cost := len(m.Data) + rawEntryCost
+	if w.closed || w.rawBytes+cost > limit || len(w.frames) >= maxQueuedControlFrames {
 		w.mu.Unlock()
 		return false
 	}
-	w.rawBytes += len(m.Data)
+	w.rawBytes += cost
 	w.frames = append(w.frames, &pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: m}})
 	w.mu.Unlock()
 	notify(w.wake)

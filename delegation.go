@@ -219,9 +219,9 @@ func (s *stream) WriteAt(p []byte, off int64) (int, error) {
 			return n, errDeadline
 		}
 		if s.send.maxOffset <= cur {
-			deadline := s.send.deadline
+			deadline, wake := s.send.deadline, s.sendWake
 			s.send.mu.Unlock()
-			if err := s.wait(s.sendSignal, deadline); err != nil {
+			if err := s.wait(wake, deadline); err != nil {
 				return n, err
 			}
 			continue
@@ -357,6 +357,9 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	if p.isPrimary {
 		return refuse(CodePathNotFound, "delegation to the primary path")
 	}
+	if len(m.Request) > maxDelegationRequest(p.peer.maxMessageSize) {
+		return refuse(CodePacketTooLarge, "request larger than the secondary accepts")
+	}
 	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end}
 	sess.clientDelegs.mu.Lock()
 	if sess.clientDelegs.byID[d.id] != nil {
@@ -374,12 +377,12 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		return nil
 	}
 	st.recv.delegs = append(slices.Clip(st.recv.delegs), d) // copy on write, as detach
-
-	credit := st.recv.maxOffset
-	st.recv.mu.Unlock()
+	// Queued under recv.mu, so that no credit update can overtake the assignment (the
+	// secondary would drop it, not knowing the delegation yet).
 	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
-		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: credit,
+		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.maxOffset,
 	}}})
+	st.recv.mu.Unlock()
 	if p.ctx.Err() != nil {
 		// The path died while we recorded the range: its failure handler may have missed it.
 		sess.failDelegations(p, CodePathDead, "path died")
@@ -443,7 +446,7 @@ func (sess *session) failDelegations(p *path, code ErrorCode, reason string) {
 func (sess *session) failDelegation(d *delegationRecord, code ErrorCode, reason string) {
 	st := d.st
 	st.recv.mu.Lock()
-	if d.outcome() != delegationActive {
+	if d.state != delegationActive {
 		st.recv.mu.Unlock()
 		return
 	}
@@ -477,6 +480,10 @@ func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) err
 	ds.ctx, ds.cancel = context.WithCancelCause(sess.ctx)
 	sec := &sess.secondary
 	sec.mu.Lock()
+	if len(sec.accept) >= maxPendingDelegations {
+		sec.mu.Unlock()
+		return &Error{Code: CodeInternal, Message: "too many delegations waiting for AcceptStream"}
+	}
 	sec.accept = append(sec.accept, ds)
 	sec.byStream[ds.streamID] = append(slices.Clip(sec.byStream[ds.streamID]), ds)
 	sec.mu.Unlock()
@@ -528,6 +535,10 @@ func (sess *session) acceptDelegation(ctx context.Context) (*delegatedStream, er
 		}
 	}
 }
+
+// maxPendingDelegations bounds the delegations a secondary holds before its application
+// accepts them; a client assigning more is cut off.
+const maxPendingDelegations = 4096
 
 // errDelegationFull is what a secondary's Write returns past the end of its range.
 var errDelegationFull = &Error{Code: CodeOffsetMismatch, Message: "write past the end of the delegated range"}

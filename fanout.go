@@ -91,8 +91,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	)
 	refill := func(de *DelegationError) error {
 		b := make([]byte, de.Remaining)
-		if _, err := src.ReadAt(b, de.Offset); err != nil && err != io.EOF {
-			return err
+		if _, err := io.ReadFull(io.NewSectionReader(src, de.Offset, de.Remaining), b); err != nil {
+			return fmt.Errorf("kwik: Fanout: reading the refill: %w", err)
 		}
 		_, err := st.WriteAt(b, de.Offset)
 		mu.Lock()
@@ -164,8 +164,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	writeOwn := func(off, n int64) error {
 		b := buf[:n]
-		if _, err := src.ReadAt(b, off); err != nil && err != io.EOF {
-			return err
+		if _, err := io.ReadFull(io.NewSectionReader(src, off, n), b); err != nil {
+			return fmt.Errorf("kwik: Fanout: reading the resource: %w", err)
 		}
 		t0 := time.Now()
 		if _, err := st.Write(b); err != nil {
@@ -269,10 +269,15 @@ func ServeFanout(ctx context.Context, sess Session, src io.ReaderAt) error {
 			b := make([]byte, min(n, 64<<10))
 			for done := int64(0); done < n; {
 				k := min(int64(len(b)), n-done)
-				if _, err := src.ReadAt(b[:k], off+done); err != nil && err != io.EOF {
-					break
+				// A short read (a replica smaller than asked) ends the range early: Close
+				// then tells the primary exactly what is missing, and it refills.
+				got, _ := src.ReadAt(b[:k], off+done)
+				if got > 0 {
+					if _, err := st.Write(b[:got]); err != nil {
+						break
+					}
 				}
-				if _, err := st.Write(b[:k]); err != nil {
+				if int64(got) < k {
 					break
 				}
 				done += k

@@ -15,6 +15,9 @@ import (
 // server reads them with ReceiveRawData. The client answers the source with a
 // RAW_PACKET_RESULT, so SendRawData reports an unknown or dead target.
 
+// rawEntryCost is what one queued message costs beyond its bytes.
+const rawEntryCost = 64
+
 // rawOverhead is room left in a message for the RawPacketTransmission around the data.
 const rawOverhead = 256
 
@@ -103,7 +106,7 @@ func (s *session) ReceiveRawData(ctx context.Context) (RawData, error) {
 			d := s.raw.queue[0]
 			s.raw.queue[0] = RawData{}
 			s.raw.queue = s.raw.queue[1:]
-			s.raw.bytes -= len(d.Data)
+			s.raw.bytes -= len(d.Data) + rawEntryCost
 			if len(s.raw.queue) > 0 {
 				notify(s.raw.signal)
 			}
@@ -126,11 +129,12 @@ func (s *session) ReceiveRawData(ctx context.Context) (RawData, error) {
 func (s *session) handleRaw(p *path, m *pb.RawPacketTransmission) error {
 	if s.role != RoleClient {
 		s.raw.mu.Lock()
-		if s.raw.bytes+len(m.Data) > s.conf.MaxPendingRawData {
+		// Every message is charged its overhead too, so that empty ones cannot pile up.
+		if cost := len(m.Data) + rawEntryCost; s.raw.bytes+cost > s.conf.MaxPendingRawData {
 			s.raw.dropped++
 		} else {
 			s.raw.queue = append(s.raw.queue, RawData{Data: m.Data, From: m.SourceServerId})
-			s.raw.bytes += len(m.Data)
+			s.raw.bytes += cost
 		}
 		s.raw.mu.Unlock()
 		notify(s.raw.signal)

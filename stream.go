@@ -2,6 +2,7 @@ package kwik
 
 import (
 	"context"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -59,7 +60,9 @@ type stream struct {
 		refill         data.RangeSet
 		completeWanted bool
 	}
-	sendSignal chan struct{} // cap 1: credit, cancel or deadline change
+	// sendWake is closed (and replaced) when credit, cancellation or the deadline change:
+	// a broadcast, since Write and refilling WriteAts may wait at once. Guarded by send.mu.
+	sendWake chan struct{}
 
 	// announced is set once the peer has been told of the stream, by its first data frame or
 	// by a STREAM_CREATE_NOTIFICATION, whichever goes first.
@@ -75,7 +78,7 @@ func newStream(id uint64, sess *session, p *path) *stream {
 		sess:       sess,
 		path:       p,
 		recvSignal: make(chan struct{}, 1),
-		sendSignal: make(chan struct{}, 1),
+		sendWake:   make(chan struct{}),
 	}
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
 	s.recv.window = uint64(sess.conf.StreamReceiveWindow)
@@ -203,9 +206,19 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 		}
 	}
 	err := s.storeFrame(off, end, b, fin)
+	if d != nil {
+		var ke *Error
+		if errors.As(err, &ke) {
+			// A secondary's frames may only cost that path, never the session.
+			err = &Error{Code: CodeOffsetMismatch, Message: ke.Message}
+		}
+	}
 	state, missing := delegationActive, uint64(0)
 	if err == nil && d != nil {
 		d.got.Add(off, end)
+		if d.got.Len() > maxRangesPerDelegation {
+			err = &Error{Code: CodeOffsetMismatch, Message: "secondary's range too fragmented"}
+		}
 		if state = d.outcome(); state != delegationActive {
 			missing = d.firstMissing()
 			d.detach()
@@ -249,6 +262,10 @@ func (s *stream) storeFrame(off, end uint64, b []byte, fin bool) error {
 // quadratic time and memory well beyond the credit.
 const maxRangesPerStream = 1024
 
+// maxRangesPerDelegation bounds the gaps one secondary may leave in one delegated range (it
+// writes in order; a few gaps come from its real streams interleaving).
+const maxRangesPerDelegation = 64
+
 // handleReset is the peer's CancelWrite.
 func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	s.recv.mu.Lock()
@@ -256,7 +273,8 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 		s.recv.mu.Unlock()
 		return nil
 	}
-	if (s.recv.finKnown && s.recv.finalSize != finalSize) || finalSize < s.recv.buf.HighestReceived() || finalSize > s.recv.maxOffset {
+	// (No credit check: a reset carries no data, and delegated ranges may lie beyond the credit.)
+	if (s.recv.finKnown && s.recv.finalSize != finalSize) || finalSize < s.recv.buf.HighestReceived() {
 		s.recv.mu.Unlock()
 		return &Error{Code: CodeInvalidFrame, Message: "reset with an impossible final size"}
 	}
@@ -265,8 +283,12 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	s.recv.err = s.streamError(code, true)
 	s.recv.done = true
 	s.recv.buf.Release()
+	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
+	for _, d := range delegs {
+		s.sess.failDelegation(d, CodeInternal, "the primary reset the stream")
+	}
 	return nil
 }
 
@@ -339,9 +361,9 @@ func (s *stream) Write(p []byte) (int, error) {
 			avail = s.send.maxOffset - s.send.offset
 		}
 		if avail == 0 {
-			deadline := s.send.deadline
+			deadline, wake := s.send.deadline, s.sendWake
 			s.send.mu.Unlock()
-			if err := s.wait(s.sendSignal, deadline); err != nil {
+			if err := s.wait(wake, deadline); err != nil {
 				return n, err
 			}
 			continue
@@ -443,8 +465,8 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	err := s.streamError(code, remote)
 	s.send.err = err
 	finalSize := s.send.offset
+	s.wakeSendersLocked()
 	s.send.mu.Unlock()
-	notify(s.sendSignal)
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: s.id, ErrorCode: uint64(code), FinalSize: finalSize}}})
 	s.endSend(err)
 	// After a STOP_SENDING the stream completes when the application sees the error (Write,
@@ -493,9 +515,15 @@ func (s *stream) handleMaxStreamData(max uint64) {
 	s.send.mu.Lock()
 	if max > s.send.maxOffset {
 		s.send.maxOffset = max
+		s.wakeSendersLocked()
 	}
 	s.send.mu.Unlock()
-	notify(s.sendSignal)
+}
+
+// wakeSendersLocked wakes every goroutine waiting to send. s.send.mu is held.
+func (s *stream) wakeSendersLocked() {
+	close(s.sendWake)
+	s.sendWake = make(chan struct{})
 }
 
 func (s *stream) SetReadDeadline(t time.Time) error {
@@ -509,8 +537,8 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 func (s *stream) SetWriteDeadline(t time.Time) error {
 	s.send.mu.Lock()
 	s.send.deadline = t
+	s.wakeSendersLocked()
 	s.send.mu.Unlock()
-	notify(s.sendSignal)
 	return nil
 }
 
