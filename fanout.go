@@ -203,11 +203,11 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			// back an equal one starves it.
 			finish := float64(int64(inFlight[p])*o.ChunkSize+n) / rate(p)
 			slow := rate(p) < 0.75*rate("") && finish > rest+float64(n)/rate("")
-			// Keep about 0.4 s of a source's measured rate in flight (at least 2 chunks):
+			// Keep about 0.6 s of a source's measured rate in flight (at least 2 chunks):
 			// a slow link's queue then drains as fast as the others'.
 			limit := o.MaxInFlight
 			if _, measured := lastDone[p]; measured {
-				limit = min(limit, max(2, int(rate(p)*0.4/float64(o.ChunkSize))))
+				limit = min(limit, max(2, int(rate(p)*0.6/float64(o.ChunkSize))))
 			}
 			if inFlight[p] < limit && !slow &&
 				(to == "" || inFlight[p] < inFlight[to]) {
