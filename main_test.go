@@ -2,17 +2,13 @@ package kwik
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"math/big"
 	"os"
 	"testing"
 	"time"
 
+	"github.com/kwik-go/kwik/internal/selfsigned"
 	"go.uber.org/goleak"
 )
 
@@ -42,30 +38,11 @@ var testTLS = newTestTLS()
 type tlsPair struct{ server, client *tls.Config }
 
 func newTestTLS() tlsPair {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	server, client, err := selfsigned.New()
 	if err != nil {
 		panic(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		panic(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		panic(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return tlsPair{
-		server: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
-		client: &tls.Config{RootCAs: pool, ServerName: "localhost"},
-	}
+	return tlsPair{server: server, client: client}
 }
 
 // testContext returns a context that ends with the test, bounded so a hung test fails.

@@ -3,16 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	mrand "math/rand/v2"
 	"os"
 	"sync"
@@ -25,6 +20,7 @@ import (
 
 	"github.com/kwik-go/kwik"
 	"github.com/kwik-go/kwik/internal/netsim"
+	"github.com/kwik-go/kwik/internal/selfsigned"
 )
 
 type demoOptions struct {
@@ -70,7 +66,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		object[i] = byte(r.Uint32())
 	}
 	src := bytes.NewReader(object)
-	serverTLS, clientTLS, err := demoTLS()
+	serverTLS, clientTLS, err := selfsigned.New()
 	if err != nil {
 		return err
 	}
@@ -245,26 +241,4 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	}
 	fmt.Printf("intact: sha256 %x\n", want[:8])
 	return nil
-}
-
-// demoTLS makes a throwaway CA-less self-signed certificate for localhost.
-func demoTLS() (server, client *tls.Config, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"localhost"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}},
-		&tls.Config{RootCAs: pool, ServerName: "localhost"}, nil
 }

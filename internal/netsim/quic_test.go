@@ -3,15 +3,10 @@ package netsim
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	crand "crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"io"
-	"math/big"
 	"math/rand/v2"
 	"net"
 	"runtime"
@@ -20,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kwik-go/kwik/internal/selfsigned"
 	"github.com/quic-go/quic-go"
 )
 
@@ -28,31 +24,13 @@ var testTLS = newTestTLS()
 type tlsPair struct{ server, client *tls.Config }
 
 func newTestTLS() tlsPair {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	server, client, err := selfsigned.New()
 	if err != nil {
 		panic(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		DNSNames:     []string{"localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-	}
-	der, err := x509.CreateCertificate(crand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		panic(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		panic(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(cert)
 	protos := []string{"netsim-test"}
-	return tlsPair{
-		server: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}, NextProtos: protos},
-		client: &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: protos},
-	}
+	server.NextProtos, client.NextProtos = protos, protos
+	return tlsPair{server: server, client: client}
 }
 
 const downloadSize = 8 << 20
