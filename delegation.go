@@ -136,10 +136,7 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 
 // handleDelegationStatus (primary) resolves a delegation with the client's verdict.
 func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
-	sess.delegs.mu.Lock()
-	d := sess.delegs.byID[m.DelegationId]
-	delete(sess.delegs.byID, m.DelegationId)
-	sess.delegs.mu.Unlock()
+	d := take(&sess.delegs.mu, sess.delegs.byID, m.DelegationId)
 	if d == nil {
 		return nil
 	}

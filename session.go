@@ -222,3 +222,12 @@ func randomID(n int) string {
 	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
 	return hex.EncodeToString(b)
 }
+
+// take removes and returns m[k] under mu: how a reply finds the call waiting for it.
+func take[K comparable, V any](mu *sync.Mutex, m map[K]V, k K) V {
+	mu.Lock()
+	defer mu.Unlock()
+	v := m[k]
+	delete(m, k)
+	return v
+}

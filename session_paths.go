@@ -198,10 +198,7 @@ func (s *session) RemovePath(pathID string) error {
 
 // handleAddPathResponse (primary) delivers the client's answer to the waiting AddPath.
 func (s *session) handleAddPathResponse(r *pb.AddPathResponse) error {
-	s.paths.mu.Lock()
-	ch := s.paths.adds[r.PathId]
-	delete(s.paths.adds, r.PathId)
-	s.paths.mu.Unlock()
+	ch := take(&s.paths.mu, s.paths.adds, r.PathId)
 	if ch == nil {
 		return nil // AddPath gave up waiting
 	}
@@ -210,11 +207,7 @@ func (s *session) handleAddPathResponse(r *pb.AddPathResponse) error {
 }
 
 func (s *session) handleRemovePathResponse(r *pb.RemovePathResponse) error {
-	s.paths.mu.Lock()
-	ch := s.paths.removes[r.PathId]
-	delete(s.paths.removes, r.PathId)
-	s.paths.mu.Unlock()
-	if ch != nil {
+	if ch := take(&s.paths.mu, s.paths.removes, r.PathId); ch != nil {
 		ch <- r
 	}
 	return nil

@@ -158,10 +158,7 @@ func (s *session) handleRaw(p *path, m *pb.RawPacketTransmission) error {
 
 // handleRawResult (servers) delivers the client's verdict to the waiting SendRawData.
 func (s *session) handleRawResult(r *pb.RawPacketResult) error {
-	s.raw.mu.Lock()
-	ch := s.raw.waiters[r.Id]
-	delete(s.raw.waiters, r.Id)
-	s.raw.mu.Unlock()
+	ch := take(&s.raw.mu, s.raw.waiters, r.Id)
 	if ch == nil {
 		return nil
 	}
