@@ -58,7 +58,8 @@ type fanoutEvent struct {
 // (a secondary with fewer than MaxInFlight chunks outstanding; otherwise the primary writes it
 // itself), so faster links take more chunks. A failed delegation's missing bytes are refilled
 // by the primary at once, and that secondary gets no more chunks. Fanout closes st when all is
-// sent and returns once every delegation is resolved.
+// sent and returns once every delegation is resolved. The stream may already carry bytes (a
+// header, say): src's bytes follow them, and requests name offsets in src.
 func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths []string, opts *FanoutOptions) (*FanoutResult, error) {
 	var o FanoutOptions
 	if opts != nil {
@@ -89,9 +90,12 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		alive     = append([]string(nil), paths...)
 		buf       = make([]byte, o.ChunkSize)
 	)
-	refill := func(de *DelegationError) error {
+	// refill writes what a failed delegation left undelivered. Stream offsets and the
+	// resource's differ when the stream carried something before Fanout (a header): srcOff is
+	// where the delegation's range starts in src.
+	refill := func(d *Delegation, srcOff int64, de *DelegationError) error {
 		b := make([]byte, de.Remaining)
-		if _, err := io.ReadFull(io.NewSectionReader(src, de.Offset, de.Remaining), b); err != nil {
+		if _, err := io.ReadFull(io.NewSectionReader(src, srcOff+de.Offset-d.Offset, de.Remaining), b); err != nil {
 			return fmt.Errorf("kwik: Fanout: reading the refill: %w", err)
 		}
 		_, err := st.WriteAt(b, de.Offset)
@@ -114,13 +118,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		defer mu.Unlock()
 		return firstErr
 	}
-	watch := func(d *Delegation) {
+	watch := func(d *Delegation, srcOff int64) {
 		defer wg.Done()
 		err := d.Wait(ctx)
 		var de *DelegationError
 		if errors.As(err, &de) {
 			// The reader cannot pass the gap: fill it now, whatever the main loop is doing.
-			if rerr := refill(de); rerr != nil {
+			if rerr := refill(d, srcOff, de); rerr != nil {
 				fail(rerr)
 			}
 		} else if err != nil {
@@ -236,7 +240,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			firstSent[to] = time.Now()
 		}
 		wg.Add(1)
-		go watch(d)
+		go watch(d, off)
 		off += n
 	}
 	if err == nil {

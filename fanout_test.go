@@ -20,8 +20,9 @@ func TestFanoutRequest(t *testing.T) {
 }
 
 // fanoutDownload serves resource with Fanout from the primary and the secondaries of ms
-// (which serve it with ServeFanout) and checks what the client reads.
-func fanoutDownload(t *testing.T, ms *multiSource, resource []byte, onHalf func()) *FanoutResult {
+// (which serve it with ServeFanout) after header, written by the primary first, and checks
+// what the client reads.
+func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, onHalf func()) *FanoutResult {
 	ctx := testContext(t)
 	src := bytes.NewReader(resource)
 	for _, sec := range ms.secs {
@@ -31,6 +32,11 @@ func fanoutDownload(t *testing.T, ms *multiSource, resource []byte, onHalf func(
 	go func() {
 		st, err := ms.p.server.OpenStreamSync(ctx)
 		if err != nil {
+			t.Error(err)
+			res <- nil
+			return
+		}
+		if _, err := st.Write(header); err != nil {
 			t.Error(err)
 			res <- nil
 			return
@@ -61,8 +67,8 @@ func fanoutDownload(t *testing.T, ms *multiSource, resource []byte, onHalf func(
 			t.Fatalf("after %d bytes: %v", len(got), err)
 		}
 	}
-	if !bytes.Equal(got, resource) {
-		t.Fatalf("got %d bytes, want %d, not intact", len(got), len(resource))
+	if want := append(bytes.Clone(header), resource...); !bytes.Equal(got, want) {
+		t.Fatalf("got %d bytes, want %d, not intact", len(got), len(want))
 	}
 	return <-res
 }
@@ -70,7 +76,7 @@ func fanoutDownload(t *testing.T, ms *multiSource, resource []byte, onHalf func(
 func TestFanout(t *testing.T) {
 	ms := newMultiSource(t, 2, delegationConf)
 	resource := content(0, 8<<20)
-	fr := fanoutDownload(t, ms, resource, nil)
+	fr := fanoutDownload(t, ms, nil, resource, nil)
 	var total int64
 	for _, id := range append([]string{""}, ms.ids...) {
 		total += fr.Bytes[id]
@@ -88,7 +94,10 @@ func TestFanout(t *testing.T) {
 func TestFanoutSourceKilled(t *testing.T) {
 	ms := newMultiSource(t, 2, delegationConf)
 	resource := content(0, 8<<20)
-	fr := fanoutDownload(t, ms, resource, func() { ms.relay[1].SetBlackhole(true) })
+	// After a header, so that stream offsets are not the resource's: the refill must read src
+	// at the range's own offsets.
+	header := content(1, 1001)
+	fr := fanoutDownload(t, ms, header, resource, func() { ms.relay[1].SetBlackhole(true) })
 	if len(fr.Failed) == 0 || fr.Refilled == 0 {
 		t.Fatalf("no failure after a source died: %+v", fr)
 	}
