@@ -11,7 +11,6 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"sync"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -216,19 +215,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	intact := got == size && bytes.Equal(h.Sum(nil), want[:])
 
 	// The client's own view: what each path brought, and its round-trip time.
-	stats := client.Stats()
-	tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "path\taddress\trole\tstatus\treceived\tshare\tMbit/s\tRTT\t")
-	for _, p := range stats.Paths {
-		role := "secondary"
-		if p.IsPrimary {
-			role = "primary"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%.1f MiB\t%.1f%%\t%.1f\t%v\t\n", p.PathID, p.Address, role, p.Status,
-			float64(p.BytesReceived)/(1<<20), 100*float64(p.BytesReceived)/float64(stats.BytesReceived),
-			float64(p.BytesReceived)*8/elapsed.Seconds()/1e6, p.QUIC.SmoothedRTT.Round(100*time.Microsecond))
-	}
-	tw.Flush()
+	printPaths(os.Stdout, client.Stats(), elapsed)
 	mbit := float64(size) * 8 / elapsed.Seconds() / 1e6
 	alone := time.Duration(float64(size) * 8 / float64(o.rateMbit*1_000_000) * float64(time.Second))
 	fmt.Printf("\ntotal: %d MiB in %v = %.1f Mbit/s (links sum %d Mbit/s); one server alone: at least %v\n",

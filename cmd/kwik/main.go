@@ -1,10 +1,14 @@
 // Command kwik runs KWIK: `kwik demo` shows one client downloading one stream from a primary
-// and its secondaries at once, on loopback, each server behind its own emulated link.
+// and its secondaries at once, on loopback, each server behind its own emulated link;
+// `kwik serve` and `kwik get` serve and download files across real hosts.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -17,7 +21,12 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(demoCommand())
-	if err := root.Execute(); err != nil {
+	root.AddCommand(serveCommand(), getCommand())
+	// An interrupt cancels the command's context: servers stop, downloads end cleanly.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := root.ExecuteContext(ctx)
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "kwik:", err)
 		os.Exit(1)
 	}

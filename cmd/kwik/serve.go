@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kwik-go/kwik"
+)
+
+type serveOptions struct {
+	primary, secondary bool
+	listen, dir        string
+	secondaries        []string
+	certFile, keyFile  string
+	hosts              []string
+	joinKeyFile        string
+	verbose            bool
+}
+
+func serveCommand() *cobra.Command {
+	var o serveOptions
+	cmd := &cobra.Command{
+		Use:   "serve (--primary [--secondaries host:port,...] | --secondary) --dir DIR",
+		Short: "Serve a directory: as a primary, through its secondaries too; as a secondary, a replica",
+		Long: `serve serves the files of a directory to kwik get.
+
+A primary adds every secondary of --secondaries to each client's session and has them serve
+byte ranges of the files (kwik.Fanout); a secondary serves the ranges it is given from its own
+copy of the same directory (a replica: same names, same bytes). A secondary whose file has not
+the primary's size serves nothing, and the primary sends those bytes itself.
+
+TLS: --cert and --key, or else a self-signed certificate generated at start for --hosts; its
+SHA-256 fingerprint is printed, for clients to pin (kwik get --pin). The primary and its
+secondaries share a join key, read from --join-key-file or the ` + joinKeyEnv + ` environment
+variable (at least 16 bytes). The server runs until interrupted.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd.Context(), o, cmd.OutOrStdout()) },
+	}
+	f := cmd.Flags()
+	f.BoolVar(&o.primary, "primary", false, "serve as a primary")
+	f.BoolVar(&o.secondary, "secondary", false, "serve as a secondary")
+	f.StringVar(&o.listen, "listen", "127.0.0.1:4433", "UDP address to listen on")
+	f.StringVar(&o.dir, "dir", "", "directory to serve (required)")
+	f.StringSliceVar(&o.secondaries, "secondaries", nil, "addresses of the secondaries (primary only)")
+	f.StringVar(&o.certFile, "cert", "", "TLS certificate file (PEM)")
+	f.StringVar(&o.keyFile, "key", "", "TLS key file (PEM)")
+	f.StringSliceVar(&o.hosts, "hosts", []string{"localhost", "127.0.0.1", "::1"}, "names and addresses of a generated certificate")
+	f.StringVar(&o.joinKeyFile, "join-key-file", "", "file holding the join key (else $"+joinKeyEnv+")")
+	f.BoolVarP(&o.verbose, "verbose", "v", false, "log sessions, paths and delegations")
+	return cmd
+}
+
+func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
+	if o.primary == o.secondary {
+		return errors.New("serve: give exactly one of --primary and --secondary")
+	}
+	if o.secondary && len(o.secondaries) > 0 {
+		return errors.New("serve: --secondaries is for a primary")
+	}
+	if o.dir == "" {
+		return errors.New("serve: --dir is required")
+	}
+	root, err := os.OpenRoot(o.dir)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer root.Close()
+	var key []byte
+	if o.secondary || len(o.secondaries) > 0 {
+		if key, err = joinKey(o.joinKeyFile); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+	} else {
+		key = make([]byte, 32) // a primary alone signs no token anyone checks
+		rand.Read(key)
+	}
+	tlsConf, fingerprint, err := serverTLS(o.certFile, o.keyFile, o.hosts)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	level := slog.LevelWarn
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ln, err := kwik.Listen(o.listen, tlsConf, &kwik.Config{JoinKey: key, Logger: logger})
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer ln.Close()
+	role := "secondary"
+	if o.primary {
+		role = "primary"
+	}
+	fmt.Fprintf(stdout, "kwik serve: %s listening on %s, serving %s\n", role, ln.Addr(), o.dir)
+	if o.certFile == "" {
+		fmt.Fprintf(stdout, "certificate: self-signed for %s, sha256 %s\n", strings.Join(o.hosts, ","), fingerprint)
+	} else {
+		fmt.Fprintf(stdout, "certificate: %s, sha256 %s\n", o.certFile, fingerprint)
+	}
+	if o.primary && len(o.secondaries) > 0 {
+		fmt.Fprintf(stdout, "secondaries: %s\n", strings.Join(o.secondaries, ", "))
+	}
+
+	srv := &fileServer{root: root, secondaries: o.secondaries, log: logger}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		sess, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil // interrupted
+			}
+			return fmt.Errorf("serve: %w", err)
+		}
+		wg.Go(func() {
+			// An interrupted server closes its sessions; so does the end of the session's work.
+			stop := context.AfterFunc(ctx, func() { sess.Close() })
+			defer stop()
+			if o.primary {
+				srv.primarySession(ctx, sess)
+			} else {
+				srv.secondarySession(ctx, sess)
+			}
+		})
+	}
+}
+
+// fileServer serves the files under root, as a primary or as a secondary.
+type fileServer struct {
+	root        *os.Root
+	secondaries []string
+	log         *slog.Logger
+}
+
+// requestTimeout bounds how long a peer may take to send its request line.
+const requestTimeout = 10 * time.Second
+
+// primarySession adds the secondaries to a client's session and answers its GETs.
+func (s *fileServer) primarySession(ctx context.Context, sess kwik.Session) {
+	// The paths join while the client sends its first request; a GET waits for them (for a
+	// bounded time: a secondary that does not answer is not worth the client's wait).
+	joined := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		for _, addr := range s.secondaries {
+			wg.Go(func() {
+				if err := sess.AddPath(addr); err != nil {
+					s.log.Warn("secondary not added", "session", sess.ID(), "address", addr, "err", err)
+				}
+			})
+		}
+		wg.Wait()
+		close(joined)
+	}()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := sess.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { s.serveGet(ctx, sess, st, joined) })
+	}
+}
+
+func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.Stream, joined <-chan struct{}) {
+	defer st.Close()
+	fail := func(err error) {
+		s.log.Info("request refused", "session", sess.ID(), "err", err)
+		fmt.Fprintf(st, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
+	}
+	st.SetReadDeadline(time.Now().Add(requestTimeout))
+	line, err := readLine(st)
+	if err != nil {
+		fail(fmt.Errorf("request: %w", err))
+		return
+	}
+	req, err := parseGet(line)
+	if err != nil {
+		fail(err)
+		return
+	}
+	f, size, err := s.open(req.name)
+	if err != nil {
+		fail(err)
+		return
+	}
+	defer f.Close()
+	if req.offset > size {
+		fail(fmt.Errorf("offset %d beyond the %d bytes of %s", req.offset, size, req.name))
+		return
+	}
+	if _, err := fmt.Fprintf(st, "OK %d\n", size); err != nil {
+		return
+	}
+	select {
+	case <-joined:
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+		return
+	}
+	var ids []string
+	for _, p := range sess.GetActivePaths() {
+		if !p.IsPrimary {
+			ids = append(ids, p.PathID)
+		}
+	}
+	n := size - req.offset
+	start := time.Now()
+	res, err := kwik.Fanout(ctx, st, io.NewSectionReader(f, req.offset, n), n, ids, &kwik.FanoutOptions{
+		Request: func(off, n int64) []byte {
+			return []byte(rangeRequest{offset: req.offset + off, n: n, size: size, name: req.name}.String())
+		},
+	})
+	if err != nil {
+		s.log.Warn("transfer failed", "session", sess.ID(), "file", req.name, "err", err)
+		st.CancelWrite(1)
+		return
+	}
+	s.log.Info("served", "session", sess.ID(), "file", req.name, "bytes", n, "elapsed", time.Since(start),
+		"by_path", res.Bytes, "refilled", res.Refilled)
+}
+
+// secondarySession answers the ranges the primary delegates to this server.
+func (s *fileServer) secondarySession(ctx context.Context, sess kwik.Session) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		st, err := sess.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { s.serveRange(sess, st) })
+	}
+}
+
+func (s *fileServer) serveRange(sess kwik.Session, st kwik.Stream) {
+	// Closing early, or without a byte, tells the primary what is missing: it sends it itself.
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(requestTimeout))
+	line, err := readLine(st)
+	if err != nil {
+		s.log.Warn("bad delegation request", "session", sess.ID(), "err", err)
+		return
+	}
+	req, err := parseRange(line)
+	if err != nil {
+		s.log.Warn("bad delegation request", "session", sess.ID(), "err", err)
+		return
+	}
+	f, size, err := s.open(req.name)
+	if err != nil {
+		s.log.Warn("cannot serve a range", "session", sess.ID(), "err", err)
+		return
+	}
+	defer f.Close()
+	if size != req.size {
+		s.log.Warn("replica differs from the primary's file", "file", req.name, "size", size, "primary's", req.size)
+		return
+	}
+	if _, err := io.Copy(st, io.NewSectionReader(f, req.offset, req.n)); err != nil {
+		s.log.Info("range not served whole", "session", sess.ID(), "file", req.name, "err", err)
+	}
+}
+
+// open opens a regular file under the served directory and returns its size.
+func (s *fileServer) open(name string) (*os.File, int64, error) {
+	f, err := s.root.Open(name)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s: no such file", name)
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, 0, fmt.Errorf("%s: not a regular file", name)
+	}
+	return f, fi.Size(), nil
+}
