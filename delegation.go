@@ -30,9 +30,9 @@ import (
 
 // Delegation is a byte range of a stream that a secondary server fills.
 type Delegation struct {
-	PathID string
-	Offset int64
-	Length int64
+	PathID string // the secondary's path
+	Offset int64  // the range's first byte in the stream
+	Length int64  // the range's length
 
 	id   uint64
 	sess *session
@@ -65,16 +65,18 @@ func (d *Delegation) Wait(ctx context.Context) error {
 
 // DelegationError reports the part of a delegated range that the client did not receive.
 type DelegationError struct {
-	PathID    string
-	Offset    int64 // first byte not delivered
-	Remaining int64 // bytes from Offset to the end of the range
-	Err       error // why: the path died, or the secondary closed short
+	PathID    string // the secondary's path
+	Offset    int64  // first byte not delivered
+	Remaining int64  // bytes from Offset to the end of the range
+	Err       error  // why: the path died, or the secondary closed short
 }
 
+// Error says which path left how many bytes undelivered, from where, and why.
 func (e *DelegationError) Error() string {
 	return fmt.Sprintf("kwik: delegation to path %s: %d bytes undelivered from offset %d: %v", e.PathID, e.Remaining, e.Offset, e.Err)
 }
 
+// Unwrap returns why: errors.Is(err, ErrPathDead) and so on work through it.
 func (e *DelegationError) Unwrap() error { return e.Err }
 
 // maxDelegationRequest bounds a delegation's request so that it fits every hop's messages.

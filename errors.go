@@ -38,6 +38,7 @@ var codeNames = map[ErrorCode]string{
 	CodePathRemoved:        "KWIK_PATH_REMOVED",
 }
 
+// String returns the code's protocol name, such as KWIK_INVALID_FRAME.
 func (c ErrorCode) String() string {
 	if n, ok := codeNames[c]; ok {
 		return n
@@ -51,11 +52,12 @@ const kwikCodeBase quic.ApplicationErrorCode = 0x4b574b00
 
 // Error is a KWIK protocol error. errors.Is matches it against the Err* sentinels by code.
 type Error struct {
-	Code    ErrorCode
-	Message string
-	Remote  bool // the peer reported it
+	Code    ErrorCode // what went wrong
+	Message string    // detail for people, not for matching
+	Remote  bool      // the peer reported it
 }
 
+// Error returns the code, whether the peer reported it, and the message.
 func (e *Error) Error() string {
 	s := "kwik: " + e.Code.String()
 	if e.Remote {

@@ -25,9 +25,9 @@ type FanoutOptions struct {
 
 // FanoutResult says who served what.
 type FanoutResult struct {
-	Bytes    map[string]int64 // by path ID: bytes delegated that the client received; "" is the primary
-	Refilled int64            // bytes the primary refilled after failed delegations
-	Failed   []*DelegationError
+	Bytes    map[string]int64   // by path ID: bytes delegated that the client received; "" is the primary
+	Refilled int64              // bytes the primary refilled after failed delegations
+	Failed   []*DelegationError // the delegations that did not deliver everything
 }
 
 // FanoutRequest is the default request for bytes [off, off+n): 16 bytes, big-endian.

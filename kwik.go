@@ -18,6 +18,7 @@ const (
 	RoleSecondary             // joined at the primary's request; serves delegated ranges
 )
 
+// String returns client, primary or secondary.
 func (r Role) String() string {
 	switch r {
 	case RoleClient:
@@ -35,13 +36,14 @@ type PathStatus int
 
 // Path states, as in the wire protocol's PathStatus.
 const (
-	PathActive PathStatus = iota
-	PathDead
-	PathConnecting
-	PathDisconnecting
-	PathRemoved
+	PathActive        PathStatus = iota // joined and carrying traffic
+	PathDead                            // silent for PathTimeout, or its connection failed
+	PathConnecting                      // being joined: AddPath has not returned yet
+	PathDisconnecting                   // being removed
+	PathRemoved                         // removed by the primary (RemovePath)
 )
 
+// String returns the status in lower case, as in the wire protocol's names.
 func (s PathStatus) String() string {
 	switch s {
 	case PathActive:
@@ -60,17 +62,17 @@ func (s PathStatus) String() string {
 
 // PathInfo describes one path of a session as this side knows it.
 type PathInfo struct {
-	PathID     string
-	Address    string // the address that was dialed (for the primary path: the remote address)
-	IsPrimary  bool
-	Status     PathStatus
-	CreatedAt  time.Time
-	LastActive time.Time // last time anything was received on the path
+	PathID     string     // the path's ID, the same on every side of the session
+	Address    string     // the address that was dialed (for the primary path: the remote address)
+	IsPrimary  bool       // the path between the client and the primary
+	Status     PathStatus // as this side last learned it
+	CreatedAt  time.Time  // when this side created the path
+	LastActive time.Time  // last time anything was received on the path
 }
 
 // RawData is a message relayed by SendRawData.
 type RawData struct {
-	Data []byte
+	Data []byte // the message, as the sender passed it
 	From string // the path ID of the server that sent it
 }
 
@@ -91,8 +93,8 @@ type Session interface {
 	RemovePath(pathID string) error
 	// GetActivePaths, GetDeadPaths and GetAllPaths report the session's paths as this side knows them.
 	GetActivePaths() []PathInfo
-	GetDeadPaths() []PathInfo
-	GetAllPaths() []PathInfo
+	GetDeadPaths() []PathInfo // dead and removed paths
+	GetAllPaths() []PathInfo  // every path, in creation order
 
 	// SendRawData relays data through the client to the server on pathID.
 	SendRawData(data []byte, pathID string) error
@@ -104,11 +106,11 @@ type Session interface {
 
 	// ID is the session ID, the same on the client, the primary and every secondary.
 	ID() string
-	Role() Role
+	Role() Role // client, primary or secondary
 	// Context is canceled when the session closes; context.Cause gives the reason.
 	Context() context.Context
-	LocalAddr() net.Addr
-	RemoteAddr() net.Addr
+	LocalAddr() net.Addr  // of this side's QUIC connection on its own path
+	RemoteAddr() net.Addr // of the peer on that connection
 	// CloseWithError closes the session on every side; pending and later calls on both sides
 	// return an *ApplicationError carrying code and msg.
 	CloseWithError(code ApplicationErrorCode, msg string) error
@@ -124,9 +126,11 @@ type Stream interface {
 	CancelRead(code StreamErrorCode)
 	// CancelWrite abandons the write side; the peer's Read fails with a *StreamError carrying code.
 	CancelWrite(code StreamErrorCode)
+	// SetDeadline sets both deadlines. An expired deadline makes Read or Write fail with a
+	// net.Error whose Timeout is true; the zero time means none.
 	SetDeadline(t time.Time) error
-	SetReadDeadline(t time.Time) error
-	SetWriteDeadline(t time.Time) error
+	SetReadDeadline(t time.Time) error  // see SetDeadline
+	SetWriteDeadline(t time.Time) error // see SetDeadline
 	// Context is canceled once the write side is closed or canceled, or the session ends.
 	Context() context.Context
 	// StreamID is the logical stream ID, the same on the client and the servers.

@@ -12,8 +12,8 @@ type PathStats struct {
 	// KWIK data plane: DataPackets (length prefix included) sent and received on this path,
 	// and this side's packets the peer acknowledged.
 	BytesSent, BytesReceived     uint64
-	PacketsSent, PacketsReceived uint64
-	PacketsAcked                 uint64
+	PacketsSent, PacketsReceived uint64 // DataPackets, each way
+	PacketsAcked                 uint64 // this side's DataPackets the peer acknowledged
 	// DelegationsInFlight: on the client, ranges delegated to this path not yet complete.
 	DelegationsInFlight int
 	// QUIC is quic-go's own view of the connection (RTTs, congestion window, bytes with
@@ -23,12 +23,12 @@ type PathStats struct {
 
 // SessionStats is a snapshot of a session's paths.
 type SessionStats struct {
-	Paths                    []PathStats // in creation order, dead and removed ones included
-	BytesSent, BytesReceived uint64      // sums over the paths
-	SmoothedRTT              time.Duration
-	DelegationsInFlight      int
-	StreamsOpen              int
-	RawDataDropped           uint64 // relayed messages dropped because ReceiveRawData lagged
+	Paths                    []PathStats   // in creation order, dead and removed ones included
+	BytesSent, BytesReceived uint64        // sums over the paths
+	SmoothedRTT              time.Duration // of the primary path's QUIC connection
+	DelegationsInFlight      int           // client: ranges not yet complete; primary: not yet resolved
+	StreamsOpen              int           // logical streams not yet finished both ways
+	RawDataDropped           uint64        // relayed messages dropped because ReceiveRawData lagged
 }
 
 // Stats returns a snapshot of the session's paths and traffic.

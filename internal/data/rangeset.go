@@ -3,7 +3,9 @@ package data
 import "slices"
 
 // Range is the half-open byte range [Start, End).
-type Range struct{ Start, End uint64 }
+type Range struct {
+	Start, End uint64 // first value in, first value after
+}
 
 // RangeSet is a set of uint64 values stored as sorted, disjoint, non-adjacent,
 // non-empty ranges. The zero value is an empty set.

@@ -15,8 +15,10 @@ import (
 )
 
 // Size is the length of every token.
+// Size is a token's length: an 8-byte expiry and an HMAC-SHA256.
 const Size = 8 + sha256.Size
 
+// Why Verify refused a token.
 var (
 	ErrNoKey     = errors.New("jointoken: no join key configured")
 	ErrMalformed = errors.New("jointoken: malformed token")

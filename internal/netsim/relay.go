@@ -50,8 +50,8 @@ type LinkStats struct {
 
 // Stats is a snapshot of a relay's counters.
 type Stats struct {
-	Up, Down LinkStats
-	Clients  int // client mappings currently open
+	Up, Down LinkStats // toward the server, toward the client
+	Clients  int       // client mappings currently open
 }
 
 const (

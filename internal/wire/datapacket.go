@@ -26,15 +26,15 @@ const tagSize = 1
 // DataFrame carries bytes of one logical stream at a KWIK offset. After ParseDataPacket, Data
 // aliases the parsed buffer.
 type DataFrame struct {
-	StreamID, Offset uint64
-	Data             []byte
-	Fin              bool
+	StreamID, Offset uint64 // the logical stream, and Data's offset in it
+	Data             []byte // the bytes
+	Fin              bool   // Offset+len(Data) is the stream's final size
 }
 
 // DataPacket is the unit of the data plane: the packet id is what the peer acknowledges.
 type DataPacket struct {
-	PacketID uint64
-	Frames   []DataFrame
+	PacketID uint64      // per path and direction, from 0
+	Frames   []DataFrame // one or more
 }
 
 var (

@@ -27,9 +27,10 @@ var (
 // ErrMalformed because the message may be well formed, only larger than this peer agreed to take
 // (KWIK_PACKET_TOO_LARGE rather than KWIK_INVALID_FRAME).
 type MessageTooLargeError struct {
-	Size, Max uint64
+	Size, Max uint64 // the announced length, and the limit
 }
 
+// Error gives both lengths.
 func (e *MessageTooLargeError) Error() string {
 	return fmt.Sprintf("kwik/wire: message of %d bytes exceeds the maximum of %d", e.Size, e.Max)
 }
