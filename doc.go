@@ -59,10 +59,30 @@
 // the undelivered suffix (the path died, or the secondary closed short), which Stream.WriteAt
 // fills, even after Close. Fanout and ServeFanout do all of this for a known-size resource.
 //
+// # Observability
+//
+// Session.Stats returns a snapshot of every path: bytes and DataPackets each way, packets
+// acknowledged, status, delegations in flight, and quic-go's own ConnectionStats (smoothed
+// RTT, congestion window). Package kwikprom exports these snapshots as Prometheus metrics
+// through a collector the application registers itself. Config.Logger receives the session's
+// events (sessions, paths, delegations, protocol errors) through log/slog; without one, KWIK
+// logs nothing and never prints.
+//
 // # Limitations
 //
-// A Write blocked inside QUIC itself (not on KWIK's credit) is not
-// interrupted by its deadline or by CancelWrite: receivers always drain their real streams, so
-// such waits last about one message's sending time, unless the path is dead, in which case the
-// Write fails once the path is declared dead.
+//   - Receive memory is bounded per stream (Config.StreamReceiveWindow) times the number of
+//     streams (Config.MaxIncomingStreams); there is no separate per-session credit.
+//   - A Write blocked inside QUIC itself (not on KWIK's credit) is not interrupted by its
+//     deadline or by CancelWrite: receivers always drain their real streams, so such waits last
+//     about one message's sending time, unless the path is dead, in which case the Write fails
+//     once the path is declared dead.
+//   - A secondary is trusted with the content of the ranges delegated to it: the client rejects
+//     bytes outside them, not wrong bytes inside them. Verify content end to end (a digest)
+//     when a secondary may be compromised.
+//   - When the client cancels a stream or the primary resets it, a secondary still writing a
+//     delegated range of it is not told; its Write waits for credit until its session ends.
+//   - SendRawData travels on the control streams, in order with control frames, and is
+//     dropped (and counted in SessionStats.RawDataDropped) beyond Config.MaxPendingRawData
+//     when the receiver does not call ReceiveRawData.
+//   - A dead path is not retried: the primary may AddPath the same address again.
 package kwik
