@@ -276,22 +276,9 @@ func ServeFanout(ctx context.Context, sess Session, src io.ReaderAt) error {
 				return
 			}
 			// Stream the range in pieces: bounded memory, and the first bytes leave at once.
-			b := make([]byte, min(n, 64<<10))
-			for done := int64(0); done < n; {
-				k := min(int64(len(b)), n-done)
-				// A short read (a replica smaller than asked) ends the range early: Close
-				// then tells the primary exactly what is missing, and it refills.
-				got, _ := src.ReadAt(b[:k], off+done)
-				if got > 0 {
-					if _, err := st.Write(b[:got]); err != nil {
-						break
-					}
-				}
-				if int64(got) < k {
-					break
-				}
-				done += k
-			}
+			// A short read (a replica smaller than asked) ends the range early: Close then
+			// tells the primary exactly what is missing, and it refills.
+			io.Copy(st, io.NewSectionReader(src, off, n))
 			st.Close()
 		}()
 	}
