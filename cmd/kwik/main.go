@@ -21,6 +21,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(demoCommand())
+	root.AddCommand(benchCommand())
 	root.AddCommand(serveCommand(), getCommand())
 	// An interrupt cancels the command's context: servers stop, downloads end cleanly.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kwik-go/kwik/internal/compare"
+)
+
+type benchOptions struct {
+	scenarios []string
+	sizeMiB   int
+	streams   int
+	sources   int
+	rateMbit  int64
+	delay     time.Duration
+	multiMiB  int
+	kill      bool
+	count     int
+}
+
+// transferMaxStreams is the loopback pair's MaxIncomingStreams for transfers, as in the
+// benchmarks.
+const transferMaxStreams = 100
+
+// benchScenarios are the scenario names --scenarios takes, in the order they run.
+var benchScenarios = []string{"loopback", "small", "multisource"}
+
+func benchCommand() *cobra.Command {
+	var o benchOptions
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Compare KWIK with raw quic-go: loopback transfers, small streams, multi-source download",
+		Long: `bench runs the scenarios of the repository's benchmarks (go test -bench .), with raw
+quic-go and KWIK in turn in every repetition, and prints one row per scenario
+(--scenarios loopback gives the download and upload rows):
+
+  download, upload  one stream of --size MiB on loopback, in MB/s
+  small             --streams concurrent streams of 1 KiB each way on loopback, in streams/s
+  multisource       --multisource-size MiB that KWIK downloads from --sources servers (a
+                    primary and its secondaries, with Fanout) and quic-go from one server, each
+                    server behind its own emulated link of --rate Mbit/s; the ratio is
+                    KWIK's speed-up
+
+The KWIK/quic-go column is KWIK's speed over quic-go's (above 1: KWIK was faster). Figures
+are over all --count repetitions. On a shared machine they are noisy; the ratio less so.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runBench(cmd.Context(), cmd.OutOrStdout(), o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios, "scenarios to run: loopback (download and upload), small, multisource")
+	f.IntVar(&o.sizeMiB, "size", 64, "loopback transfer size in MiB")
+	f.IntVar(&o.streams, "streams", 1000, "concurrent streams in the small-streams scenario")
+	f.IntVar(&o.sources, "sources", 3, "KWIK servers in the multi-source scenario (the primary and its secondaries)")
+	f.Int64Var(&o.rateMbit, "rate", 40, "rate of each server's link in the multi-source scenario, Mbit/s")
+	f.DurationVar(&o.delay, "delay", 10*time.Millisecond, "one-way delay of each multi-source link")
+	f.IntVar(&o.multiMiB, "multisource-size", 24, "multi-source download size in MiB")
+	f.BoolVar(&o.kill, "kill", false, "blackhole the last secondary half way through the first multi-source download (it stays dead for later repetitions)")
+	f.IntVar(&o.count, "count", 1, "repetitions of each scenario")
+	return cmd
+}
+
+// benchRow is one line of the table.
+type benchRow struct {
+	scenario   string
+	unit       string
+	kwik, quic float64
+	ratio      float64
+	setup      string
+}
+
+func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
+	for _, s := range o.scenarios {
+		if !slices.Contains(benchScenarios, s) {
+			return fmt.Errorf("bench: unknown scenario %q (have %s)", s, strings.Join(benchScenarios, ", "))
+		}
+	}
+	switch {
+	case o.sizeMiB <= 0, o.streams <= 0, o.sources <= 0, o.rateMbit <= 0, o.delay < 0, o.multiMiB <= 0, o.count <= 0:
+		return fmt.Errorf("bench: sizes, streams, sources, rate and count must be positive")
+	case o.kill && o.sources < 2:
+		return fmt.Errorf("bench: --kill needs --sources 2 or more")
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var rows []benchRow
+	for _, s := range benchScenarios { // in a fixed order, whatever the flag's
+		if !slices.Contains(o.scenarios, s) {
+			continue
+		}
+		var (
+			r   []benchRow
+			err error
+		)
+		switch s {
+		case "loopback":
+			r, err = benchLoopback(ctx, o)
+		case "small":
+			r, err = benchSmall(ctx, o)
+		case "multisource":
+			r, err = benchMultiSource(ctx, o)
+		}
+		if err != nil {
+			return fmt.Errorf("bench: %s: %w", s, err)
+		}
+		rows = append(rows, r...)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "scenario\tunit\tKWIK\tquic-go\tKWIK/quic-go\tsetup")
+	for _, r := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.2f\t%s\n", r.scenario, r.unit, r.kwik, r.quic, r.ratio, r.setup)
+	}
+	return tw.Flush()
+}
+
+func benchLoopback(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	l, err := compare.NewLoopback(ctx, transferMaxStreams)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	var rows []benchRow
+	for _, dir := range []compare.Direction{compare.Download, compare.Upload} {
+		r, err := l.Transfer(ctx, dir, int64(o.sizeMiB)<<20, o.count)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, benchRow{
+			scenario: dir.String(), unit: "MB/s",
+			kwik: r.MBps(r.KWIK), quic: r.MBps(r.QUIC), ratio: r.Ratio(),
+			setup: fmt.Sprintf("%d MiB, 1 stream, loopback; heap allocs/32 KiB %.1f (quic-go %.1f)",
+				o.sizeMiB, r.AllocsPer32KiB(r.KWIKMallocs), r.AllocsPer32KiB(r.QUICMallocs)),
+		})
+	}
+	return rows, nil
+}
+
+func benchSmall(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	l, err := compare.NewLoopback(ctx, o.streams)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Close()
+	r, err := l.SmallStreams(ctx, o.streams, o.count)
+	if err != nil {
+		return nil, err
+	}
+	return []benchRow{{
+		scenario: "small", unit: "streams/s",
+		kwik: r.PerSecond(r.KWIK), quic: r.PerSecond(r.QUIC), ratio: r.Ratio(),
+		setup: fmt.Sprintf("%d concurrent streams, 1 KiB each way, loopback", o.streams),
+	}}, nil
+}
+
+func benchMultiSource(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	rates := make([]int64, o.sources)
+	for i := range rates {
+		rates[i] = o.rateMbit
+	}
+	m, err := compare.NewMultiSource(ctx, compare.MultiSourceConfig{
+		Rates: rates, QUICRate: o.rateMbit, Delay: o.delay, Size: int64(o.multiMiB) << 20, Kill: o.kill,
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	r, err := m.Run(ctx, o.count)
+	if err != nil {
+		return nil, err
+	}
+	setup := fmt.Sprintf("%d MiB, KWIK from %dx%d Mbit/s (%.0f%% of their sum), quic-go from 1x%d, %v one way; shares %s",
+		o.multiMiB, o.sources, o.rateMbit, 100*r.OfLinksSum(), o.rateMbit, o.delay, r.SharesString())
+	if o.kill {
+		setup += fmt.Sprintf("; last secondary killed half way, longest stall %v", r.Stall.Round(time.Millisecond))
+	}
+	return []benchRow{{
+		scenario: "multisource", unit: "Mbit/s",
+		kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.QUIC), ratio: r.Ratio(),
+		setup: setup,
+	}}, nil
+}

@@ -1,0 +1,61 @@
+// Package compare runs KWIK and raw quic-go through the same scenarios, one after the other in
+// every repetition and over the same kind of path, so that their ratio means something on a
+// noisy machine: a loopback transfer of one stream each way and a burst of small concurrent
+// streams (Loopback), and a download that KWIK spreads over a primary and its secondaries
+// while quic-go has one server, each server behind its own emulated link (MultiSource). The
+// root package's benchmarks and `kwik bench` both run these scenarios, so they measure the
+// same thing; each reports the time both transports took in total over n repetitions, from
+// which the results derive rates and the KWIK/quic-go ratio.
+package compare
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/kwik-go/kwik"
+)
+
+// Times is what quic-go and KWIK took for the same work, each in total over the repetitions.
+type Times struct{ QUIC, KWIK time.Duration }
+
+// Ratio is KWIK's speed relative to quic-go's: above 1, KWIK was faster.
+func (t Times) Ratio() float64 { return t.QUIC.Seconds() / t.KWIK.Seconds() }
+
+// conn is what both transports offer the scenarios.
+type conn interface {
+	open(ctx context.Context) (io.ReadWriteCloser, error)
+	accept(ctx context.Context) (io.ReadWriteCloser, error)
+}
+
+type quicConn struct{ c *quic.Conn }
+
+func (q quicConn) open(ctx context.Context) (io.ReadWriteCloser, error) {
+	return q.c.OpenStreamSync(ctx)
+}
+func (q quicConn) accept(ctx context.Context) (io.ReadWriteCloser, error) {
+	return q.c.AcceptStream(ctx)
+}
+
+type kwikConn struct{ s kwik.Session }
+
+func (k kwikConn) open(ctx context.Context) (io.ReadWriteCloser, error) {
+	return k.s.OpenStreamSync(ctx)
+}
+func (k kwikConn) accept(ctx context.Context) (io.ReadWriteCloser, error) {
+	return k.s.AcceptStream(ctx)
+}
+
+// closers undoes a setup, last step first.
+type closers []func()
+
+func (c *closers) add(f func()) { *c = append(*c, f) }
+
+func (c *closers) run() {
+	for i := len(*c) - 1; i >= 0; i-- {
+		(*c)[i]()
+	}
+	*c = nil
+}
