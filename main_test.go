@@ -3,35 +3,16 @@ package kwik
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
-	"os"
 	"testing"
 	"time"
 
+	"github.com/kwik-go/kwik/internal/leakcheck"
 	"github.com/kwik-go/kwik/internal/selfsigned"
-	"go.uber.org/goleak"
 )
 
-// TestMain fails the run if any test leaves a goroutine behind: every goroutine a session or
-// listener starts must end when it closes. quic-go keeps a closed connection around for a few
-// probe timeouts to answer retransmissions, which after a blackholed path can take seconds;
-// a leak is what is still there after that.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(20 * time.Second)
-		err := goleak.Find()
-		for err != nil && time.Now().Before(deadline) {
-			time.Sleep(200 * time.Millisecond)
-			err = goleak.Find()
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the run: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// TestMain fails the run if a test leaves a goroutine behind: every goroutine a session or
+// listener starts must end when it closes.
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 var testTLS = newTestTLS()
 

@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/kwik-go/kwik/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // The demo transfers intact through a primary and two secondaries, also when one secondary is
 // blackholed mid-transfer (runDemo fails if a byte is wrong).

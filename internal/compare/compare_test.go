@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
+	"github.com/kwik-go/kwik/internal/leakcheck"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // A setup that fails half way closes what it had opened (goleak checks that nothing is left).
 // The scenarios themselves run in cmd/kwik's TestBench and the root package's benchmarks.

@@ -13,14 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kwik-go/kwik/internal/leakcheck"
 	"go.uber.org/goleak"
 )
 
 // TestMain fails the run if a test leaves a goroutine behind: every goroutine a relay starts must
 // end when it closes.
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // settleTimeout bounds every wait for an event; it is a deadline against hangs, not a measure.
 const settleTimeout = 20 * time.Second
