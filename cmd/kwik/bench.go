@@ -24,14 +24,17 @@ type benchOptions struct {
 	multiMiB  int
 	kill      bool
 	count     int
+	// soak
+	sessions, soakStreams, soakKiB int
 }
 
 // transferMaxStreams is the loopback pair's MaxIncomingStreams for transfers, as in the
 // benchmarks.
 const transferMaxStreams = 100
 
-// benchScenarios are the scenario names --scenarios takes, in the order they run.
-var benchScenarios = []string{"loopback", "small", "multisource"}
+// benchScenarios are the scenario names --scenarios takes, in the order they run; soak runs
+// only when asked for.
+var benchScenarios = []string{"loopback", "small", "multisource", "soak"}
 
 func benchCommand() *cobra.Command {
 	var o benchOptions
@@ -48,6 +51,10 @@ quic-go and KWIK in turn in every repetition, and prints one row per scenario
                     primary and its secondaries, with Fanout) and quic-go from one server, each
                     server behind its own emulated link of --rate Mbit/s; the ratio is
                     KWIK's speed-up
+  soak              (only when named) --sessions clients at once, each downloading
+                    --soak-streams streams of --soak-size KiB at once, from one quic-go server,
+                    then from a KWIK primary and its secondary (Fanout); stream completion
+                    percentiles, heap and goroutines per session
 
 The KWIK/quic-go column is KWIK's speed over quic-go's (above 1: KWIK was faster). Figures
 are over all --count repetitions. On a shared machine they are noisy; the ratio less so.`,
@@ -57,7 +64,7 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios, "scenarios to run: loopback (download and upload), small, multisource")
+	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios[:3], "scenarios to run: loopback (download and upload), small, multisource, soak")
 	f.IntVar(&o.sizeMiB, "size", 64, "loopback transfer size in MiB")
 	f.IntVar(&o.streams, "streams", 1000, "concurrent streams in the small-streams scenario")
 	f.IntVar(&o.sources, "sources", 3, "KWIK servers in the multi-source scenario (the primary and its secondaries)")
@@ -66,6 +73,9 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 	f.IntVar(&o.multiMiB, "multisource-size", 24, "multi-source download size in MiB")
 	f.BoolVar(&o.kill, "kill", false, "blackhole the last secondary half way through the first multi-source download (it stays dead for later repetitions)")
 	f.IntVar(&o.count, "count", 1, "repetitions of each scenario")
+	f.IntVar(&o.sessions, "sessions", 500, "concurrent client sessions in the soak scenario")
+	f.IntVar(&o.soakStreams, "soak-streams", 10, "concurrent streams per session in the soak scenario")
+	f.IntVar(&o.soakKiB, "soak-size", 64, "bytes each soak stream downloads, in KiB")
 	return cmd
 }
 
@@ -85,7 +95,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 		}
 	}
 	switch {
-	case o.sizeMiB <= 0, o.streams <= 0, o.sources <= 0, o.rateMbit <= 0, o.delay < 0, o.multiMiB <= 0, o.count <= 0:
+	case o.sizeMiB <= 0, o.streams <= 0, o.sources <= 0, o.rateMbit <= 0, o.delay < 0, o.multiMiB <= 0, o.count <= 0,
+		o.sessions <= 0, o.soakStreams <= 0, o.soakKiB <= 0:
 		return fmt.Errorf("bench: sizes, streams, sources, rate and count must be positive")
 	case o.kill && o.sources < 2:
 		return fmt.Errorf("bench: --kill needs --sources 2 or more")
@@ -109,6 +120,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 			r, err = benchSmall(ctx, o)
 		case "multisource":
 			r, err = benchMultiSource(ctx, o)
+		case "soak":
+			r, err = benchSoak(ctx, o)
 		}
 		if err != nil {
 			return fmt.Errorf("bench: %s: %w", s, err)
@@ -187,5 +200,22 @@ func benchMultiSource(ctx context.Context, o benchOptions) ([]benchRow, error) {
 		scenario: "multisource", unit: "Mbit/s",
 		kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.QUIC), ratio: r.Ratio(),
 		setup: setup,
+	}}, nil
+}
+
+func benchSoak(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	r, err := compare.Soak(ctx, compare.SoakConfig{Sessions: o.sessions, Streams: o.soakStreams, StreamSize: int64(o.soakKiB) << 10})
+	if err != nil {
+		return nil, err
+	}
+	k, q := r.KWIK, r.QUIC
+	return []benchRow{{
+		scenario: "soak", unit: "Mbit/s",
+		kwik: r.Mbps(k), quic: r.Mbps(q), ratio: r.Mbps(k) / r.Mbps(q),
+		setup: fmt.Sprintf("%d sessions x %d streams x %d KiB (KWIK: primary + 1 secondary, which sent %.0f%%); "+
+			"stream p50 %v / %v, p99 %v / %v; heap per session idle %.0f / %.0f KiB, peak %.0f / %.0f KiB; goroutines per session %.1f / %.1f (KWIK / quic-go)",
+			o.sessions, o.soakStreams, o.soakKiB, 100*r.SecondaryShare,
+			k.P50.Round(time.Millisecond), q.P50.Round(time.Millisecond), k.P99.Round(time.Millisecond), q.P99.Round(time.Millisecond),
+			k.HeapIdle/1024, q.HeapIdle/1024, k.HeapPeak/1024, q.HeapPeak/1024, k.Goroutines, q.Goroutines),
 	}}, nil
 }
