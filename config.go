@@ -81,6 +81,44 @@ type Config struct {
 	// are dropped (and counted). It also bounds what the client holds for one path's relay.
 	// 0 means 1 MiB.
 	MaxPendingRawData int
+
+	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
+	// with the defaults RetryPolicy documents.
+	PathRetry RetryPolicy
+}
+
+// RetryPolicy is how a client rejoins a secondary path that died (never one the primary
+// removed). InitialBackoff after the death, it asks the primary for a fresh join token and
+// dials the secondary again, the whole try bounded by TryTimeout; each failed try doubles the
+// wait, up to MaxBackoff, spread by Jitter, until MaxRetries tries have failed. A rejoined path
+// keeps its ID and is ACTIVE again on the client and on the primary (in GetActivePaths, and
+// open to new delegations); on the secondary it is a new session from Accept. With the
+// defaults, a path that comes back is rejoined within about 16 s of its death, or stays dead
+// after the fourth failed try (its PathInfo.Reason says so).
+type RetryPolicy struct {
+	// MaxRetries is how many tries follow a death. 0 means 4; negative: never retry.
+	MaxRetries int
+	// InitialBackoff is the wait before the first try. 0 means 500 ms.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the wait between tries. 0 means 8 s.
+	MaxBackoff time.Duration
+	// Jitter spreads each wait by up to this fraction either way, so that the clients of a
+	// secondary that comes back do not all rejoin at once. 0 means 0.2; negative: none. It
+	// must be below 1.
+	Jitter float64
+	// TryTimeout bounds one try: the token's round trip to the primary, the QUIC handshake
+	// and KWIK's authentication. 0 means HandshakeTimeout.
+	TryTimeout time.Duration
+}
+
+// backoff is the wait before try number try (from 1), jitter included.
+func (p *RetryPolicy) backoff(try int, rnd func() float64) time.Duration {
+	d := p.InitialBackoff
+	for i := 1; i < try && d < p.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, p.MaxBackoff)
+	return time.Duration(float64(d) * (1 + p.Jitter*(2*rnd()-1)))
 }
 
 const (
@@ -95,6 +133,10 @@ const (
 	defaultPathTimeout          = 5 * time.Second
 	defaultMaxPaths             = 8
 	defaultMaxPendingRawData    = 1 << 20
+	defaultMaxRetries           = 4
+	defaultInitialBackoff       = 500 * time.Millisecond
+	defaultMaxBackoff           = 8 * time.Second
+	defaultJitter               = 0.2
 	minMessageSize              = 4 << 10
 	maxMessageSize              = 16 << 20
 	maxStreamReceiveWindow      = 1 << 30
@@ -109,7 +151,8 @@ func (c *Config) populate() (*Config, error) {
 	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
 		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 ||
 		conf.JoinTokenTTL < 0 || conf.HeartbeatInterval < 0 || conf.PathTimeout < 0 || conf.MaxPaths < 0 ||
-		conf.MaxPendingRawData < 0 {
+		conf.MaxPendingRawData < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
+		conf.PathRetry.TryTimeout < 0 {
 		return nil, errors.New("kwik: negative value in Config")
 	}
 	if conf.StreamsPerRealStream == 0 {
@@ -156,6 +199,27 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.MaxPendingRawData == 0 {
 		conf.MaxPendingRawData = defaultMaxPendingRawData
+	}
+	r := &conf.PathRetry
+	if r.MaxRetries == 0 {
+		r.MaxRetries = defaultMaxRetries
+	}
+	if r.InitialBackoff == 0 {
+		r.InitialBackoff = defaultInitialBackoff
+	}
+	if r.MaxBackoff == 0 {
+		r.MaxBackoff = max(defaultMaxBackoff, r.InitialBackoff)
+	}
+	switch {
+	case r.Jitter == 0:
+		r.Jitter = defaultJitter
+	case r.Jitter < 0:
+		r.Jitter = 0
+	case r.Jitter >= 1:
+		return nil, fmt.Errorf("kwik: PathRetry.Jitter %v must be below 1", r.Jitter)
+	}
+	if r.TryTimeout == 0 {
+		r.TryTimeout = conf.HandshakeTimeout
 	}
 	if conf.Logger == nil {
 		conf.Logger = slog.New(slog.DiscardHandler)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // ackDelay is how long a receiver gathers packet IDs before acknowledging them: one
@@ -25,6 +26,7 @@ type controlWriter struct {
 
 	mu            sync.Mutex
 	frames        []*pb.ControlFrame
+	written       []chan struct{} // closed once the frames queued before them are written
 	creates       []*stream // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
@@ -53,12 +55,33 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 		return
 	}
 	if len(w.frames) >= maxQueuedControlFrames {
-		w.overflow = true
+		if !w.overflow {
+			w.overflow = true
+			// The writer may be stuck in a Write that a peer who reads nothing never lets
+			// through: make it return, so that it fails the path now rather than never.
+		}
 	} else {
 		w.frames = append(w.frames, f)
 	}
 	w.mu.Unlock()
 	notify(w.wake)
+}
+
+// flush queues f and returns a channel closed once it (and everything queued before it) is
+// written to the control stream, or the writer has stopped.
+func (w *controlWriter) flush(f *pb.ControlFrame) <-chan struct{} {
+	done := make(chan struct{})
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		close(done)
+		return done
+	}
+	w.frames = append(w.frames, f)
+	w.written = append(w.written, done)
+	w.mu.Unlock()
+	notify(w.wake)
+	return done
 }
 
 // queueRaw queues relayed data unless more than limit bytes of it are already waiting.
@@ -153,11 +176,17 @@ func (w *controlWriter) run() {
 			w.mu.Lock()
 			w.closed = true
 			w.frames = nil
+			for _, c := range w.written {
+				close(c)
+			}
+			w.written = nil
 			w.mu.Unlock()
 			return
 		}
 		w.mu.Lock()
 		frames, w.frames = w.frames, frames[:0]
+		written := w.written
+		w.written = nil
 		w.rawBytes = 0 // taken for writing: the room is free again
 		overflow := w.overflow
 		creates, w.creates = w.creates, creates[:0]
@@ -166,7 +195,7 @@ func (w *controlWriter) run() {
 		w.mu.Unlock()
 
 		if overflow {
-			w.p.fail(&Error{Code: CodeInternal, Message: "control queue overflow: the peer does not read its control stream"})
+			w.p.fail(errControlOverflow())
 			return
 		}
 		w.buf = w.buf[:0]
@@ -228,11 +257,23 @@ func (w *controlWriter) run() {
 		if err == nil && len(w.buf) > 0 {
 			_, err = w.p.ctrlStream.Write(w.buf)
 		}
+		for _, c := range written {
+			close(c)
+		}
 		if err != nil {
+			w.mu.Lock()
+			if w.overflow {
+				err = errControlOverflow() // what the write deadline above cut short
+			}
+			w.mu.Unlock()
 			w.p.fail(err)
 			return
 		}
 	}
+}
+
+func errControlOverflow() error {
+	return &Error{Code: CodeInternal, Message: "control queue overflow: the peer does not read its control stream"}
 }
 
 func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
@@ -365,6 +406,22 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 	case *pb.ControlFrame_PathStatusNotification:
 		if sess.role == RolePrimary {
 			return sess.handlePathStatus(m.PathStatusNotification)
+		}
+	case *pb.ControlFrame_SessionClose:
+		// The peer closes on purpose, after everything it queued before: as if its connection
+		// closed with that code (a secondary's path ends; any other path ends the session).
+		return &quic.ApplicationError{Remote: true, ErrorCode: ApplicationErrorCode(m.SessionClose.ErrorCode), ErrorMessage: m.SessionClose.Reason}
+	case *pb.ControlFrame_PathTokenRequest:
+		if sess.role == RolePrimary {
+			sess.handlePathTokenRequest(m.PathTokenRequest)
+			return nil
+		}
+	case *pb.ControlFrame_PathTokenResponse:
+		if sess.role == RoleClient && p.isPrimary {
+			if ch := take(&sess.paths.mu, sess.paths.tokens, m.PathTokenResponse.PathId); ch != nil {
+				ch <- m.PathTokenResponse
+			}
+			return nil
 		}
 	}
 	return &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("unexpected control frame %T on a %v path", f.Payload, sess.role)}

@@ -146,3 +146,46 @@ func TestRawEmptyMessagesBounded(t *testing.T) {
 		t.Fatalf("%d empty messages queued, bound %d", len(p.server.raw.queue), max)
 	}
 }
+
+// A client that closes its session as soon as it has read a multi-source stream (the usual
+// quic-go pattern) still tells the primary that every delegation completed: Close delivers
+// the queued control frames first. Every round is a fresh session.
+func TestCloseAfterReadCompletesDelegations(t *testing.T) {
+	for round := range 8 {
+		ms := newMultiSource(t, 1, delegationConf)
+		ctx := testContext(t)
+		size := int64(1 << 20)
+		res := make(chan error, 1)
+		go func() {
+			st, err := ms.p.server.OpenStreamSync(ctx)
+			if err != nil {
+				res <- err
+				return
+			}
+			// The secondary's range is the stream's last: its status comes last.
+			if _, err := st.Write(content(0, size/2)); err != nil {
+				res <- err
+				return
+			}
+			d, err := st.Delegate(ms.ids[0], size/2, chunkRequest(size/2, size/2))
+			if err != nil {
+				res <- err
+				return
+			}
+			st.Close()
+			res <- d.Wait(ctx)
+		}()
+		cs, err := ms.p.client.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(cs)
+		if err != nil || int64(len(got)) != size {
+			t.Fatalf("round %d: read %d bytes, %v", round, len(got), err)
+		}
+		ms.p.client.Close()
+		if err := <-res; err != nil {
+			t.Fatalf("round %d: the primary's Wait after the client's Close: %v", round, err)
+		}
+	}
+}

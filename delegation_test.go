@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kwik-go/kwik/internal/netsim"
 )
@@ -312,7 +313,15 @@ func TestDelegateErrors(t *testing.T) {
 func TestDelegationOnClientStream(t *testing.T) {
 	ms := newMultiSource(t, 1, delegationConf)
 	ctx := testContext(t)
+	served := make(chan struct{})
+	defer func() { // its delegations resolve before the test ends (bounded, should it fail early)
+		select {
+		case <-served:
+		case <-time.After(30 * time.Second):
+		}
+	}()
 	go func() {
+		defer close(served)
 		st, err := ms.p.server.AcceptStream(ctx)
 		if err != nil {
 			return

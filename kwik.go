@@ -68,6 +68,7 @@ type PathInfo struct {
 	Status     PathStatus // as this side last learned it
 	CreatedAt  time.Time  // when this side created the path
 	LastActive time.Time  // last time anything was received on the path
+	Reason     string     // why the path is dead or removed (and what rejoining it gave)
 }
 
 // RawData is a message relayed by SendRawData.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/wire"
@@ -31,6 +32,9 @@ type session struct {
 	cancel context.CancelCauseFunc
 	wg     sync.WaitGroup
 	once   sync.Once
+	// closing is the application's close while closeGracefully runs: whatever ends the
+	// session meanwhile (the peer closing in answer), the session ends with it.
+	closing atomic.Pointer[ApplicationError]
 
 	log     *slog.Logger
 	primary *path // client: the path to the primary; servers: their own path
@@ -42,6 +46,7 @@ type session struct {
 		byID    map[string]*pathRecord
 		adds    map[string]chan *pb.AddPathResponse    // primary: AddPath calls waiting
 		removes map[string]chan *pb.RemovePathResponse // primary: RemovePath calls waiting
+		tokens  map[string]chan *pb.PathTokenResponse  // client: rejoins waiting for a token
 	}
 
 	raw rawState
@@ -98,6 +103,7 @@ func newSession(role Role, id string, conf *Config) *session {
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
 	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
+	s.paths.tokens = make(map[string]chan *pb.PathTokenResponse)
 	s.raw.init()
 	s.delegs.byID = make(map[uint64]*Delegation)
 	s.clientDelegs.byID = make(map[uint64]*delegationRecord)
@@ -123,6 +129,9 @@ func (s *session) closeErr() error { return context.Cause(s.ctx) }
 // shutdown closes the session once: every pending call returns cause, and the peers see code
 // and msg on their connections.
 func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
+	if c := s.closing.Load(); c != nil {
+		cause, code, msg = c, c.ErrorCode, c.ErrorMessage
+	}
 	s.once.Do(func() {
 		s.log.Info("kwik: session closed", "cause", cause.Error())
 		s.cancel(cause)
@@ -145,6 +154,53 @@ func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
 	})
 }
 
+// closeGracefully lets the peers of every live path receive what this side queued for them
+// before the session closes: a quic-go connection closed at once drops stream data not yet
+// sent, such as a client's last DelegationStatus, which the primary's Wait needs. It sends
+// SessionClose after the queued control frames and waits, per path, until the peer closes the
+// connection in answer, for at most a few round trips (closeWaitMax in all). Data still
+// unacknowledged on the data streams is not waited for, as in quic-go.
+func (s *session) closeGracefully(code ApplicationErrorCode, msg string) {
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.paths.mu.Lock()
+	var live []*path
+	for _, r := range s.paths.records {
+		if r.p != nil && r.status == PathActive {
+			live = append(live, r.p)
+		}
+	}
+	s.paths.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range live {
+		wg.Go(func() {
+			wait := min(max(4*p.conn.ConnectionStats().SmoothedRTT, closeWaitMin), closeWaitMax)
+			timer := time.NewTimer(wait)
+			defer timer.Stop()
+			written := p.ctrl.flush(&pb.ControlFrame{Payload: &pb.ControlFrame_SessionClose{SessionClose: &pb.SessionClose{
+				ErrorCode: uint64(code), Reason: msg,
+			}}})
+			select {
+			case <-written:
+			case <-timer.C:
+				return
+			}
+			select {
+			case <-p.conn.Context().Done():
+			case <-timer.C:
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// Bounds of closeGracefully's wait for a peer's answer.
+const (
+	closeWaitMin = 100 * time.Millisecond
+	closeWaitMax = time.Second
+)
+
 // closeLocal closes the session for a KWIK error this side detected.
 func (s *session) closeLocal(err error) {
 	var ke *Error
@@ -160,7 +216,11 @@ func (s *session) closeRemote(err error) {
 }
 
 func (s *session) CloseWithError(code ApplicationErrorCode, msg string) error {
-	s.shutdown(&ApplicationError{ErrorCode: code, ErrorMessage: msg}, code, msg)
+	cause := &ApplicationError{ErrorCode: code, ErrorMessage: msg}
+	if s.ctx.Err() == nil && s.closing.CompareAndSwap(nil, cause) {
+		s.closeGracefully(code, msg)
+	}
+	s.shutdown(cause, code, msg)
 	s.wg.Wait()
 	return nil
 }

@@ -132,11 +132,17 @@ func TestDeadSecondary(t *testing.T) {
 	if err := p.server.SendRawData([]byte("x"), id1); !errors.Is(err, ErrPathDead) {
 		t.Fatalf("SendRawData to a dead path: %v", err)
 	}
-	if err := p.server.RemovePath(id1); !errors.Is(err, ErrPathDead) {
-		t.Fatalf("RemovePath of a dead path: %v", err)
-	}
 	if err := p.client.SendRawData([]byte("x"), id1); !errors.Is(err, ErrPathDead) {
 		t.Fatalf("client SendRawData to a dead path: %v", err)
+	}
+	// Removing a dead path stops the client's attempts to rejoin it.
+	if err := p.server.RemovePath(id1); err != nil {
+		t.Fatalf("RemovePath of a dead path: %v", err)
+	}
+	for side, s := range map[string]*session{"primary": p.server, "client": p.client} {
+		if pi, _ := pathByID(s.GetAllPaths(), id1); pi.Status != PathRemoved {
+			t.Fatalf("the %s lists the removed dead path as %v", side, pi.Status)
+		}
 	}
 	// The secondary, cut off too, ends its session on its own.
 	<-s1.Context().Done()

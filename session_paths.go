@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/jointoken"
@@ -34,7 +35,7 @@ func (r *pathRecord) info() PathInfo {
 	if last.IsZero() {
 		last = r.createdAt
 	}
-	return PathInfo{PathID: r.id, Address: r.address, IsPrimary: r.primary, Status: r.status, CreatedAt: r.createdAt, LastActive: last}
+	return PathInfo{PathID: r.id, Address: r.address, IsPrimary: r.primary, Status: r.status, CreatedAt: r.createdAt, LastActive: last, Reason: r.reason}
 }
 
 func (s *session) pathInfos(keep func(PathStatus) bool) []PathInfo {
@@ -162,7 +163,8 @@ func (s *session) RemovePath(pathID string) error {
 	if pathID == s.primary.id {
 		return errors.New("kwik: the primary path cannot be removed")
 	}
-	if err := s.pathError(pathID); err != nil {
+	// A dead path can be removed too: the client then stops rejoining it.
+	if err := s.pathError(pathID); err != nil && !errors.Is(err, ErrPathDead) {
 		return err
 	}
 	ch := make(chan *pb.RemovePathResponse, 1)
@@ -272,7 +274,9 @@ func (s *session) join(req *pb.AddPathRequest) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		err := s.dialSecondary(rec, req.JoinToken)
+		ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
+		err := s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
+		cancel()
 		if err == nil {
 			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
 				PathId: rec.id, Success: true,
@@ -293,10 +297,9 @@ func (s *session) join(req *pb.AddPathRequest) {
 	}()
 }
 
-// dialSecondary opens and authenticates the path to a secondary.
-func (s *session) dialSecondary(rec *pathRecord, token []byte) error {
-	ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
-	defer cancel()
+// dialSecondary opens and authenticates the path to a secondary: a new path in state from
+// (PathConnecting), or a dead one being rejoined (PathDead), which keeps its counters.
+func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []byte, from PathStatus) error {
 	conn, err := quic.DialAddr(ctx, rec.address, s.tlsConf, s.conf.QUIC)
 	if err != nil {
 		return err
@@ -313,10 +316,17 @@ func (s *session) dialSecondary(rec *pathRecord, token []byte) error {
 	}
 	path := newPath(s, conn, rec.id, rec.address, false, false, p.stream, p.reader, p.peer)
 	s.paths.mu.Lock()
-	if s.ctx.Err() != nil || rec.status != PathConnecting {
+	if s.ctx.Err() != nil || rec.status != from {
 		s.paths.mu.Unlock()
 		_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "session closed")
-		return errors.New("kwik: the session closed while joining")
+		return errors.New("kwik: the session closed, or the path was removed, while joining")
+	}
+	if old := rec.p; old != nil {
+		path.stats.bytesSent.Store(old.stats.bytesSent.Load())
+		path.stats.bytesReceived.Store(old.stats.bytesReceived.Load())
+		path.stats.packetsSent.Store(old.stats.packetsSent.Load())
+		path.stats.packetsReceived.Store(old.stats.packetsReceived.Load())
+		path.stats.packetsAcked.Store(old.stats.packetsAcked.Load())
 	}
 	rec.p = path
 	path.rec = rec
@@ -370,7 +380,118 @@ func (s *session) pathDied(p *path, err error) {
 		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{
 			PathId: p.id, Status: pb.PathStatus_DEAD, Reason: err.Error(),
 		}}})
+		if s.conf.PathRetry.MaxRetries > 0 && !closedByPeer(err) {
+			s.wg.Add(1)
+			go s.rejoin(r)
+		}
 	}
+}
+
+// closedByPeer says whether a path ended because its server closed it on purpose (an
+// application close, or a KWIK error it reported): such a path is not rejoined, unlike one
+// that went silent or whose connection failed.
+func closedByPeer(err error) bool {
+	var appErr *quic.ApplicationError
+	var ke *Error
+	return errors.As(err, &appErr) && appErr.Remote || errors.As(err, &ke) && ke.Remote
+}
+
+// rejoin (client) tries to bring a dead secondary path back, as Config.PathRetry says. It
+// runs on its own goroutine, ends with the session, and gives up on a path that stops being
+// dead (the primary removed it) or that the primary will not give a token for.
+func (s *session) rejoin(rec *pathRecord) {
+	defer s.wg.Done()
+	pol := s.conf.PathRetry
+	var last error
+	tries := 0
+	for try := 1; try <= pol.MaxRetries; try++ {
+		t := time.NewTimer(pol.backoff(try, rand.Float64))
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			t.Stop()
+			return
+		}
+		s.paths.mu.Lock()
+		dead := rec.status == PathDead
+		s.paths.mu.Unlock()
+		if !dead {
+			return
+		}
+		tries++
+		ctx, cancel := context.WithTimeout(s.ctx, pol.TryTimeout)
+		token, err := s.requestToken(ctx, rec.id)
+		if err == nil {
+			err = s.dialSecondary(ctx, rec, token, PathDead)
+		}
+		cancel()
+		if err == nil {
+			s.log.Info("kwik: path rejoined", "path", rec.id, "address", rec.address, "try", try)
+			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{
+				PathId: rec.id, Status: pb.PathStatus_ACTIVE, Reason: fmt.Sprintf("rejoined at try %d", try),
+			}}})
+			return
+		}
+		last = err
+		s.log.Debug("kwik: rejoining a path failed", "path", rec.id, "try", try, "err", err)
+		var ke *Error
+		if errors.As(err, &ke) && ke.Remote && ke.Code == CodePathNotFound {
+			break // the primary refuses: removed, or not dead in its eyes
+		}
+	}
+	if s.ctx.Err() != nil {
+		return
+	}
+	s.paths.mu.Lock()
+	if rec.status == PathDead {
+		rec.reason = fmt.Sprintf("%s; not rejoined after %d tries, the last: %v", rec.reason, tries, last)
+	}
+	s.paths.mu.Unlock()
+	s.log.Info("kwik: path not rejoined", "path", rec.id, "address", rec.address, "err", last)
+}
+
+// requestToken (client) asks the primary for a fresh join token for a dead path.
+func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, error) {
+	ch := make(chan *pb.PathTokenResponse, 1)
+	s.paths.mu.Lock()
+	s.paths.tokens[pathID] = ch
+	s.paths.mu.Unlock()
+	defer take(&s.paths.mu, s.paths.tokens, pathID)
+	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenRequest{PathTokenRequest: &pb.PathTokenRequest{PathId: pathID}}})
+	select {
+	case r := <-ch:
+		if r.ErrorCode != 0 || len(r.JoinToken) == 0 {
+			code := ErrorCode(r.ErrorCode)
+			if code == 0 {
+				code = CodeInternal
+			}
+			return nil, &Error{Code: code, Message: "no token to rejoin: " + r.ErrorMessage, Remote: true}
+		}
+		return r.JoinToken, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("kwik: waiting for a token to rejoin %s: %w", pathID, ctx.Err())
+	}
+}
+
+// handlePathTokenRequest (primary) gives the client a fresh token to rejoin a path it knows
+// as dead, and refuses any other (removed, unknown, alive, the primary's own).
+func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
+	resp := &pb.PathTokenResponse{PathId: req.PathId}
+	s.paths.mu.Lock()
+	r := s.paths.byID[req.PathId]
+	ok := r != nil && !r.primary && r.status == PathDead
+	s.paths.mu.Unlock()
+	var err error
+	if ok && len(s.conf.JoinKey) > 0 {
+		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, time.Now().Add(s.conf.JoinTokenTTL))
+	}
+	switch {
+	case !ok:
+		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodePathNotFound), "no dead path "+req.PathId+" to rejoin"
+	case err != nil || len(resp.JoinToken) == 0:
+		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeInternal), "cannot issue a token"
+	}
+	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenResponse{PathTokenResponse: resp}})
 }
 
 // livePath returns the connection of an active path (client side).

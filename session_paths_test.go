@@ -151,8 +151,7 @@ func TestJoinRejectedToken(t *testing.T) {
 		p.client.paths.records = append(p.client.paths.records, rec)
 		p.client.paths.byID[pathID] = rec
 		p.client.paths.mu.Unlock()
-		_ = ctx
-		return p.client.dialSecondary(rec, token)
+		return p.client.dialSecondary(ctx, rec, token, PathConnecting)
 	}
 	if err := join(valid, "0011223344556677"); err != nil {
 		t.Fatalf("valid token refused: %v", err)

@@ -352,11 +352,14 @@ func soakKWIK(ctx context.Context, conf SoakConfig, resource []byte, serverTLS, 
 		return kwik.Dial(ctx, primary.Addr().String(), clientTLS, kconf)
 	})
 	defer func() {
+		// Concurrently: each Close waits for its peer's answer.
+		var wg sync.WaitGroup
 		for _, s := range sessions {
 			if s != nil {
-				s.Close()
+				wg.Go(func() { s.Close() })
 			}
 		}
+		wg.Wait()
 	}()
 	if err != nil {
 		return side, 0, err

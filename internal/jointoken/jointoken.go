@@ -1,5 +1,5 @@
 // Package jointoken issues and checks the tokens with which a client joins a secondary server
-// to a KWIK session. A token is expiry (8 bytes, Unix seconds, big endian) followed by
+// to a KWIK session. A token is expiry (8 bytes, Unix nanoseconds, big endian) followed by
 // HMAC-SHA256(key, "kwik-join-v1" | len+session ID | len+path ID | expiry). The primary and its
 // secondaries share the key; a secondary accepts a token once (a replay cache keeps it until
 // it expires) and only for the session and path it names.
@@ -48,7 +48,9 @@ func Issue(key []byte, sessionID, pathID string, expiry time.Time) ([]byte, erro
 	if len(key) == 0 {
 		return nil, ErrNoKey
 	}
-	exp := uint64(expiry.Unix())
+	// Nanoseconds: two tokens for one path (a join, then a rejoin after it died) differ even
+	// when issued within the same second, so the replay cache takes both.
+	exp := uint64(expiry.UnixNano())
 	tok := binary.BigEndian.AppendUint64(make([]byte, 0, Size), exp)
 	return append(tok, mac(key, sessionID, pathID, exp)...), nil
 }
@@ -65,10 +67,10 @@ func Verify(key, token []byte, sessionID, pathID string, now time.Time) (time.Ti
 	if !hmac.Equal(token[8:], mac(key, sessionID, pathID, exp)) {
 		return time.Time{}, ErrForged
 	}
-	if exp > 1<<62 {
+	if exp > 1<<63-1 {
 		return time.Time{}, ErrMalformed
 	}
-	expiry := time.Unix(int64(exp), 0)
+	expiry := time.Unix(0, int64(exp))
 	if !now.Before(expiry) {
 		return time.Time{}, ErrExpired
 	}

@@ -54,6 +54,8 @@ type ControlFrame struct {
 	//	*ControlFrame_DelegationAssign
 	//	*ControlFrame_DelegationDone
 	//	*ControlFrame_DelegationStatus
+	//	*ControlFrame_PathTokenRequest
+	//	*ControlFrame_PathTokenResponse
 	Payload       isControlFrame_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -299,6 +301,24 @@ func (x *ControlFrame) GetDelegationStatus() *DelegationStatus {
 	return nil
 }
 
+func (x *ControlFrame) GetPathTokenRequest() *PathTokenRequest {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_PathTokenRequest); ok {
+			return x.PathTokenRequest
+		}
+	}
+	return nil
+}
+
+func (x *ControlFrame) GetPathTokenResponse() *PathTokenResponse {
+	if x != nil {
+		if x, ok := x.Payload.(*ControlFrame_PathTokenResponse); ok {
+			return x.PathTokenResponse
+		}
+	}
+	return nil
+}
+
 type isControlFrame_Payload interface {
 	isControlFrame_Payload()
 }
@@ -387,6 +407,14 @@ type ControlFrame_DelegationStatus struct {
 	DelegationStatus *DelegationStatus `protobuf:"bytes,30,opt,name=delegation_status,json=delegationStatus,proto3,oneof"`
 }
 
+type ControlFrame_PathTokenRequest struct {
+	PathTokenRequest *PathTokenRequest `protobuf:"bytes,31,opt,name=path_token_request,json=pathTokenRequest,proto3,oneof"`
+}
+
+type ControlFrame_PathTokenResponse struct {
+	PathTokenResponse *PathTokenResponse `protobuf:"bytes,32,opt,name=path_token_response,json=pathTokenResponse,proto3,oneof"`
+}
+
 func (*ControlFrame_AddPathRequest) isControlFrame_Payload() {}
 
 func (*ControlFrame_AddPathResponse) isControlFrame_Payload() {}
@@ -428,6 +456,10 @@ func (*ControlFrame_DelegationAssign) isControlFrame_Payload() {}
 func (*ControlFrame_DelegationDone) isControlFrame_Payload() {}
 
 func (*ControlFrame_DelegationStatus) isControlFrame_Payload() {}
+
+func (*ControlFrame_PathTokenRequest) isControlFrame_Payload() {}
+
+func (*ControlFrame_PathTokenResponse) isControlFrame_Payload() {}
 
 // Limits a peer announces in the handshake; zero means "the protocol default" (docs/PROTOCOL.md).
 type TransportParameters struct {
@@ -950,6 +982,122 @@ func (x *PathStatusNotification) GetReason() string {
 	return ""
 }
 
+// PathTokenRequest (client to primary) asks for a fresh join token to rejoin a secondary path
+// that died, under the same path ID. The primary answers only for a path it knows as DEAD.
+type PathTokenRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PathId        string                 `protobuf:"bytes,1,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathTokenRequest) Reset() {
+	*x = PathTokenRequest{}
+	mi := &file_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathTokenRequest) ProtoMessage() {}
+
+func (x *PathTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathTokenRequest.ProtoReflect.Descriptor instead.
+func (*PathTokenRequest) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *PathTokenRequest) GetPathId() string {
+	if x != nil {
+		return x.PathId
+	}
+	return ""
+}
+
+// PathTokenResponse (primary to client) carries the token, or why there is none (the path was
+// removed, is unknown, or is not dead): the client then stops retrying it.
+type PathTokenResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PathId        string                 `protobuf:"bytes,1,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"`
+	JoinToken     []byte                 `protobuf:"bytes,2,opt,name=join_token,json=joinToken,proto3" json:"join_token,omitempty"`
+	ErrorCode     ErrorCode              `protobuf:"varint,3,opt,name=error_code,json=errorCode,proto3,enum=kwik.common.ErrorCode" json:"error_code,omitempty"`
+	ErrorMessage  string                 `protobuf:"bytes,4,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathTokenResponse) Reset() {
+	*x = PathTokenResponse{}
+	mi := &file_control_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathTokenResponse) ProtoMessage() {}
+
+func (x *PathTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_control_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathTokenResponse.ProtoReflect.Descriptor instead.
+func (*PathTokenResponse) Descriptor() ([]byte, []int) {
+	return file_control_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *PathTokenResponse) GetPathId() string {
+	if x != nil {
+		return x.PathId
+	}
+	return ""
+}
+
+func (x *PathTokenResponse) GetJoinToken() []byte {
+	if x != nil {
+		return x.JoinToken
+	}
+	return nil
+}
+
+func (x *PathTokenResponse) GetErrorCode() ErrorCode {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ErrorCode_NO_ERROR
+}
+
+func (x *PathTokenResponse) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
 // StreamCreateNotification announces a logical stream. Data for it may arrive first.
 type StreamCreateNotification struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -961,7 +1109,7 @@ type StreamCreateNotification struct {
 
 func (x *StreamCreateNotification) Reset() {
 	*x = StreamCreateNotification{}
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1121,7 @@ func (x *StreamCreateNotification) String() string {
 func (*StreamCreateNotification) ProtoMessage() {}
 
 func (x *StreamCreateNotification) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[9]
+	mi := &file_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1134,7 @@ func (x *StreamCreateNotification) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamCreateNotification.ProtoReflect.Descriptor instead.
 func (*StreamCreateNotification) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{9}
+	return file_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamCreateNotification) GetLogicalStreamId() uint64 {
@@ -1016,7 +1164,7 @@ type RawPacketTransmission struct {
 
 func (x *RawPacketTransmission) Reset() {
 	*x = RawPacketTransmission{}
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1176,7 @@ func (x *RawPacketTransmission) String() string {
 func (*RawPacketTransmission) ProtoMessage() {}
 
 func (x *RawPacketTransmission) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[10]
+	mi := &file_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1189,7 @@ func (x *RawPacketTransmission) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawPacketTransmission.ProtoReflect.Descriptor instead.
 func (*RawPacketTransmission) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{10}
+	return file_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RawPacketTransmission) GetData() []byte {
@@ -1084,7 +1232,7 @@ type RawPacketResult struct {
 
 func (x *RawPacketResult) Reset() {
 	*x = RawPacketResult{}
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1244,7 @@ func (x *RawPacketResult) String() string {
 func (*RawPacketResult) ProtoMessage() {}
 
 func (x *RawPacketResult) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[11]
+	mi := &file_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1257,7 @@ func (x *RawPacketResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RawPacketResult.ProtoReflect.Descriptor instead.
 func (*RawPacketResult) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{11}
+	return file_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RawPacketResult) GetId() uint64 {
@@ -1143,7 +1291,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1155,7 +1303,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[12]
+	mi := &file_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1168,7 +1316,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{12}
+	return file_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Heartbeat) GetSequence() uint64 {
@@ -1197,7 +1345,7 @@ type StreamReset struct {
 
 func (x *StreamReset) Reset() {
 	*x = StreamReset{}
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1357,7 @@ func (x *StreamReset) String() string {
 func (*StreamReset) ProtoMessage() {}
 
 func (x *StreamReset) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[13]
+	mi := &file_control_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1370,7 @@ func (x *StreamReset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamReset.ProtoReflect.Descriptor instead.
 func (*StreamReset) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{13}
+	return file_control_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StreamReset) GetLogicalStreamId() uint64 {
@@ -1257,7 +1405,7 @@ type StopSending struct {
 
 func (x *StopSending) Reset() {
 	*x = StopSending{}
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1417,7 @@ func (x *StopSending) String() string {
 func (*StopSending) ProtoMessage() {}
 
 func (x *StopSending) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[14]
+	mi := &file_control_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1430,7 @@ func (x *StopSending) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSending.ProtoReflect.Descriptor instead.
 func (*StopSending) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{14}
+	return file_control_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StopSending) GetLogicalStreamId() uint64 {
@@ -1310,7 +1458,7 @@ type MaxStreamData struct {
 
 func (x *MaxStreamData) Reset() {
 	*x = MaxStreamData{}
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1470,7 @@ func (x *MaxStreamData) String() string {
 func (*MaxStreamData) ProtoMessage() {}
 
 func (x *MaxStreamData) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[15]
+	mi := &file_control_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1483,7 @@ func (x *MaxStreamData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaxStreamData.ProtoReflect.Descriptor instead.
 func (*MaxStreamData) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{15}
+	return file_control_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MaxStreamData) GetLogicalStreamId() uint64 {
@@ -1362,7 +1510,7 @@ type MaxStreams struct {
 
 func (x *MaxStreams) Reset() {
 	*x = MaxStreams{}
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1374,7 +1522,7 @@ func (x *MaxStreams) String() string {
 func (*MaxStreams) ProtoMessage() {}
 
 func (x *MaxStreams) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[16]
+	mi := &file_control_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1387,7 +1535,7 @@ func (x *MaxStreams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MaxStreams.ProtoReflect.Descriptor instead.
 func (*MaxStreams) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{16}
+	return file_control_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MaxStreams) GetMaximum() uint64 {
@@ -1407,7 +1555,7 @@ type SessionClose struct {
 
 func (x *SessionClose) Reset() {
 	*x = SessionClose{}
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1567,7 @@ func (x *SessionClose) String() string {
 func (*SessionClose) ProtoMessage() {}
 
 func (x *SessionClose) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[17]
+	mi := &file_control_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1580,7 @@ func (x *SessionClose) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionClose.ProtoReflect.Descriptor instead.
 func (*SessionClose) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{17}
+	return file_control_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SessionClose) GetErrorCode() uint64 {
@@ -1465,7 +1613,7 @@ type DelegateRange struct {
 
 func (x *DelegateRange) Reset() {
 	*x = DelegateRange{}
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1477,7 +1625,7 @@ func (x *DelegateRange) String() string {
 func (*DelegateRange) ProtoMessage() {}
 
 func (x *DelegateRange) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[18]
+	mi := &file_control_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1490,7 +1638,7 @@ func (x *DelegateRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegateRange.ProtoReflect.Descriptor instead.
 func (*DelegateRange) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{18}
+	return file_control_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DelegateRange) GetDelegationId() uint64 {
@@ -1551,7 +1699,7 @@ type DelegationAssign struct {
 
 func (x *DelegationAssign) Reset() {
 	*x = DelegationAssign{}
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1711,7 @@ func (x *DelegationAssign) String() string {
 func (*DelegationAssign) ProtoMessage() {}
 
 func (x *DelegationAssign) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[19]
+	mi := &file_control_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1724,7 @@ func (x *DelegationAssign) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegationAssign.ProtoReflect.Descriptor instead.
 func (*DelegationAssign) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{19}
+	return file_control_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DelegationAssign) GetDelegationId() uint64 {
@@ -1633,7 +1781,7 @@ type DelegationDone struct {
 
 func (x *DelegationDone) Reset() {
 	*x = DelegationDone{}
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1793,7 @@ func (x *DelegationDone) String() string {
 func (*DelegationDone) ProtoMessage() {}
 
 func (x *DelegationDone) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[20]
+	mi := &file_control_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1806,7 @@ func (x *DelegationDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegationDone.ProtoReflect.Descriptor instead.
 func (*DelegationDone) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{20}
+	return file_control_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DelegationDone) GetDelegationId() uint64 {
@@ -1690,7 +1838,7 @@ type DelegationStatus struct {
 
 func (x *DelegationStatus) Reset() {
 	*x = DelegationStatus{}
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1850,7 @@ func (x *DelegationStatus) String() string {
 func (*DelegationStatus) ProtoMessage() {}
 
 func (x *DelegationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_control_proto_msgTypes[21]
+	mi := &file_control_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1863,7 @@ func (x *DelegationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DelegationStatus.ProtoReflect.Descriptor instead.
 func (*DelegationStatus) Descriptor() ([]byte, []int) {
-	return file_control_proto_rawDescGZIP(), []int{21}
+	return file_control_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DelegationStatus) GetDelegationId() uint64 {
@@ -1765,7 +1913,7 @@ var File_control_proto protoreflect.FileDescriptor
 const file_control_proto_rawDesc = "" +
 	"\n" +
 	"\rcontrol.proto\x12\fkwik.control\x1a\fcommon.proto\x1a\n" +
-	"data.proto\"\x9d\r\n" +
+	"data.proto\"\xc0\x0e\n" +
 	"\fControlFrame\x12\x19\n" +
 	"\bframe_id\x18\x01 \x01(\x04R\aframeId\x12\x1c\n" +
 	"\ttimestamp\x18\x04 \x01(\x04R\ttimestamp\x12H\n" +
@@ -1791,7 +1939,9 @@ const file_control_proto_rawDesc = "" +
 	"\x0edelegate_range\x18\x1b \x01(\v2\x1b.kwik.control.DelegateRangeH\x00R\rdelegateRange\x12M\n" +
 	"\x11delegation_assign\x18\x1c \x01(\v2\x1e.kwik.control.DelegationAssignH\x00R\x10delegationAssign\x12G\n" +
 	"\x0fdelegation_done\x18\x1d \x01(\v2\x1c.kwik.control.DelegationDoneH\x00R\x0edelegationDone\x12M\n" +
-	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatusB\t\n" +
+	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatus\x12N\n" +
+	"\x12path_token_request\x18\x1f \x01(\v2\x1e.kwik.control.PathTokenRequestH\x00R\x10pathTokenRequest\x12Q\n" +
+	"\x13path_token_response\x18  \x01(\v2\x1f.kwik.control.PathTokenResponseH\x00R\x11pathTokenResponseB\t\n" +
 	"\apayload\"\xa5\x01\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
@@ -1835,7 +1985,16 @@ const file_control_proto_rawDesc = "" +
 	"\x16PathStatusNotification\x12\x17\n" +
 	"\apath_id\x18\x01 \x01(\tR\x06pathId\x12/\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x17.kwik.common.PathStatusR\x06status\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"_\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"+\n" +
+	"\x10PathTokenRequest\x12\x17\n" +
+	"\apath_id\x18\x01 \x01(\tR\x06pathId\"\xa7\x01\n" +
+	"\x11PathTokenResponse\x12\x17\n" +
+	"\apath_id\x18\x01 \x01(\tR\x06pathId\x12\x1d\n" +
+	"\n" +
+	"join_token\x18\x02 \x01(\fR\tjoinToken\x125\n" +
+	"\n" +
+	"error_code\x18\x03 \x01(\x0e2\x16.kwik.common.ErrorCodeR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x04 \x01(\tR\ferrorMessage\"_\n" +
 	"\x18StreamCreateNotification\x12*\n" +
 	"\x11logical_stream_id\x18\x01 \x01(\x04R\x0flogicalStreamId\x12\x17\n" +
 	"\apath_id\x18\x02 \x01(\tR\x06pathId\"\x8b\x01\n" +
@@ -1911,7 +2070,7 @@ func file_control_proto_rawDescGZIP() []byte {
 	return file_control_proto_rawDescData
 }
 
-var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_control_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_control_proto_goTypes = []any{
 	(*ControlFrame)(nil),             // 0: kwik.control.ControlFrame
 	(*TransportParameters)(nil),      // 1: kwik.control.TransportParameters
@@ -1922,22 +2081,24 @@ var file_control_proto_goTypes = []any{
 	(*RemovePathRequest)(nil),        // 6: kwik.control.RemovePathRequest
 	(*RemovePathResponse)(nil),       // 7: kwik.control.RemovePathResponse
 	(*PathStatusNotification)(nil),   // 8: kwik.control.PathStatusNotification
-	(*StreamCreateNotification)(nil), // 9: kwik.control.StreamCreateNotification
-	(*RawPacketTransmission)(nil),    // 10: kwik.control.RawPacketTransmission
-	(*RawPacketResult)(nil),          // 11: kwik.control.RawPacketResult
-	(*Heartbeat)(nil),                // 12: kwik.control.Heartbeat
-	(*StreamReset)(nil),              // 13: kwik.control.StreamReset
-	(*StopSending)(nil),              // 14: kwik.control.StopSending
-	(*MaxStreamData)(nil),            // 15: kwik.control.MaxStreamData
-	(*MaxStreams)(nil),               // 16: kwik.control.MaxStreams
-	(*SessionClose)(nil),             // 17: kwik.control.SessionClose
-	(*DelegateRange)(nil),            // 18: kwik.control.DelegateRange
-	(*DelegationAssign)(nil),         // 19: kwik.control.DelegationAssign
-	(*DelegationDone)(nil),           // 20: kwik.control.DelegationDone
-	(*DelegationStatus)(nil),         // 21: kwik.control.DelegationStatus
-	(*AckFrame)(nil),                 // 22: kwik.data.AckFrame
-	(ErrorCode)(0),                   // 23: kwik.common.ErrorCode
-	(PathStatus)(0),                  // 24: kwik.common.PathStatus
+	(*PathTokenRequest)(nil),         // 9: kwik.control.PathTokenRequest
+	(*PathTokenResponse)(nil),        // 10: kwik.control.PathTokenResponse
+	(*StreamCreateNotification)(nil), // 11: kwik.control.StreamCreateNotification
+	(*RawPacketTransmission)(nil),    // 12: kwik.control.RawPacketTransmission
+	(*RawPacketResult)(nil),          // 13: kwik.control.RawPacketResult
+	(*Heartbeat)(nil),                // 14: kwik.control.Heartbeat
+	(*StreamReset)(nil),              // 15: kwik.control.StreamReset
+	(*StopSending)(nil),              // 16: kwik.control.StopSending
+	(*MaxStreamData)(nil),            // 17: kwik.control.MaxStreamData
+	(*MaxStreams)(nil),               // 18: kwik.control.MaxStreams
+	(*SessionClose)(nil),             // 19: kwik.control.SessionClose
+	(*DelegateRange)(nil),            // 20: kwik.control.DelegateRange
+	(*DelegationAssign)(nil),         // 21: kwik.control.DelegationAssign
+	(*DelegationDone)(nil),           // 22: kwik.control.DelegationDone
+	(*DelegationStatus)(nil),         // 23: kwik.control.DelegationStatus
+	(*AckFrame)(nil),                 // 24: kwik.data.AckFrame
+	(ErrorCode)(0),                   // 25: kwik.common.ErrorCode
+	(PathStatus)(0),                  // 26: kwik.common.PathStatus
 }
 var file_control_proto_depIdxs = []int32{
 	4,  // 0: kwik.control.ControlFrame.add_path_request:type_name -> kwik.control.AddPathRequest
@@ -1947,32 +2108,35 @@ var file_control_proto_depIdxs = []int32{
 	8,  // 4: kwik.control.ControlFrame.path_status_notification:type_name -> kwik.control.PathStatusNotification
 	2,  // 5: kwik.control.ControlFrame.authentication_request:type_name -> kwik.control.AuthenticationRequest
 	3,  // 6: kwik.control.ControlFrame.authentication_response:type_name -> kwik.control.AuthenticationResponse
-	9,  // 7: kwik.control.ControlFrame.stream_create_notification:type_name -> kwik.control.StreamCreateNotification
-	10, // 8: kwik.control.ControlFrame.raw_packet_transmission:type_name -> kwik.control.RawPacketTransmission
-	12, // 9: kwik.control.ControlFrame.heartbeat:type_name -> kwik.control.Heartbeat
-	13, // 10: kwik.control.ControlFrame.stream_reset:type_name -> kwik.control.StreamReset
-	14, // 11: kwik.control.ControlFrame.stop_sending:type_name -> kwik.control.StopSending
-	15, // 12: kwik.control.ControlFrame.max_stream_data:type_name -> kwik.control.MaxStreamData
-	16, // 13: kwik.control.ControlFrame.max_streams:type_name -> kwik.control.MaxStreams
-	22, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
-	17, // 15: kwik.control.ControlFrame.session_close:type_name -> kwik.control.SessionClose
-	11, // 16: kwik.control.ControlFrame.raw_packet_result:type_name -> kwik.control.RawPacketResult
-	18, // 17: kwik.control.ControlFrame.delegate_range:type_name -> kwik.control.DelegateRange
-	19, // 18: kwik.control.ControlFrame.delegation_assign:type_name -> kwik.control.DelegationAssign
-	20, // 19: kwik.control.ControlFrame.delegation_done:type_name -> kwik.control.DelegationDone
-	21, // 20: kwik.control.ControlFrame.delegation_status:type_name -> kwik.control.DelegationStatus
-	1,  // 21: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
-	23, // 22: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
-	1,  // 23: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
-	23, // 24: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
-	24, // 25: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
-	23, // 26: kwik.control.RawPacketResult.error_code:type_name -> kwik.common.ErrorCode
-	23, // 27: kwik.control.DelegationStatus.error_code:type_name -> kwik.common.ErrorCode
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	11, // 7: kwik.control.ControlFrame.stream_create_notification:type_name -> kwik.control.StreamCreateNotification
+	12, // 8: kwik.control.ControlFrame.raw_packet_transmission:type_name -> kwik.control.RawPacketTransmission
+	14, // 9: kwik.control.ControlFrame.heartbeat:type_name -> kwik.control.Heartbeat
+	15, // 10: kwik.control.ControlFrame.stream_reset:type_name -> kwik.control.StreamReset
+	16, // 11: kwik.control.ControlFrame.stop_sending:type_name -> kwik.control.StopSending
+	17, // 12: kwik.control.ControlFrame.max_stream_data:type_name -> kwik.control.MaxStreamData
+	18, // 13: kwik.control.ControlFrame.max_streams:type_name -> kwik.control.MaxStreams
+	24, // 14: kwik.control.ControlFrame.ack:type_name -> kwik.data.AckFrame
+	19, // 15: kwik.control.ControlFrame.session_close:type_name -> kwik.control.SessionClose
+	13, // 16: kwik.control.ControlFrame.raw_packet_result:type_name -> kwik.control.RawPacketResult
+	20, // 17: kwik.control.ControlFrame.delegate_range:type_name -> kwik.control.DelegateRange
+	21, // 18: kwik.control.ControlFrame.delegation_assign:type_name -> kwik.control.DelegationAssign
+	22, // 19: kwik.control.ControlFrame.delegation_done:type_name -> kwik.control.DelegationDone
+	23, // 20: kwik.control.ControlFrame.delegation_status:type_name -> kwik.control.DelegationStatus
+	9,  // 21: kwik.control.ControlFrame.path_token_request:type_name -> kwik.control.PathTokenRequest
+	10, // 22: kwik.control.ControlFrame.path_token_response:type_name -> kwik.control.PathTokenResponse
+	1,  // 23: kwik.control.AuthenticationRequest.params:type_name -> kwik.control.TransportParameters
+	25, // 24: kwik.control.AuthenticationResponse.error_code:type_name -> kwik.common.ErrorCode
+	1,  // 25: kwik.control.AuthenticationResponse.params:type_name -> kwik.control.TransportParameters
+	25, // 26: kwik.control.AddPathResponse.error_code:type_name -> kwik.common.ErrorCode
+	26, // 27: kwik.control.PathStatusNotification.status:type_name -> kwik.common.PathStatus
+	25, // 28: kwik.control.PathTokenResponse.error_code:type_name -> kwik.common.ErrorCode
+	25, // 29: kwik.control.RawPacketResult.error_code:type_name -> kwik.common.ErrorCode
+	25, // 30: kwik.control.DelegationStatus.error_code:type_name -> kwik.common.ErrorCode
+	31, // [31:31] is the sub-list for method output_type
+	31, // [31:31] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_control_proto_init() }
@@ -2004,6 +2168,8 @@ func file_control_proto_init() {
 		(*ControlFrame_DelegationAssign)(nil),
 		(*ControlFrame_DelegationDone)(nil),
 		(*ControlFrame_DelegationStatus)(nil),
+		(*ControlFrame_PathTokenRequest)(nil),
+		(*ControlFrame_PathTokenResponse)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2011,7 +2177,7 @@ func file_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_control_proto_rawDesc), len(file_control_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
