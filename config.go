@@ -82,6 +82,12 @@ type Config struct {
 	// 0 means 1 MiB.
 	MaxPendingRawData int
 
+	// DisableBatching sends every small write in a DataPacket of its own. By default, small
+	// frames of the logical streams that share a real QUIC stream are batched: those that
+	// arrive while a write is under way go together in the next packet (a lone frame leaves
+	// at once, so batching adds no delay).
+	DisableBatching bool
+
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.
 	PathRetry RetryPolicy

@@ -235,6 +235,18 @@ type realStream struct {
 	mu  sync.Mutex // serialises messages on qs
 	buf []byte
 	pkt wire.DataPacket
+
+	// Batching: a small frame is copied into the queue and its Write returns; whoever holds
+	// mu writes every queued frame, in as few DataPackets as fit, before letting mu go. A lone
+	// frame's writer takes mu and sends it at once; frames that arrive while a write is under
+	// way wait in the queue for that write's end, and go out together.
+	batch struct {
+		mu     sync.Mutex
+		cond   sync.Cond // on mu: the queue was taken (room for more)
+		queue  batchQueue
+		spare  batchQueue
+		err    error // the first write error; later frames fail with it
+	}
 }
 
 func (sp *sendPool) assign() (*realStream, error) {
@@ -252,6 +264,7 @@ func (sp *sendPool) assign() (*realStream, error) {
 		switch {
 		case err == nil:
 			rs := &realStream{p: sp.p, qs: qs, buf: make([]byte, 0, sp.p.peer.maxMessageSize+16)}
+			rs.batch.cond.L = &rs.batch.mu
 			sp.streams = append(sp.streams, rs)
 			best = rs
 		case best == nil:
@@ -294,8 +307,7 @@ func (sp *sendPool) release(rs *realStream) {
 	sp.mu.Unlock()
 	rs.closeWhenIdle.Store(true)
 	if rs.mu.TryLock() {
-		rs.closeIfIdle()
-		rs.mu.Unlock()
+		rs.unlockAndDrain() // closes qs if idle, and wakes any small frame's writer
 	}
 }
 
@@ -313,13 +325,143 @@ func (sp *sendPool) size() int {
 	return len(sp.streams)
 }
 
-// writeFrame sends one DataPacket holding one frame. Small frames are built whole in the real
-// stream's own buffer; large ones go as a header and then the caller's bytes, which spares a
-// copy (QUIC copies them anyway). Either way the steady state allocates nothing.
+// batchQueue is frames waiting to be written, their data copied into one buffer.
+type batchQueue struct {
+	frames []wire.DataFrame
+	data   []byte
+}
+
+// maxBatch bounds the bytes queued on one real stream: past it, small writes wait for the
+// queue to be written (each frame's own cost is counted on top of its data).
+const maxBatch = 64 << 10
+
+// writeFrame sends a frame. A large one goes in a DataPacket of its own, as a header and then
+// the caller's bytes, which spares a copy (QUIC copies them anyway), and writeFrame returns
+// once QUIC has it. A small one is batched with the small frames of the other logical streams
+// that share this real stream (see realStream.batch), unless the session disables batching:
+// writeFrame then returns once the frame is queued, and a write error shows on a later call.
+// The steady state allocates nothing.
 func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	defer rs.closeIfIdle()
+	if (len(b) >= directWriteMin && !fin) || rs.p.sess.conf.DisableBatching {
+		rs.mu.Lock()
+		err := rs.drainLocked() // what was queued before goes first
+		if err == nil {
+			err = rs.writePacket(id, off, b, fin)
+		}
+		rs.unlockAndDrain()
+		return err
+	}
+	bt := &rs.batch
+	bt.mu.Lock()
+	for bt.err == nil && len(bt.queue.data)+len(bt.queue.frames)*32 >= maxBatch {
+		bt.cond.Wait() // mu's holder is writing the queue
+	}
+	if err := bt.err; err != nil {
+		bt.mu.Unlock()
+		return err
+	}
+	q := &bt.queue
+	if n := len(q.frames); n > 0 && fin && len(b) == 0 {
+		// A fin right after its stream's last data: one frame says both.
+		if last := &q.frames[n-1]; last.StreamID == id && !last.Fin && last.Offset+uint64(len(last.Data)) == off {
+			last.Fin = true
+			bt.mu.Unlock()
+			rs.kick()
+			return nil
+		}
+	}
+	start := len(q.data)
+	q.data = append(q.data, b...)
+	q.frames = append(q.frames, wire.DataFrame{StreamID: id, Offset: off, Data: q.data[start:len(q.data):len(q.data)], Fin: fin})
+	bt.mu.Unlock()
+	rs.kick()
+	return nil
+}
+
+// kick writes the queue unless mu's holder is at it: that one drains the queue again after
+// letting mu go (unlockAndDrain), so no frame is left behind.
+func (rs *realStream) kick() {
+	if rs.mu.TryLock() {
+		rs.unlockAndDrain()
+	}
+}
+
+// drainLocked writes the queued frames until the queue is empty. rs.mu is held.
+func (rs *realStream) drainLocked() error {
+	bt := &rs.batch
+	for {
+		bt.mu.Lock()
+		if len(bt.queue.frames) == 0 {
+			err := bt.err
+			bt.mu.Unlock()
+			return err
+		}
+		// Double buffering: writers queue into the spare while this batch is written.
+		q := bt.queue
+		bt.queue, bt.spare = bt.spare, batchQueue{}
+		bt.queue.frames, bt.queue.data = bt.queue.frames[:0], bt.queue.data[:0]
+		bt.cond.Broadcast()
+		bt.mu.Unlock()
+		err := rs.writeFrames(q.frames)
+		clear(q.frames)
+		bt.mu.Lock()
+		bt.spare = q
+		if err != nil && bt.err == nil {
+			bt.err = err
+		}
+		bt.mu.Unlock()
+	}
+}
+
+// unlockAndDrain writes every queued frame and releases mu; a frame queued meanwhile by a
+// writer that could not take mu is written too. rs.mu is held.
+func (rs *realStream) unlockAndDrain() {
+	bt := &rs.batch
+	for {
+		rs.drainLocked()
+		rs.closeIfIdle()
+		rs.mu.Unlock()
+		bt.mu.Lock()
+		pending := len(bt.queue.frames) > 0
+		bt.mu.Unlock()
+		if !pending || !rs.mu.TryLock() {
+			return // nothing left, or the new holder drains it
+		}
+	}
+}
+
+// writeFrames writes frames in as few DataPackets as the peer's message size allows. rs.mu is
+// held.
+func (rs *realStream) writeFrames(frames []wire.DataFrame) error {
+	max := rs.p.peer.maxMessageSize
+	for len(frames) > 0 {
+		rs.pkt.PacketID = rs.p.nextPacket.Add(1) - 1
+		size := wire.DataPacketSize(&wire.DataPacket{PacketID: rs.pkt.PacketID})
+		n := 0
+		for n < len(frames) {
+			// The first frame always fits: a small frame is far below any message size.
+			if s := wire.PacketFrameSize(&frames[n]); n == 0 || size+s <= max {
+				size += s
+				n++
+				continue
+			}
+			break
+		}
+		rs.pkt.Frames = append(rs.pkt.Frames[:0], frames[:n]...)
+		frames = frames[n:]
+		rs.buf = wire.AppendDataPacketMessage(rs.buf[:0], &rs.pkt)
+		clear(rs.pkt.Frames)
+		if _, err := rs.qs.Write(rs.buf); err != nil {
+			return err
+		}
+		rs.p.stats.packetsSent.Add(1)
+		rs.p.stats.bytesSent.Add(uint64(len(rs.buf)))
+	}
+	return nil
+}
+
+// writePacket writes one DataPacket holding one frame. rs.mu is held.
+func (rs *realStream) writePacket(id, off uint64, b []byte, fin bool) error {
 	pn := rs.p.nextPacket.Add(1) - 1
 	var err error
 	size := 0

@@ -1,8 +1,10 @@
 package kwik
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"testing"
 )
 
@@ -86,6 +88,120 @@ func TestSendPoolSpread(t *testing.T) {
 	for _, rs := range pool.streams {
 		if rs.users != 4 {
 			t.Errorf("real stream carries %d logical streams, want 4", rs.users)
+		}
+	}
+}
+
+// Small frames that arrive while their real stream is busy go out together: fifty writers on
+// one real stream, held back by a write under way, cost one DataPacket, and every byte still
+// lands on its own logical stream.
+func TestBatching(t *testing.T) {
+	const n = 50
+	conf := &Config{StreamsPerRealStream: 64, MaxRealStreams: 1}
+	p := newPair(t, conf, conf)
+	ctx := testContext(t)
+	first, err := p.client.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Write([]byte("x")); err != nil { // opens the real stream, and keeps it
+		t.Fatal(err)
+	}
+	pool := &p.client.primary.pool
+	pool.mu.Lock()
+	rs := pool.streams[0]
+	pool.mu.Unlock()
+
+	rs.mu.Lock() // a write under way
+	before := p.client.primary.stats.packetsSent.Load()
+	streams := make([]Stream, n)
+	written := make(chan error, n)
+	for i := range streams {
+		if streams[i], err = p.client.OpenStreamSync(ctx); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			_, err := streams[i].Write(bytes.Repeat([]byte{byte(i)}, 100))
+			written <- err
+		}()
+	}
+	waitFor(t, func() bool {
+		rs.batch.mu.Lock()
+		defer rs.batch.mu.Unlock()
+		return len(rs.batch.queue.frames) == n
+	})
+	rs.unlockAndDrain()
+	for range n {
+		if err := <-written; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := p.client.primary.stats.packetsSent.Load() - before; got != 1 {
+		t.Fatalf("%d small frames queued behind a write went out in %d packets, want 1", n, got)
+	}
+	if _, err := p.server.AcceptStream(ctx); err != nil { // the first stream
+		t.Fatal(err)
+	}
+	for range n {
+		ss, err := p.server.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(streams, func(s Stream) bool { return s.StreamID() == ss.StreamID() })
+		b := make([]byte, 100)
+		if _, err := io.ReadFull(ss, b); err != nil || !bytes.Equal(b, bytes.Repeat([]byte{byte(i)}, 100)) {
+			t.Fatalf("stream %d: %v, %v", ss.StreamID(), b[:4], err)
+		}
+	}
+}
+
+// Many logical streams on two real streams write many small pieces at once: whatever the
+// batches, every stream receives exactly its bytes in order.
+func TestBatchingStress(t *testing.T) {
+	const streams, writes = 100, 30
+	conf := &Config{StreamsPerRealStream: 64, MaxRealStreams: 2, MaxIncomingStreams: streams}
+	p := newPair(t, conf, conf)
+	ctx := testContext(t)
+	errs := make(chan error, 2*streams)
+	index := make(map[uint64]int) // stream ID -> i
+	for i := range streams {
+		st, err := p.client.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		index[st.StreamID()] = i
+		go func() {
+			for w := range writes {
+				if _, err := st.Write(content(int64(i*writes+w)*7, 7)); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- st.Close()
+		}()
+	}
+	for range streams {
+		ss, err := p.server.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := index[ss.StreamID()]
+		go func() {
+			got, err := io.ReadAll(ss)
+			if err == nil && !bytes.Equal(got, content(int64(i*writes)*7, writes*7)) {
+				want := content(int64(i*writes)*7, writes*7)
+				k := 0
+				for k < len(got) && k < len(want) && got[k] == want[k] {
+					k++
+				}
+				err = fmt.Errorf("stream %d: %d bytes, not its own from byte %d: % x, want % x", ss.StreamID(), len(got), k, got[k:min(k+14, len(got))], want[k:min(k+14, len(want))])
+			}
+			errs <- err
+		}()
+	}
+	for range 2 * streams {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -35,10 +35,11 @@ type SessionStats struct {
 func (s *session) Stats() SessionStats {
 	var st SessionStats
 	s.paths.mu.Lock()
-	recs := append([]*pathRecord(nil), s.paths.records...)
+	recs := s.paths.records
 	infos := make([]PathInfo, len(recs))
+	conns := make([]*path, len(recs)) // r.p changes when a dead path is rejoined
 	for i, r := range recs {
-		infos[i] = r.info()
+		infos[i], conns[i] = r.info(), r.p
 	}
 	s.paths.mu.Unlock()
 
@@ -49,9 +50,9 @@ func (s *session) Stats() SessionStats {
 	}
 	s.clientDelegs.mu.Unlock()
 
-	for i, r := range recs {
+	for i := range infos {
 		ps := PathStats{PathInfo: infos[i]}
-		if p := r.p; p != nil {
+		if p := conns[i]; p != nil {
 			ps.BytesSent = p.stats.bytesSent.Load()
 			ps.BytesReceived = p.stats.bytesReceived.Load()
 			ps.PacketsSent = p.stats.packetsSent.Load()

@@ -214,12 +214,12 @@ func (r StreamsResult) PerSecond(d time.Duration) float64 {
 func (l *Loopback) SmallStreams(ctx context.Context, streams, n int) (StreamsResult, error) {
 	r := StreamsResult{Streams: streams, N: n}
 	for range n {
-		t, err := smallStreams(ctx, l.quic.client, l.quic.server, streams)
+		t, err := smallStreams(ctx, l.quic.client, l.quic.server, streams, 1<<10)
 		if err != nil {
 			return r, fmt.Errorf("quic-go small streams: %w", err)
 		}
 		r.QUIC += t
-		t, err = smallStreams(ctx, l.kwik.client, l.kwik.server, streams)
+		t, err = smallStreams(ctx, l.kwik.client, l.kwik.server, streams, 1<<10)
 		if err != nil {
 			return r, fmt.Errorf("KWIK small streams: %w", err)
 		}
@@ -228,7 +228,9 @@ func (l *Loopback) SmallStreams(ctx context.Context, streams, n int) (StreamsRes
 	return r, nil
 }
 
-func smallStreams(ctx context.Context, client, server conn, n int) (time.Duration, error) {
+// smallStreams runs n concurrent streams, each a request of size bytes that the server
+// echoes, and returns the time they all took.
+func smallStreams(ctx context.Context, client, server conn, n, size int) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var served sync.WaitGroup
@@ -250,7 +252,7 @@ func smallStreams(ctx context.Context, client, server conn, n int) (time.Duratio
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
-	req := make([]byte, 1<<10)
+	req := make([]byte, size)
 	for range n {
 		wg.Go(func() {
 			s, err := client.open(ctx)

@@ -11,8 +11,9 @@ import (
 // Field numbers of data.proto. The codec below must agree with pb.DataPacket byte for byte; the
 // tests and FuzzParseDataPacket compare the two.
 const (
-	packetIDField = 1 // DataPacket.packet_id, uint64
-	framesField   = 3 // DataPacket.frames, repeated DataFrame
+	packetIDField   = 1 // DataPacket.packet_id, uint64
+	framesField     = 3 // DataPacket.frames, repeated DataFrame
+	compressedField = 5 // DataPacket.compressed, bytes
 
 	streamIDField = 2 // DataFrame.logical_stream_id, uint64
 	offsetField   = 3 // DataFrame.offset, uint64
@@ -33,8 +34,9 @@ type DataFrame struct {
 
 // DataPacket is the unit of the data plane: the packet id is what the peer acknowledges.
 type DataPacket struct {
-	PacketID uint64      // per path and direction, from 0
-	Frames   []DataFrame // one or more
+	PacketID   uint64      // per path and direction, from 0
+	Frames     []DataFrame // one or more, unless Compressed holds them
+	Compressed []byte      // a zstd frame whose content is a DataPacket body of frames only
 }
 
 var (
@@ -61,6 +63,12 @@ func dataFrameSize(f *DataFrame) int {
 	return n
 }
 
+// PacketFrameSize returns what f adds to a DataPacket's body: DataPacketSize is the packet ID's
+// field plus the sum of its frames' PacketFrameSize.
+func PacketFrameSize(f *DataFrame) int {
+	return tagSize + protowire.SizeBytes(dataFrameSize(f))
+}
+
 // DataPacketSize returns the size of p's body, the length prefix excluded.
 func DataPacketSize(p *DataPacket) int {
 	n := 0
@@ -69,6 +77,9 @@ func DataPacketSize(p *DataPacket) int {
 	}
 	for i := range p.Frames {
 		n += tagSize + protowire.SizeBytes(dataFrameSize(&p.Frames[i]))
+	}
+	if len(p.Compressed) > 0 {
+		n += tagSize + protowire.SizeBytes(len(p.Compressed))
 	}
 	return n
 }
@@ -115,6 +126,10 @@ func appendDataPacket(b []byte, p *DataPacket) []byte {
 			b = protowire.AppendTag(b, finField, protowire.VarintType)
 			b = protowire.AppendVarint(b, protowire.EncodeBool(true))
 		}
+	}
+	if len(p.Compressed) > 0 {
+		b = protowire.AppendTag(b, compressedField, protowire.BytesType)
+		b = protowire.AppendBytes(b, p.Compressed)
 	}
 	return b
 }
@@ -191,6 +206,7 @@ func worstDataPacketSize(d uint64) uint64 {
 func ParseDataPacket(b []byte, p *DataPacket) error {
 	p.PacketID = 0
 	p.Frames = p.Frames[:0]
+	p.Compressed = nil
 	for len(b) > 0 {
 		num, typ, n, err := consumeTag(b)
 		if err != nil {
@@ -200,6 +216,8 @@ func ParseDataPacket(b []byte, p *DataPacket) error {
 		switch {
 		case num == packetIDField && typ == protowire.VarintType:
 			p.PacketID, n = protowire.ConsumeVarint(b)
+		case num == compressedField && typ == protowire.BytesType:
+			p.Compressed, n = protowire.ConsumeBytes(b)
 		case num == framesField && typ == protowire.BytesType:
 			var v []byte
 			if v, n = protowire.ConsumeBytes(b); n >= 0 {

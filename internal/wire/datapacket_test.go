@@ -14,7 +14,7 @@ import (
 )
 
 func toPB(p *DataPacket) *pb.DataPacket {
-	m := &pb.DataPacket{PacketId: p.PacketID}
+	m := &pb.DataPacket{PacketId: p.PacketID, Compressed: p.Compressed}
 	for _, f := range p.Frames {
 		m.Frames = append(m.Frames, &pb.DataFrame{LogicalStreamId: f.StreamID, Offset: f.Offset, Data: f.Data, Fin: f.Fin})
 	}
@@ -22,7 +22,7 @@ func toPB(p *DataPacket) *pb.DataPacket {
 }
 
 func fromPB(m *pb.DataPacket) *DataPacket {
-	p := &DataPacket{PacketID: m.GetPacketId()}
+	p := &DataPacket{PacketID: m.GetPacketId(), Compressed: m.GetCompressed()}
 	for _, f := range m.GetFrames() {
 		p.Frames = append(p.Frames, DataFrame{StreamID: f.LogicalStreamId, Offset: f.Offset, Data: f.Data, Fin: f.Fin})
 	}
@@ -31,7 +31,7 @@ func fromPB(m *pb.DataPacket) *DataPacket {
 
 // equalPackets treats nil and empty Data alike, as proto3 does.
 func equalPackets(a, b *DataPacket) bool {
-	if a.PacketID != b.PacketID || len(a.Frames) != len(b.Frames) {
+	if a.PacketID != b.PacketID || len(a.Frames) != len(b.Frames) || !bytes.Equal(a.Compressed, b.Compressed) {
 		return false
 	}
 	for i := range a.Frames {
@@ -68,7 +68,8 @@ func dataPackets() map[string]*DataPacket {
 		"largest varints": {PacketID: math.MaxUint64, Frames: []DataFrame{
 			{StreamID: math.MaxUint64, Offset: math.MaxUint64, Data: pattern(1, 1), Fin: true},
 		}},
-		"32 KiB": {PacketID: 77, Frames: []DataFrame{{StreamID: 5, Offset: 1 << 30, Data: pattern(32<<10, 5)}}},
+		"compressed": {PacketID: 12, Compressed: []byte{0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3}},
+		"32 KiB":     {PacketID: 77, Frames: []DataFrame{{StreamID: 5, Offset: 1 << 30, Data: pattern(32<<10, 5)}}},
 	}
 }
 

@@ -95,9 +95,12 @@ func (x *DataFrame) GetFin() bool {
 }
 
 type DataPacket struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	PacketId      uint64                 `protobuf:"varint,1,opt,name=packet_id,json=packetId,proto3" json:"packet_id,omitempty"` // per path, per direction, starting at 0, never reused
-	Frames        []*DataFrame           `protobuf:"bytes,3,rep,name=frames,proto3" json:"frames,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	PacketId uint64                 `protobuf:"varint,1,opt,name=packet_id,json=packetId,proto3" json:"packet_id,omitempty"` // per path, per direction, starting at 0, never reused
+	Frames   []*DataFrame           `protobuf:"bytes,3,rep,name=frames,proto3" json:"frames,omitempty"`
+	// A zstd frame holding a DataPacket body made of frames only, in place of frames, when the
+	// receiver announced it accepts compression (TransportParameters.compression).
+	Compressed    []byte `protobuf:"bytes,5,opt,name=compressed,proto3" json:"compressed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -142,6 +145,13 @@ func (x *DataPacket) GetPacketId() uint64 {
 func (x *DataPacket) GetFrames() []*DataFrame {
 	if x != nil {
 		return x.Frames
+	}
+	return nil
+}
+
+func (x *DataPacket) GetCompressed() []byte {
+	if x != nil {
+		return x.Compressed
 	}
 	return nil
 }
@@ -278,11 +288,14 @@ const file_data_proto_rawDesc = "" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x12\n" +
 	"\x04data\x18\x04 \x01(\fR\x04data\x12\x10\n" +
-	"\x03fin\x18\x05 \x01(\bR\x03finJ\x04\b\x01\x10\x02J\x04\b\x06\x10\aJ\x04\b\a\x10\b\"c\n" +
+	"\x03fin\x18\x05 \x01(\bR\x03finJ\x04\b\x01\x10\x02J\x04\b\x06\x10\aJ\x04\b\a\x10\b\"\x83\x01\n" +
 	"\n" +
 	"DataPacket\x12\x1b\n" +
 	"\tpacket_id\x18\x01 \x01(\x04R\bpacketId\x12,\n" +
-	"\x06frames\x18\x03 \x03(\v2\x14.kwik.data.DataFrameR\x06framesJ\x04\b\x02\x10\x03J\x04\b\x04\x10\x05\"\x8b\x01\n" +
+	"\x06frames\x18\x03 \x03(\v2\x14.kwik.data.DataFrameR\x06frames\x12\x1e\n" +
+	"\n" +
+	"compressed\x18\x05 \x01(\fR\n" +
+	"compressedJ\x04\b\x02\x10\x03J\x04\b\x04\x10\x05\"\x8b\x01\n" +
 	"\bAckFrame\x12\x15\n" +
 	"\x06ack_id\x18\x01 \x01(\x04R\x05ackId\x12\x17\n" +
 	"\apath_id\x18\x03 \x01(\tR\x06pathId\x12\x1c\n" +
