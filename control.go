@@ -27,7 +27,7 @@ type controlWriter struct {
 	mu            sync.Mutex
 	frames        []*pb.ControlFrame
 	written       []chan struct{} // closed once the frames queued before them are written
-	creates       []*stream // opened streams to announce, unless their data went first
+	creates       []*stream       // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
 	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
@@ -59,6 +59,7 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 			w.overflow = true
 			// The writer may be stuck in a Write that a peer who reads nothing never lets
 			// through: make it return, so that it fails the path now rather than never.
+			_ = w.p.ctrlStream.SetWriteDeadline(time.Now())
 		}
 	} else {
 		w.frames = append(w.frames, f)

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"io"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/jointoken"
@@ -213,6 +214,15 @@ func writeFrame(cs *quic.Stream, f *pb.ControlFrame) error {
 func readFrame(r *wire.Reader) (*pb.ControlFrame, error) {
 	body, err := r.Next()
 	if err != nil {
+		// As on an established path (path.fail): the handshake's peer gets KWIK's code for
+		// what it sent, not KWIK_INTERNAL.
+		var tooLarge *wire.MessageTooLargeError
+		switch {
+		case errors.As(err, &tooLarge):
+			return nil, &Error{Code: CodePacketTooLarge, Message: err.Error()}
+		case errors.Is(err, wire.ErrMalformed), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+			return nil, &Error{Code: CodeInvalidFrame, Message: err.Error()}
+		}
 		return nil, err
 	}
 	f := new(pb.ControlFrame)

@@ -3,6 +3,7 @@ package kwik
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 
@@ -72,6 +73,10 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	defer cancel()
 	sess, err := serverHandshake(ctx, conn, l.conf, l.replay)
 	if err != nil {
+		if l.ctx.Err() == nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+			// The peer did not authenticate in time: its failure, not the server's.
+			err = &Error{Code: CodeAuthFailed, Message: "no authentication within the handshake timeout"}
+		}
 		closeConnWith(conn, err)
 		return
 	}

@@ -69,7 +69,7 @@ func (s *session) pathError(pathID string) error {
 	r := s.paths.byID[pathID]
 	switch {
 	case r == nil:
-		return &Error{Code: CodePathNotFound, Message: pathID}
+		return &Error{Code: CodePathNotFound, Message: echoID(pathID)}
 	case r.status == PathDead:
 		return &Error{Code: CodePathDead, Message: pathID + ": " + r.reason}
 	case r.status != PathActive:
@@ -237,22 +237,39 @@ func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
 	return nil
 }
 
+// maxPathHistory bounds the paths a client session records (GetAllPaths): each join the
+// primary asks for is a record, however fast it fails, and the primary asks at will.
+const maxPathHistory = 1024
+
+// maxAddressLen bounds the address a primary may ask the client to join: a host name and a
+// port fit with room to spare.
+const maxAddressLen = 512
+
 // join (client) connects to a secondary at the primary's request, in the background, and
 // answers the primary when done.
 func (s *session) join(req *pb.AddPathRequest) {
 	fail := func(code ErrorCode, msg string) {
 		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
-			PathId: req.PathId, ErrorCode: pb.ErrorCode(code), ErrorMessage: msg,
+			PathId: echoID(req.PathId), ErrorCode: pb.ErrorCode(code), ErrorMessage: msg,
 		}}})
 	}
 	if req.SessionId != s.id || !validID(req.PathId, 8) {
 		fail(CodeAuthFailed, "request names another session or a malformed path ID")
 		return
 	}
+	if len(req.TargetAddress) > maxAddressLen {
+		fail(CodeInvalidFrame, "target address too long")
+		return
+	}
 	s.paths.mu.Lock()
 	if s.paths.byID[req.PathId] != nil {
 		s.paths.mu.Unlock()
 		fail(CodeInvalidFrame, "path ID already in use")
+		return
+	}
+	if len(s.paths.records) >= maxPathHistory {
+		s.paths.mu.Unlock()
+		fail(CodeInternal, "the session has tried too many paths")
 		return
 	}
 	live := 0
@@ -347,7 +364,7 @@ func (s *session) removePath(req *pb.RemovePathRequest) {
 		p = r.p
 	}
 	s.paths.mu.Unlock()
-	resp := &pb.RemovePathResponse{PathId: req.PathId, Success: ok}
+	resp := &pb.RemovePathResponse{PathId: echoID(req.PathId), Success: ok}
 	if !ok {
 		resp.ErrorMessage = "no such secondary path"
 	} else {
@@ -360,11 +377,15 @@ func (s *session) removePath(req *pb.RemovePathRequest) {
 
 // pathDied (client) handles the death of a secondary path: it alone ends, the primary is told.
 func (s *session) pathDied(p *path, err error) {
+	rejoin := s.conf.PathRetry.MaxRetries > 0 && !closedByPeer(err) && !violation(err)
 	s.paths.mu.Lock()
 	r := p.rec
 	changed := r.status == PathActive
 	if changed {
 		r.setStatus(PathDead, err.Error())
+		if violation(err) {
+			r.reason += "; not rejoined: the secondary broke the protocol"
+		}
 	}
 	s.paths.mu.Unlock()
 	s.log.Info("kwik: path dead", "path", p.id, "address", p.address, "reason", err.Error())
@@ -380,11 +401,26 @@ func (s *session) pathDied(p *path, err error) {
 		s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{
 			PathId: p.id, Status: pb.PathStatus_DEAD, Reason: err.Error(),
 		}}})
-		if s.conf.PathRetry.MaxRetries > 0 && !closedByPeer(err) {
+		if rejoin {
 			s.wg.Add(1)
 			go s.rejoin(r)
 		}
 	}
+}
+
+// violation says whether this client cut a path off because its secondary broke the protocol
+// (KWIK_INVALID_FRAME, KWIK_OFFSET_MISMATCH...): such a path is not rejoined, lest a hostile or
+// broken secondary be trusted with new delegations again, death after death.
+func violation(err error) bool {
+	var ke *Error
+	if !errors.As(err, &ke) || ke.Remote {
+		return false
+	}
+	switch ke.Code {
+	case CodeInvalidFrame, CodePacketTooLarge, CodeOffsetMismatch, CodeFlowControl, CodeStreamCreateFailed:
+		return true
+	}
+	return false
 }
 
 // closedByPeer says whether a path ended because its server closed it on purpose (an
@@ -476,7 +512,7 @@ func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, erro
 // handlePathTokenRequest (primary) gives the client a fresh token to rejoin a path it knows
 // as dead, and refuses any other (removed, unknown, alive, the primary's own).
 func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
-	resp := &pb.PathTokenResponse{PathId: req.PathId}
+	resp := &pb.PathTokenResponse{PathId: echoID(req.PathId)}
 	s.paths.mu.Lock()
 	r := s.paths.byID[req.PathId]
 	ok := r != nil && !r.primary && r.status == PathDead
@@ -487,11 +523,22 @@ func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
 	}
 	switch {
 	case !ok:
-		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodePathNotFound), "no dead path "+req.PathId+" to rejoin"
+		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodePathNotFound), "no dead path "+echoID(req.PathId)+" to rejoin"
 	case err != nil || len(resp.JoinToken) == 0:
 		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeInternal), "cannot issue a token"
 	}
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenResponse{PathTokenResponse: resp}})
+}
+
+// echoID returns a path ID a peer sent, fit to go back in an answer or an error: a malformed
+// one, which may be as long as a message, becomes a placeholder. Answers must stay small: a
+// peer that reads none of them piles them up in this side's control queue, which is bounded
+// in frames.
+func echoID(id string) string {
+	if validID(id, 8) {
+		return id
+	}
+	return "(malformed path ID)"
 }
 
 // livePath returns the connection of an active path (client side).
@@ -503,7 +550,7 @@ func (s *session) livePath(pathID string) (*path, error) {
 	defer s.paths.mu.Unlock()
 	r := s.paths.byID[pathID]
 	if r == nil || r.p == nil {
-		return nil, &Error{Code: CodePathNotFound, Message: pathID}
+		return nil, &Error{Code: CodePathNotFound, Message: echoID(pathID)}
 	}
 	return r.p, nil
 }
