@@ -82,6 +82,13 @@ type Config struct {
 	// 0 means 1 MiB.
 	MaxPendingRawData int
 
+	// Compression compresses DataPackets with zstd where it pays (it skips data that does not
+	// shrink), towards peers that enabled it too: it is negotiated per path in the handshake.
+	// Off by default, and best left off when one session carries both secrets and data an
+	// attacker chooses: the size of compressed packets then tells the attacker how much of
+	// its guess matched the secret (the CRIME and BREACH attacks on TLS and HTTP).
+	Compression bool
+
 	// DisableBatching sends every small write in a DataPacket of its own. By default, small
 	// frames of the logical streams that share a real QUIC stream are batched: those that
 	// arrive while a write is under way go together in the next packet (a lone frame leaves

@@ -103,7 +103,10 @@ func (p *path) acceptData() {
 func (p *path) readData(qs *quic.ReceiveStream) {
 	defer p.sess.wg.Done()
 	r := wire.NewReader(qs, p.sess.conf.MaxMessageSize)
-	var pkt wire.DataPacket
+	var (
+		pkt, inner wire.DataPacket
+		zbuf       []byte // decompressed frames
+	)
 	for {
 		body, err := r.Next()
 		if err != nil {
@@ -120,8 +123,20 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 			p.fail(&Error{Code: CodeInvalidFrame, Message: "packet IDs too scattered"})
 			return
 		}
-		for i := range pkt.Frames {
-			f := &pkt.Frames[i]
+		frames := pkt.Frames
+		if len(pkt.Compressed) > 0 {
+			if len(pkt.Frames) > 0 || !p.sess.conf.Compression {
+				p.fail(&Error{Code: CodeInvalidFrame, Message: "compressed data packet not negotiated, or mixed with plain frames"})
+				return
+			}
+			if zbuf, err = decompress(pkt.Compressed, zbuf, p.sess.conf.MaxMessageSize, &inner); err != nil {
+				p.fail(err)
+				return
+			}
+			frames = inner.Frames
+		}
+		for i := range frames {
+			f := &frames[i]
 			var s *stream
 			var err error
 			switch {
@@ -141,8 +156,8 @@ func (p *path) readData(qs *quic.ReceiveStream) {
 				return
 			}
 		}
-		if cap(pkt.Frames) > 64 {
-			pkt.Frames = nil // do not keep a hostile packet's frame table
+		if cap(pkt.Frames) > 64 || cap(inner.Frames) > 64 {
+			pkt.Frames, inner.Frames = nil, nil // do not keep a hostile packet's frame table
 		}
 	}
 }
@@ -235,17 +250,18 @@ type realStream struct {
 	mu  sync.Mutex // serialises messages on qs
 	buf []byte
 	pkt wire.DataPacket
+	z   compressor
 
 	// Batching: a small frame is copied into the queue and its Write returns; whoever holds
 	// mu writes every queued frame, in as few DataPackets as fit, before letting mu go. A lone
 	// frame's writer takes mu and sends it at once; frames that arrive while a write is under
 	// way wait in the queue for that write's end, and go out together.
 	batch struct {
-		mu     sync.Mutex
-		cond   sync.Cond // on mu: the queue was taken (room for more)
-		queue  batchQueue
-		spare  batchQueue
-		err    error // the first write error; later frames fail with it
+		mu    sync.Mutex
+		cond  sync.Cond // on mu: the queue was taken (room for more)
+		queue batchQueue
+		spare batchQueue
+		err   error // the first write error; later frames fail with it
 	}
 }
 
@@ -449,8 +465,15 @@ func (rs *realStream) writeFrames(frames []wire.DataFrame) error {
 		}
 		rs.pkt.Frames = append(rs.pkt.Frames[:0], frames[:n]...)
 		frames = frames[n:]
+		if rs.compressing() {
+			if z := rs.z.compress(rs.pkt.Frames); z != nil {
+				clear(rs.pkt.Frames)
+				rs.pkt.Frames, rs.pkt.Compressed = rs.pkt.Frames[:0], z
+			}
+		}
 		rs.buf = wire.AppendDataPacketMessage(rs.buf[:0], &rs.pkt)
 		clear(rs.pkt.Frames)
+		rs.pkt.Compressed = nil
 		if _, err := rs.qs.Write(rs.buf); err != nil {
 			return err
 		}
@@ -460,8 +483,17 @@ func (rs *realStream) writeFrames(frames []wire.DataFrame) error {
 	return nil
 }
 
+// compressing says whether this real stream's packets may be compressed (Config.Compression,
+// on both sides of the path).
+func (rs *realStream) compressing() bool {
+	return rs.p.sess.conf.Compression && rs.p.peer.zstd
+}
+
 // writePacket writes one DataPacket holding one frame. rs.mu is held.
 func (rs *realStream) writePacket(id, off uint64, b []byte, fin bool) error {
+	if rs.compressing() {
+		return rs.writeFrames([]wire.DataFrame{{StreamID: id, Offset: off, Data: b, Fin: fin}})
+	}
 	pn := rs.p.nextPacket.Add(1) - 1
 	var err error
 	size := 0

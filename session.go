@@ -62,6 +62,7 @@ type peerParams struct {
 	maxFrameData   int
 	streamWindow   uint64
 	maxStreams     uint64
+	zstd           bool // accepts compressed DataPackets
 }
 
 func (c *Config) params() *pb.TransportParameters {
@@ -69,6 +70,7 @@ func (c *Config) params() *pb.TransportParameters {
 		MaxMessageSize:      uint64(c.MaxMessageSize),
 		MaxIncomingStreams:  uint64(c.MaxIncomingStreams),
 		StreamReceiveWindow: uint64(c.StreamReceiveWindow),
+		Compression:         compressionFlags(c.Compression),
 	}
 }
 
@@ -91,6 +93,7 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 		if tp.MaxIncomingStreams != 0 {
 			pp.maxStreams = min(tp.MaxIncomingStreams, 1<<40)
 		}
+		pp.zstd = tp.Compression&compressZstd != 0
 	}
 	pp.maxFrameData = wire.MaxFrameData(pp.maxMessageSize)
 	return pp, nil
