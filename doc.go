@@ -48,6 +48,10 @@
 // every side. RemovePath closes a secondary cleanly. SendRawData relays bytes through the
 // client to any server of the session, which reads them with ReceiveRawData.
 //
+// A client rejoins a secondary path that died (silent, or its connection failed) as
+// Config.PathRetry says, under the same path ID with a fresh token from the primary; a path the
+// primary removed, or one cut off for a protocol violation, is never rejoined.
+//
 // # Delegation
 //
 // On the primary, Stream.Delegate(pathID, length, request) reserves the next length bytes of
@@ -58,6 +62,13 @@
 // Delegation.Wait returns nil once the client holds the range, or a *DelegationError naming
 // the undelivered suffix (the path died, or the secondary closed short), which Stream.WriteAt
 // fills, even after Close. Fanout and ServeFanout do all of this for a known-size resource.
+//
+// # Batching and compression
+//
+// Small frames of the logical streams that share a real QUIC stream are batched: those written
+// while a write is under way leave together in the next DataPacket, and a lone one leaves at
+// once (Config.DisableBatching turns this off). Config.Compression compresses DataPackets with
+// zstd where it pays, on paths whose both sides enable it.
 //
 // # Observability
 //
@@ -84,5 +95,6 @@
 //   - SendRawData travels on the control streams, in order with control frames, and is
 //     dropped (and counted in SessionStats.RawDataDropped) beyond Config.MaxPendingRawData
 //     when the receiver does not call ReceiveRawData.
-//   - A dead path is not retried: the primary may AddPath the same address again.
+//   - Compression (Config.Compression) is off by default: compressing secrets next to data an
+//     attacker chooses leaks them through packet sizes (CRIME, BREACH).
 package kwik
