@@ -100,15 +100,20 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// kwikThroughLink has a primary behind a fresh link send data to a client on one stream.
-func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link netsim.Config, data []byte, compress bool) (time.Duration, uint64, error) {
-	conf := &kwik.Config{Compression: compress, StreamReceiveWindow: 8 << 20}
-	ln, err := kwik.Listen("127.0.0.1:0", serverTLS, conf)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer ln.Close()
-	r, err := netsim.NewRelay("127.0.0.1:0", ln.Addr().String(), link)
+// endpoint is one side of a download: its connection as a conn, what ends it, and what it
+// has put on the wire.
+type endpoint struct {
+	c     conn
+	done  context.Context
+	wire  func() uint64
+	close func()
+}
+
+// downloadThroughLink has a server behind a fresh link to listenAddr send data to a client on
+// one stream, and returns how long the client took and what the server put on the wire.
+func downloadThroughLink(ctx context.Context, listenAddr string, link netsim.Config, data []byte,
+	accept func(context.Context) (endpoint, error), dial func(context.Context, string) (endpoint, error)) (time.Duration, uint64, error) {
+	r, err := netsim.NewRelay("127.0.0.1:0", listenAddr, link)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -119,28 +124,28 @@ func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link
 	}
 	done := make(chan sent, 1)
 	go func() {
-		s, err := ln.Accept(ctx)
+		e, err := accept(ctx)
 		if err != nil {
 			done <- sent{err: err}
 			return
 		}
-		defer s.Close()
-		st, err := s.OpenStreamSync(ctx)
+		defer e.close()
+		st, err := e.c.open(ctx)
 		if err == nil {
 			if _, err = st.Write(data); err == nil {
 				err = st.Close()
 			}
 		}
-		<-s.Context().Done() // the client closes when it has everything
-		done <- sent{s.Stats().Paths[0].QUIC.BytesSent, err}
+		<-e.done.Done() // the client closes when it has everything
+		done <- sent{e.wire(), err}
 	}()
 	start := time.Now()
-	c, err := kwik.Dial(ctx, r.Addr().String(), clientTLS, conf)
+	e, err := dial(ctx, r.Addr().String())
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, err // accept returns when its listener closes
 	}
-	defer c.Close()
-	st, err := c.AcceptStream(ctx)
+	defer e.close()
+	st, err := e.c.accept(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -149,9 +154,37 @@ func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link
 		return 0, 0, fmt.Errorf("%d bytes, %v", len(got), err)
 	}
 	elapsed := time.Since(start)
-	c.Close()
+	e.close()
 	s := <-done
 	return elapsed, s.wire, s.err
+}
+
+// kwikThroughLink downloads data from a KWIK primary.
+func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link netsim.Config, data []byte, compress bool) (time.Duration, uint64, error) {
+	conf := &kwik.Config{Compression: compress, StreamReceiveWindow: 8 << 20}
+	ln, err := kwik.Listen("127.0.0.1:0", serverTLS, conf)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer ln.Close()
+	session := func(s kwik.Session) endpoint {
+		return endpoint{kwikConn{s}, s.Context(), func() uint64 { return s.Stats().Paths[0].QUIC.BytesSent }, func() { s.Close() }}
+	}
+	return downloadThroughLink(ctx, ln.Addr().String(), link, data,
+		func(ctx context.Context) (endpoint, error) {
+			s, err := ln.Accept(ctx)
+			if err != nil {
+				return endpoint{}, err
+			}
+			return session(s), nil
+		},
+		func(ctx context.Context, addr string) (endpoint, error) {
+			s, err := kwik.Dial(ctx, addr, clientTLS, conf)
+			if err != nil {
+				return endpoint{}, err
+			}
+			return session(s), nil
+		})
 }
 
 // quicThroughLink does the same with raw quic-go.
@@ -165,48 +198,22 @@ func quicThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link
 		return 0, 0, err
 	}
 	defer ln.Close()
-	r, err := netsim.NewRelay("127.0.0.1:0", ln.Addr().String(), link)
-	if err != nil {
-		return 0, 0, err
+	connection := func(c *quic.Conn) endpoint {
+		return endpoint{quicConn{c}, c.Context(), func() uint64 { return c.ConnectionStats().BytesSent }, func() { c.CloseWithError(0, "") }}
 	}
-	defer r.Close()
-	type sent struct {
-		wire uint64
-		err  error
-	}
-	done := make(chan sent, 1)
-	go func() {
-		c, err := ln.Accept(ctx)
-		if err != nil {
-			done <- sent{err: err}
-			return
-		}
-		defer c.CloseWithError(0, "")
-		st, err := c.OpenStreamSync(ctx)
-		if err == nil {
-			if _, err = st.Write(data); err == nil {
-				err = st.Close()
+	return downloadThroughLink(ctx, ln.Addr().String(), link, data,
+		func(ctx context.Context) (endpoint, error) {
+			c, err := ln.Accept(ctx)
+			if err != nil {
+				return endpoint{}, err
 			}
-		}
-		<-c.Context().Done()
-		done <- sent{c.ConnectionStats().BytesSent, err}
-	}()
-	start := time.Now()
-	c, err := quic.DialAddr(ctx, r.Addr().String(), ctls, nil)
-	if err != nil {
-		return 0, 0, err
-	}
-	defer c.CloseWithError(0, "")
-	st, err := c.AcceptStream(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	got, err := io.ReadAll(st)
-	if err != nil || !bytes.Equal(got, data) {
-		return 0, 0, fmt.Errorf("%d bytes, %v", len(got), err)
-	}
-	elapsed := time.Since(start)
-	c.CloseWithError(0, "")
-	s := <-done
-	return elapsed, s.wire, s.err
+			return connection(c), nil
+		},
+		func(ctx context.Context, addr string) (endpoint, error) {
+			c, err := quic.DialAddr(ctx, addr, ctls, nil)
+			if err != nil {
+				return endpoint{}, err
+			}
+			return connection(c), nil
+		})
 }
