@@ -106,6 +106,9 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	if pathID == sess.primary.id {
 		return nil, errors.New("kwik: Delegate: the primary path is the primary's own: Write instead")
 	}
+	if sess.ctx.Err() != nil {
+		return nil, sess.closeErr()
+	}
 	if err := sess.pathError(pathID); err != nil {
 		return nil, err
 	}
@@ -634,6 +637,9 @@ func (ds *delegatedStream) Write(b []byte) (int, error) {
 		ds.send.written += chunk
 		ds.send.mu.Unlock()
 		if err := rs.writeFrame(ds.streamID, cur, b[:chunk], false); err != nil {
+			if ds.sess.ctx.Err() == nil && ds.p.conn.Context().Err() != nil {
+				ds.p.fail(err) // the connection ended before the session heard: report it now
+			}
 			if ds.sess.ctx.Err() != nil {
 				return n, ds.sess.closeErr()
 			}

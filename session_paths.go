@@ -328,7 +328,13 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 		err = &Error{Code: CodeAuthFailed, Message: "the secondary answered for another session or path"}
 	}
 	if err != nil {
-		closeConnWith(conn, err)
+		if s.ctx.Err() != nil {
+			// The session ended mid-join: tell the secondary so, as below, rather than
+			// KWIK_INTERNAL.
+			_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "session closed")
+		} else {
+			closeConnWith(conn, err)
+		}
 		return err
 	}
 	path := newPath(s, conn, rec.id, rec.address, false, false, p.stream, p.reader, p.peer)
