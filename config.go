@@ -41,6 +41,17 @@ type Config struct {
 	// may send ahead of this side's Read, and so the most memory one stream holds. 0 means 1 MiB.
 	StreamReceiveWindow int
 
+	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
+	// together, and so the memory they hold. Every stream starts with a small initial window
+	// (StreamReceiveWindow, at most MaxSessionReceiveWindow/MaxIncomingStreams and at least
+	// 64 KiB) granted whatever the total; beyond it, credit up to StreamReceiveWindow comes from
+	// the session's budget as the application reads. The receive memory of a session is thus
+	// at most MaxSessionReceiveWindow plus the initial windows of its open streams. As with
+	// QUIC's connection flow control, an application that leaves streams unread while the
+	// budget lasts can stall the others. 0 means the larger of 16 MiB and 4 StreamReceiveWindows;
+	// it must be at least StreamReceiveWindow.
+	MaxSessionReceiveWindow int
+
 	// MaxMessageSize is the largest message (control frame or data packet, length prefix
 	// excluded) this side accepts; the peer sizes its data packets to it. 0 means 64 KiB.
 	// It must be between 4 KiB and 16 MiB.
@@ -139,6 +150,8 @@ const (
 	defaultMaxRealStreams       = 64
 	defaultMaxIncomingStreams   = 100
 	defaultStreamReceiveWindow  = 1 << 20
+	defaultSessionReceiveWindow = 16 << 20
+	minInitialStreamWindow      = 64 << 10
 	defaultMaxMessageSize       = 64 << 10
 	defaultHandshakeTimeout     = 10 * time.Second
 	defaultJoinTokenTTL         = 15 * time.Second
@@ -154,6 +167,13 @@ const (
 	maxMessageSize              = 16 << 20
 	maxStreamReceiveWindow      = 1 << 30
 )
+
+// initialStreamWindow is the credit every stream starts with (see MaxSessionReceiveWindow).
+// c is populated.
+func (c *Config) initialStreamWindow() uint64 {
+	w := max(c.MaxSessionReceiveWindow/c.MaxIncomingStreams, minInitialStreamWindow)
+	return uint64(min(c.StreamReceiveWindow, w))
+}
 
 // populate returns a copy of c with every default filled in, or an error for a bad value.
 func (c *Config) populate() (*Config, error) {
@@ -182,6 +202,15 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.StreamReceiveWindow > maxStreamReceiveWindow {
 		return nil, fmt.Errorf("kwik: StreamReceiveWindow %d above %d", conf.StreamReceiveWindow, maxStreamReceiveWindow)
+	}
+	if conf.MaxSessionReceiveWindow < 0 {
+		return nil, errors.New("kwik: negative MaxSessionReceiveWindow")
+	}
+	if conf.MaxSessionReceiveWindow == 0 {
+		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 4*conf.StreamReceiveWindow)
+	}
+	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow {
+		return nil, fmt.Errorf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow)
 	}
 	if conf.MaxMessageSize == 0 {
 		conf.MaxMessageSize = defaultMaxMessageSize

@@ -81,8 +81,9 @@
 //
 // # Limitations
 //
-//   - Receive memory is bounded per stream (Config.StreamReceiveWindow) times the number of
-//     streams (Config.MaxIncomingStreams); there is no separate per-session credit.
+//   - Receive memory is bounded per session (Config.MaxSessionReceiveWindow, plus each open
+//     stream's small initial window). As with QUIC's connection flow control, streams left
+//     unread while they hold the whole budget can stall the streams the application reads.
 //   - A Write blocked inside QUIC itself (not on KWIK's credit) is not interrupted by its
 //     deadline or by CancelWrite: receivers always drain their real streams, so such waits last
 //     about one message's sending time, unless the path is dead, in which case the Write fails

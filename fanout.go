@@ -74,7 +74,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	if o.ChunkSize <= 0 {
 		window := int64(defaultStreamReceiveWindow)
 		if s, ok := st.(*stream); ok {
-			window = int64(s.path.peer.streamWindow)
+			window = int64(s.path.peer.windowMax)
 		}
 		o.ChunkSize = min(max(window/int64(o.MaxInFlight*(len(paths)+1)+1), 16<<10), 256<<10)
 	}

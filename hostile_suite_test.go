@@ -1418,6 +1418,9 @@ var secondaryAttacks = []secondaryAttack{
 			d := delegate(t, p, h, id, 1000, 2*defaultStreamReceiveWindow, 1000)
 			max := d.assign.MaxOffset
 			h.data(t, h.packet(frame(d.assign.LogicalStreamId, max, content(int64(max), 1), false)))
+			// Read only once the path is cut off: reading grants more credit, which would make
+			// the byte legitimate if it arrived after.
+			waitFor(t, func() bool { _, ok := pathByID(p.client.GetDeadPaths(), id); return ok })
 			failedFor(t, d.check(t), id)
 		},
 	},

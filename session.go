@@ -51,6 +51,8 @@ type session struct {
 
 	raw rawState
 
+	credit sessionCredit // receive credit of all the streams together
+
 	delegs       primaryDelegations   // primary: delegations awaiting the client's verdict
 	clientDelegs clientDelegations    // client: reservations by delegation ID
 	secondary    secondaryDelegations // secondary: delegations as streams
@@ -60,17 +62,19 @@ type session struct {
 type peerParams struct {
 	maxMessageSize int
 	maxFrameData   int
-	streamWindow   uint64
+	streamWindow   uint64 // initial credit of every stream
+	windowMax      uint64 // the credit the peer keeps ahead of its reads, at most
 	maxStreams     uint64
 	zstd           bool // accepts compressed DataPackets
 }
 
 func (c *Config) params() *pb.TransportParameters {
 	return &pb.TransportParameters{
-		MaxMessageSize:      uint64(c.MaxMessageSize),
-		MaxIncomingStreams:  uint64(c.MaxIncomingStreams),
-		StreamReceiveWindow: uint64(c.StreamReceiveWindow),
-		Compression:         compressionFlags(c.Compression),
+		MaxMessageSize:         uint64(c.MaxMessageSize),
+		MaxIncomingStreams:     uint64(c.MaxIncomingStreams),
+		StreamReceiveWindow:    c.initialStreamWindow(),
+		MaxStreamReceiveWindow: uint64(c.StreamReceiveWindow),
+		Compression:            compressionFlags(c.Compression),
 	}
 }
 
@@ -94,7 +98,9 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 			pp.maxStreams = min(tp.MaxIncomingStreams, 1<<40)
 		}
 		pp.zstd = tp.Compression&compressZstd != 0
+		pp.windowMax = min(tp.MaxStreamReceiveWindow, maxStreamReceiveWindow)
 	}
+	pp.windowMax = max(pp.windowMax, pp.streamWindow)
 	pp.maxFrameData = wire.MaxFrameData(pp.maxMessageSize)
 	return pp, nil
 }
@@ -108,6 +114,7 @@ func newSession(role Role, id string, conf *Config) *session {
 	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
 	s.paths.tokens = make(map[string]chan *pb.PathTokenResponse)
 	s.raw.init()
+	s.credit.max = uint64(conf.MaxSessionReceiveWindow)
 	s.delegs.byID = make(map[uint64]*Delegation)
 	s.clientDelegs.byID = make(map[uint64]*delegationRecord)
 	s.secondary.byStream = make(map[uint64][]*delegatedStream)

@@ -32,6 +32,8 @@ type stream struct {
 		buf       data.RecvBuffer
 		window    uint64 // receive credit granted beyond the read offset
 		maxOffset uint64 // credit granted so far: the peer may send bytes below it
+		initial   uint64 // credit the stream holds without borrowing from the session
+		borrowed  uint64 // credit beyond initial, lent by the session (sessionCredit)
 		finalSize uint64
 		finKnown  bool
 		err       error // reset by the peer, or canceled here
@@ -82,7 +84,8 @@ func newStream(id uint64, sess *session, p *path) *stream {
 	}
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
 	s.recv.window = uint64(sess.conf.StreamReceiveWindow)
-	s.recv.maxOffset = s.recv.window
+	s.recv.initial = sess.conf.initialStreamWindow()
+	s.recv.maxOffset = s.recv.initial
 	s.send.maxOffset = p.peer.streamWindow
 	return s
 }
@@ -154,22 +157,13 @@ func (s *stream) Read(p []byte) (int, error) {
 		if n := s.recv.buf.Read(p); n > 0 {
 			off := s.recv.buf.ReadOffset()
 			eof := s.recv.finKnown && off == s.recv.finalSize
-			// Grant more credit once a quarter of the window has been read, so the sender
-			// never waits on a loopback-speed reader.
-			var grant uint64
-			// (A known final size may still lie beyond the credit: delegated ranges and their
-			// refills come after the primary's fin.)
-			if (!s.recv.finKnown || s.recv.maxOffset < s.recv.finalSize) && s.recv.maxOffset-off <= s.recv.window*3/4 {
-				s.recv.maxOffset = off + s.recv.window
-				grant = s.recv.maxOffset
-				// Secondaries filling delegated ranges get the same credit.
-				for _, d := range s.recv.delegs {
-					d.path.ctrl.queueMaxStreamData(s.id, grant)
-				}
-			}
+			grant, wake := s.grantLocked()
 			s.recv.mu.Unlock()
 			if grant > 0 {
 				s.path.ctrl.queueMaxStreamData(s.id, grant)
+			}
+			if wake {
+				s.sess.serveStalled()
 			}
 			if eof {
 				s.finishRecv()
@@ -282,10 +276,14 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	// until then it counts against the peer's stream limit, as in QUIC.
 	s.recv.err = s.streamError(code, true)
 	s.recv.done = true
+	wake := s.endRecvLocked()
 	s.recv.buf.Release()
 	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
+	if wake {
+		s.sess.serveStalled()
+	}
 	for _, d := range delegs {
 		s.sess.failDelegation(d, CodeInternal, "the primary reset the stream")
 	}
@@ -302,10 +300,14 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	}
 	s.recv.err = s.streamError(code, false)
 	s.recv.done = true
+	wake := s.endRecvLocked()
 	s.recv.buf.Release()
 	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
+	if wake {
+		s.sess.serveStalled()
+	}
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: s.id, ErrorCode: uint64(code)}}})
 	for _, d := range delegs {
 		s.sess.failDelegation(d, CodeInternal, "the client canceled reading")
@@ -316,9 +318,16 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 // finishRecv ends the receive half once Read has reached the final size.
 func (s *stream) finishRecv() {
 	s.recv.mu.Lock()
-	s.recv.done = true
+	wake := false
+	if !s.recv.done {
+		s.recv.done = true
+		wake = s.endRecvLocked()
+	}
 	s.recv.buf.Release()
 	s.recv.mu.Unlock()
+	if wake {
+		s.sess.serveStalled()
+	}
 	s.completeRecv()
 }
 

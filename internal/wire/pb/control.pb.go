@@ -463,13 +463,14 @@ func (*ControlFrame_PathTokenResponse) isControlFrame_Payload() {}
 
 // Limits a peer announces in the handshake; zero means "the protocol default" (docs/PROTOCOL.md).
 type TransportParameters struct {
-	state               protoimpl.MessageState `protogen:"open.v1"`
-	MaxMessageSize      uint64                 `protobuf:"varint,1,opt,name=max_message_size,json=maxMessageSize,proto3" json:"max_message_size,omitempty"`                // largest length-prefixed message it accepts, prefix excluded
-	MaxIncomingStreams  uint64                 `protobuf:"varint,2,opt,name=max_incoming_streams,json=maxIncomingStreams,proto3" json:"max_incoming_streams,omitempty"`    // logical streams the other side may open at first
-	StreamReceiveWindow uint64                 `protobuf:"varint,3,opt,name=stream_receive_window,json=streamReceiveWindow,proto3" json:"stream_receive_window,omitempty"` // initial send credit for every logical stream
-	Compression         uint32                 `protobuf:"varint,4,opt,name=compression,proto3" json:"compression,omitempty"`                                              // bit 0: accepts zstd-compressed DataPackets (DataPacket.compressed)
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	MaxMessageSize         uint64                 `protobuf:"varint,1,opt,name=max_message_size,json=maxMessageSize,proto3" json:"max_message_size,omitempty"`                           // largest length-prefixed message it accepts, prefix excluded
+	MaxIncomingStreams     uint64                 `protobuf:"varint,2,opt,name=max_incoming_streams,json=maxIncomingStreams,proto3" json:"max_incoming_streams,omitempty"`               // logical streams the other side may open at first
+	StreamReceiveWindow    uint64                 `protobuf:"varint,3,opt,name=stream_receive_window,json=streamReceiveWindow,proto3" json:"stream_receive_window,omitempty"`            // initial send credit for every logical stream
+	Compression            uint32                 `protobuf:"varint,4,opt,name=compression,proto3" json:"compression,omitempty"`                                                         // bit 0: accepts zstd-compressed DataPackets (DataPacket.compressed)
+	MaxStreamReceiveWindow uint64                 `protobuf:"varint,5,opt,name=max_stream_receive_window,json=maxStreamReceiveWindow,proto3" json:"max_stream_receive_window,omitempty"` // the credit a stream may grow to ahead of the reads (0: stream_receive_window)
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *TransportParameters) Reset() {
@@ -526,6 +527,13 @@ func (x *TransportParameters) GetStreamReceiveWindow() uint64 {
 func (x *TransportParameters) GetCompression() uint32 {
 	if x != nil {
 		return x.Compression
+	}
+	return 0
+}
+
+func (x *TransportParameters) GetMaxStreamReceiveWindow() uint64 {
+	if x != nil {
+		return x.MaxStreamReceiveWindow
 	}
 	return 0
 }
@@ -1950,12 +1958,13 @@ const file_control_proto_rawDesc = "" +
 	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatus\x12N\n" +
 	"\x12path_token_request\x18\x1f \x01(\v2\x1e.kwik.control.PathTokenRequestH\x00R\x10pathTokenRequest\x12Q\n" +
 	"\x13path_token_response\x18  \x01(\v2\x1f.kwik.control.PathTokenResponseH\x00R\x11pathTokenResponseB\t\n" +
-	"\apayload\"\xc7\x01\n" +
+	"\apayload\"\x82\x02\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
 	"\x14max_incoming_streams\x18\x02 \x01(\x04R\x12maxIncomingStreams\x122\n" +
 	"\x15stream_receive_window\x18\x03 \x01(\x04R\x13streamReceiveWindow\x12 \n" +
-	"\vcompression\x18\x04 \x01(\rR\vcompression\"\xc6\x01\n" +
+	"\vcompression\x18\x04 \x01(\rR\vcompression\x129\n" +
+	"\x19max_stream_receive_window\x18\x05 \x01(\x04R\x16maxStreamReceiveWindow\"\xc6\x01\n" +
 	"\x15AuthenticationRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12 \n" +

@@ -1,0 +1,145 @@
+package kwik
+
+import "sync"
+
+// sessionCredit bounds the receive credit of all a session's logical streams together
+// (Config.MaxSessionReceiveWindow), as QUIC's connection-level flow control does, without a
+// frame of its own: the receiver simply grants a stream more credit only while the session's
+// total stays within the bound. Every stream holds up to its initial window
+// (Config.initialStreamWindow) of credit on its own; credit beyond that is borrowed from the
+// session's budget when the stream grows its window as the application reads, and given back
+// as the reads catch up or the stream ends. A stream that wanted to borrow and found too
+// little is remembered and served when credit comes back.
+//
+// Lock order: a stream's recv.mu, then sessionCredit.mu.
+type sessionCredit struct {
+	max uint64
+
+	mu      sync.Mutex
+	lent    uint64               // borrowed by the streams, all together
+	stalled map[*stream]struct{} // streams that wanted more than was left
+}
+
+// minGrant is the least credit worth a MaxStreamData frame, unless a stream has none left.
+const minGrant = 16 << 10
+
+// exchange takes back what s returns and lends it up to need more, if at least least is left
+// (otherwise nothing, and s is remembered as stalled). It reports whether stalled streams may
+// now be served.
+func (c *sessionCredit) exchange(s *stream, returned, need, least uint64) (lent uint64, wake bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lent -= min(returned, c.lent)
+	if need > 0 {
+		left := c.max - min(c.lent, c.max)
+		if g := min(need, left); g > 0 && g >= least {
+			lent = g
+			c.lent += g
+			delete(c.stalled, s)
+		} else {
+			if c.stalled == nil {
+				c.stalled = make(map[*stream]struct{})
+			}
+			c.stalled[s] = struct{}{}
+		}
+	}
+	return lent, len(c.stalled) > 0 && c.lent+minGrant <= c.max
+}
+
+// pressed says whether half the budget is lent.
+func (c *sessionCredit) pressed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lent > c.max/2
+}
+
+// forget takes back a finished stream's loan and stops serving it.
+func (c *sessionCredit) forget(s *stream, returned uint64) (wake bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lent -= min(returned, c.lent)
+	delete(c.stalled, s)
+	return len(c.stalled) > 0 && c.lent+minGrant <= c.max
+}
+
+// takeStalled returns the stalled streams and forgets them: those still short re-register.
+func (c *sessionCredit) takeStalled() []*stream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*stream, 0, len(c.stalled))
+	for s := range c.stalled {
+		out = append(out, s)
+	}
+	clear(c.stalled)
+	return out
+}
+
+// serveStalled grants credit to the streams that wanted it. It takes their recv.mu, so the
+// caller holds none.
+func (sess *session) serveStalled() {
+	for _, s := range sess.credit.takeStalled() {
+		s.recv.mu.Lock()
+		grant, _ := s.grantLocked() // a stream still short re-registers: too little is left
+		s.recv.mu.Unlock()
+		if grant > 0 {
+			s.path.ctrl.queueMaxStreamData(s.id, grant)
+		}
+	}
+}
+
+// grantLocked settles the stream's loan with the session after reads, and grants the stream
+// more credit once a quarter of its window has been read, so that the sender never waits on a
+// loopback-speed reader. It returns the new credit limit to announce, or 0, and whether
+// stalled streams may now be served (sess.serveStalled, once s.recv.mu is released).
+// Secondaries filling delegated ranges are told here; the caller tells the stream's own path.
+// s.recv.mu is held.
+func (s *stream) grantLocked() (grant uint64, wake bool) {
+	off := s.recv.buf.ReadOffset()
+	out := s.recv.maxOffset - off // credit the peer has not used up, or we have not read
+	own := s.recv.initial
+	returned := s.recv.borrowed - min(s.recv.borrowed, sat(out, own))
+	s.recv.borrowed -= returned
+	// Once half the session's budget is lent, a window grows only with what the application
+	// has read of the stream (twice that, from the initial window up to StreamReceiveWindow),
+	// so that streams read a little, then left, do not hold the budget the streams being read
+	// need.
+	window := s.recv.window
+	if s.sess.credit.pressed() {
+		window = min(window, max(own, 2*off))
+	}
+	var want uint64
+	// (A known final size may still lie beyond the credit: delegated ranges and their refills
+	// come after the primary's fin.)
+	if !s.recv.done && (!s.recv.finKnown || s.recv.maxOffset < s.recv.finalSize) && out <= window*3/4 {
+		want = off + window - s.recv.maxOffset
+	}
+	need := sat(sat(out+want, own), s.recv.borrowed)
+	if returned == 0 && need == 0 && want == 0 {
+		return 0, false
+	}
+	least := uint64(1) // a stream with no credit left takes whatever there is
+	if out > 0 {
+		least = sat(min(want, minGrant), want-need)
+	}
+	lent, wake := s.sess.credit.exchange(s, returned, need, least)
+	if need > 0 && lent == 0 {
+		return 0, wake
+	}
+	s.recv.borrowed += lent
+	s.recv.maxOffset += want - (need - lent)
+	for _, d := range s.recv.delegs {
+		d.path.ctrl.queueMaxStreamData(s.id, s.recv.maxOffset)
+	}
+	return s.recv.maxOffset, wake
+}
+
+// sat is a - b, or 0 when b is larger.
+func sat(a, b uint64) uint64 { return a - min(a, b) }
+
+// endRecvLocked gives back the loan of a receive half that takes no more data, and reports
+// whether stalled streams may now be served. s.recv.mu is held.
+func (s *stream) endRecvLocked() (wake bool) {
+	returned := s.recv.borrowed
+	s.recv.borrowed = 0
+	return s.sess.credit.forget(s, returned)
+}
