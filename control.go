@@ -137,6 +137,7 @@ func (w *controlWriter) queueMaxStreams(max uint64) {
 
 func (w *controlWriter) run() {
 	defer w.p.sess.wg.Done()
+	defer w.stop() // however the writer ends, flush's callers hear of it
 	var (
 		frames     []*pb.ControlFrame
 		creates    []*stream
@@ -174,14 +175,6 @@ func (w *controlWriter) run() {
 		case <-heartbeat.C:
 			sendHeartbeat = true
 		case <-w.p.ctx.Done():
-			w.mu.Lock()
-			w.closed = true
-			w.frames = nil
-			for _, c := range w.written {
-				close(c)
-			}
-			w.written = nil
-			w.mu.Unlock()
 			return
 		}
 		w.mu.Lock()
@@ -196,6 +189,9 @@ func (w *controlWriter) run() {
 		w.mu.Unlock()
 
 		if overflow {
+			for _, c := range written {
+				close(c)
+			}
 			w.p.fail(errControlOverflow())
 			return
 		}
@@ -270,6 +266,19 @@ func (w *controlWriter) run() {
 			w.p.fail(err)
 			return
 		}
+	}
+}
+
+// stop ends the writer: nothing more is queued, and every flush waiting is released.
+func (w *controlWriter) stop() {
+	w.mu.Lock()
+	w.closed = true
+	w.frames = nil
+	written := w.written
+	w.written = nil
+	w.mu.Unlock()
+	for _, c := range written {
+		close(c)
 	}
 }
 

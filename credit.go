@@ -16,8 +16,8 @@ type sessionCredit struct {
 	max uint64
 
 	mu      sync.Mutex
-	lent    uint64               // borrowed by the streams, all together
-	stalled map[*stream]struct{} // streams that wanted more than was left
+	lent    uint64             // borrowed by the streams, all together
+	stalled map[*stream]uint64 // streams that wanted more than was left: the least they take
 }
 
 // minGrant is the least credit worth a MaxStreamData frame, unless a stream has none left.
@@ -38,12 +38,30 @@ func (c *sessionCredit) exchange(s *stream, returned, need, least uint64) (lent 
 			delete(c.stalled, s)
 		} else {
 			if c.stalled == nil {
-				c.stalled = make(map[*stream]struct{})
+				c.stalled = make(map[*stream]uint64)
 			}
-			c.stalled[s] = struct{}{}
+			c.stalled[s] = max(least, 1)
 		}
 	}
-	return lent, len(c.stalled) > 0 && c.lent+minGrant <= c.max
+	return lent, c.servableLocked()
+}
+
+// servableLocked says whether what is left would serve a stalled stream: a stream with no
+// credit left takes any, so minGrant free is not what to wait for. c.mu is held.
+func (c *sessionCredit) servableLocked() bool {
+	left := c.max - min(c.lent, c.max)
+	if len(c.stalled) == 0 || left == 0 {
+		return false
+	}
+	if left >= minGrant {
+		return true
+	}
+	for _, least := range c.stalled {
+		if least <= left {
+			return true
+		}
+	}
+	return false
 }
 
 // pressed says whether half the budget is lent.
@@ -59,7 +77,7 @@ func (c *sessionCredit) forget(s *stream, returned uint64) (wake bool) {
 	defer c.mu.Unlock()
 	c.lent -= min(returned, c.lent)
 	delete(c.stalled, s)
-	return len(c.stalled) > 0 && c.lent+minGrant <= c.max
+	return c.servableLocked()
 }
 
 // takeStalled returns the stalled streams and forgets them: those still short re-register.
@@ -78,12 +96,18 @@ func (c *sessionCredit) takeStalled() []*stream {
 // caller holds none.
 func (sess *session) serveStalled() {
 	for _, s := range sess.credit.takeStalled() {
-		s.recv.mu.Lock()
-		grant, _ := s.grantLocked() // a stream still short re-registers: too little is left
-		s.recv.mu.Unlock()
-		if grant > 0 {
-			s.path.ctrl.queueMaxStreamData(s.id, grant)
-		}
+		s.serveCredit()
+	}
+}
+
+// serveCredit grants a stalled stream what it wanted, if there is enough now (a stream still
+// short re-registers). The stream may have ended since it was taken from the stalled ones.
+func (s *stream) serveCredit() {
+	s.recv.mu.Lock()
+	grant, _ := s.grantLocked()
+	s.recv.mu.Unlock()
+	if grant > 0 {
+		s.path.ctrl.queueMaxStreamData(s.id, grant)
 	}
 }
 
@@ -94,6 +118,11 @@ func (sess *session) serveStalled() {
 // Secondaries filling delegated ranges are told here; the caller tells the stream's own path.
 // s.recv.mu is held.
 func (s *stream) grantLocked() (grant uint64, wake bool) {
+	if s.recv.done {
+		// endRecvLocked gave the loan back: a stream that ends while serveStalled holds it
+		// borrows nothing more, nor stays stalled.
+		return 0, false
+	}
 	off := s.recv.buf.ReadOffset()
 	out := s.recv.maxOffset - off // credit the peer has not used up, or we have not read
 	own := s.recv.initial
@@ -122,11 +151,14 @@ func (s *stream) grantLocked() (grant uint64, wake bool) {
 		least = sat(min(want, minGrant), want-need)
 	}
 	lent, wake := s.sess.credit.exchange(s, returned, need, least)
-	if need > 0 && lent == 0 {
+	// What the stream's own initial window covers is granted even when the budget lends
+	// nothing, so unread data stays within the budget plus the initial windows.
+	ext := want - (need - lent)
+	if ext == 0 || (out > 0 && ext < min(want, minGrant)) {
 		return 0, wake
 	}
 	s.recv.borrowed += lent
-	s.recv.maxOffset += want - (need - lent)
+	s.recv.maxOffset += ext
 	for _, d := range s.recv.delegs {
 		d.path.ctrl.queueMaxStreamData(s.id, s.recv.maxOffset)
 	}

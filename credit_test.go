@@ -106,3 +106,70 @@ func TestSessionReceiveWindowConfig(t *testing.T) {
 		t.Error("a session window below the stream window accepted")
 	}
 }
+
+// A stream stalled with no credit at all takes whatever is left: credit coming back, even
+// less than minGrant, must wake it, or it waits for reads of other streams that may never come.
+func TestSessionCreditWakesStarvedStream(t *testing.T) {
+	c := sessionCredit{max: 1 << 20}
+	reader, starved := new(stream), new(stream)
+	if lent, _ := c.exchange(reader, 0, 1<<20, 1); lent != 1<<20 {
+		t.Fatalf("lent %d", lent)
+	}
+	if lent, _ := c.exchange(starved, 0, 64<<10, 1); lent != 0 {
+		t.Fatalf("lent %d with nothing left", lent)
+	}
+	if _, wake := c.exchange(reader, 4<<10, 0, 0); !wake {
+		t.Fatal("4 KiB came back and the stalled stream with no credit is not served")
+	}
+	c.takeStalled()
+	if lent, _ := c.exchange(starved, 0, 64<<10, 1); lent != 4<<10 {
+		t.Fatalf("the starved stream got %d", lent)
+	}
+}
+
+// serveStalled takes a stalled stream, which ends (CancelRead) before serveStalled gets its
+// lock: serving it must not lend the ended stream credit (which nothing would take back) nor
+// leave it stalled.
+func TestSessionCreditServeEndedStream(t *testing.T) {
+	const window = 256 << 10
+	conf := &Config{StreamReceiveWindow: window, MaxSessionReceiveWindow: 1 << 20, MaxIncomingStreams: 16}
+	p := newPair(t, conf, nil)
+	ctx := testContext(t)
+	st, err := p.server.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	written := make(chan error, 1)
+	go func() {
+		_, err := st.Write(content(0, 4<<20))
+		written <- err
+	}()
+	cs, err := p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(cs, make([]byte, 512<<10)); err != nil {
+		t.Fatal(err)
+	}
+	s := cs.(*stream)
+	s.recv.mu.Lock()
+	borrowed := s.recv.borrowed
+	s.recv.mu.Unlock()
+	if borrowed == 0 {
+		t.Fatal("the stream read past its initial window borrowed nothing")
+	}
+	taken := []*stream{s} // as serveStalled's takeStalled
+	s.CancelRead(7)
+	for _, s := range taken {
+		s.serveCredit()
+	}
+	p.client.credit.mu.Lock()
+	lent, stalled := p.client.credit.lent, len(p.client.credit.stalled)
+	p.client.credit.mu.Unlock()
+	if lent != 0 || stalled != 0 {
+		t.Fatalf("after the only stream was canceled: %d lent, %d stalled", lent, stalled)
+	}
+	if err := <-written; err == nil {
+		t.Fatal("write to a canceled stream succeeded")
+	}
+}

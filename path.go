@@ -246,6 +246,11 @@ type realStream struct {
 	// closeWhenIdle asks the writer holding mu to close qs when it is done: release never
 	// waits for a write that QUIC may be holding up.
 	closeWhenIdle atomic.Bool
+	closed        atomic.Bool // qs closed; set under mu
+
+	// afterIdleCheck, if set (tests only), runs in unlockAndDrain between closeIfIdle and
+	// letting mu go.
+	afterIdleCheck func()
 
 	mu  sync.Mutex // serialises messages on qs
 	buf []byte
@@ -327,9 +332,17 @@ func (sp *sendPool) release(rs *realStream) {
 	}
 }
 
-// closeIfIdle closes qs once the pool has let it go. rs.mu is held.
+// closeIfIdle closes qs once the pool has let it go and no frame is queued (a frame queued
+// since the last drain, a logical stream's fin say, is written first). rs.mu is held.
 func (rs *realStream) closeIfIdle() {
-	if rs.closeWhenIdle.Load() {
+	if !rs.closeWhenIdle.Load() || rs.closed.Load() {
+		return
+	}
+	rs.batch.mu.Lock()
+	queued := len(rs.batch.queue.frames) > 0
+	rs.batch.mu.Unlock()
+	if !queued {
+		rs.closed.Store(true)
 		rs.qs.Close()
 	}
 }
@@ -436,12 +449,17 @@ func (rs *realStream) unlockAndDrain() {
 	for {
 		rs.drainLocked()
 		rs.closeIfIdle()
+		if rs.afterIdleCheck != nil {
+			rs.afterIdleCheck()
+		}
 		rs.mu.Unlock()
 		bt.mu.Lock()
 		pending := len(bt.queue.frames) > 0
 		bt.mu.Unlock()
+		// release may have asked for the close after closeIfIdle looked, and failed to take mu.
+		pending = pending || (rs.closeWhenIdle.Load() && !rs.closed.Load())
 		if !pending || !rs.mu.TryLock() {
-			return // nothing left, or the new holder drains it
+			return // nothing left, or the new holder drains it (and closes qs)
 		}
 	}
 }

@@ -205,3 +205,95 @@ func TestBatchingStress(t *testing.T) {
 		}
 	}
 }
+
+// realStreamOf returns the real stream a logical stream sends on.
+func realStreamOf(s Stream) *realStream {
+	st := s.(*stream)
+	st.send.mu.Lock()
+	defer st.send.mu.Unlock()
+	return st.send.rs
+}
+
+// idleRealStream opens three logical streams, one per real stream, and closes the first, so
+// that the pool has an idle real stream and lets go of the next one falling idle.
+func idleRealStream(t *testing.T) (p *pair, s Stream, rs *realStream) {
+	conf := &Config{StreamsPerRealStream: 1, MaxRealStreams: 4}
+	p = newPair(t, conf, conf)
+	ctx := testContext(t)
+	var streams []Stream
+	for range 3 {
+		st, err := p.client.OpenStreamSync(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, st)
+	}
+	if err := streams[0].Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.client.primary.pool.size(); got != 3 {
+		t.Fatalf("%d real streams, want 3", got)
+	}
+	return p, streams[1], realStreamOf(streams[1])
+}
+
+// A fin queued while the real stream's holder is between its last drain and its idle check,
+// by the logical stream whose release lets the pool drop that real stream: the holder must
+// not close the real stream under the fin, which would be lost (and the peer's Read hang).
+func TestBatchingCloseWithFrameQueued(t *testing.T) {
+	p, s, rs := idleRealStream(t)
+	ctx := testContext(t)
+	rs.mu.Lock()                      // a holder that has just drained the queue
+	if err := s.Close(); err != nil { // queues the fin; the release asks for the close
+		t.Fatal(err)
+	}
+	if !rs.closeWhenIdle.Load() {
+		t.Fatal("the pool kept the real stream")
+	}
+	rs.closeIfIdle() // the holder's idle check
+	rs.unlockAndDrain()
+	rs.batch.mu.Lock()
+	err := rs.batch.err
+	rs.batch.mu.Unlock()
+	if err != nil {
+		t.Fatalf("the fin queued behind the idle check failed: %v", err)
+	}
+	if rs.qs.Context().Err() == nil {
+		t.Fatal("the idle real stream was not closed")
+	}
+	for {
+		ss, err := p.server.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ss.StreamID() != s.StreamID() {
+			continue
+		}
+		if b, err := io.ReadAll(ss); err != nil || string(b) != "x" {
+			t.Fatalf("read %q, %v", b, err)
+		}
+		return
+	}
+}
+
+// The pool lets a real stream go while another goroutine holds it, just after that holder's
+// idle check: the holder must still close it, or the QUIC stream stays open for good.
+func TestBatchingReleaseAfterIdleCheck(t *testing.T) {
+	p, s, rs := idleRealStream(t)
+	rs.mu.Lock() // a holder, which will find nothing queued
+	rs.afterIdleCheck = func() {
+		rs.afterIdleCheck = nil
+		s.CancelWrite(1) // the last user goes: release finds mu held
+		if !rs.closeWhenIdle.Load() {
+			t.Error("the pool kept the real stream")
+		}
+	}
+	rs.unlockAndDrain()
+	if rs.qs.Context().Err() == nil {
+		t.Fatal("the real stream the pool let go of is still open")
+	}
+	_ = p
+}

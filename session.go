@@ -34,7 +34,8 @@ type session struct {
 	once   sync.Once
 	// closing is the application's close while closeGracefully runs: whatever ends the
 	// session meanwhile (the peer closing in answer), the session ends with it.
-	closing atomic.Pointer[ApplicationError]
+	closing  atomic.Pointer[ApplicationError]
+	graceful chan struct{} // closed when the close that set closing has run closeGracefully
 
 	log     *slog.Logger
 	primary *path // client: the path to the primary; servers: their own path
@@ -109,6 +110,7 @@ func newSession(role Role, id string, conf *Config) *session {
 	s := &session{role: role, id: id, conf: conf, createdAt: time.Now()}
 	s.log = conf.Logger.With("session", id, "role", role.String())
 	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.graceful = make(chan struct{})
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
 	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
@@ -229,6 +231,9 @@ func (s *session) CloseWithError(code ApplicationErrorCode, msg string) error {
 	cause := &ApplicationError{ErrorCode: code, ErrorMessage: msg}
 	if s.ctx.Err() == nil && s.closing.CompareAndSwap(nil, cause) {
 		s.closeGracefully(code, msg)
+		close(s.graceful)
+	} else if s.closing.Load() != nil {
+		<-s.graceful // a concurrent Close is at it: do not cut its SessionClose short
 	}
 	s.shutdown(cause, code, msg)
 	s.wg.Wait()
