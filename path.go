@@ -371,8 +371,13 @@ const maxBatch = 64 << 10
 // writeFrame then returns once the frame is queued, and a write error shows on a later call.
 // The steady state allocates nothing.
 func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
-	if (len(b) >= directWriteMin && !fin) || rs.p.sess.conf.DisableBatching {
+	// A large frame, or a small one that finds the real stream idle, is written at once,
+	// without a copy into the queue: a lone request waits for nothing.
+	direct := (len(b) >= directWriteMin && !fin) || rs.p.sess.conf.DisableBatching
+	if direct {
 		rs.mu.Lock()
+	}
+	if direct || rs.mu.TryLock() {
 		err := rs.drainLocked() // what was queued before goes first
 		if err == nil {
 			err = rs.writePacket(id, off, b, fin)
