@@ -257,10 +257,10 @@ type realStream struct {
 	pkt wire.DataPacket
 	z   compressor
 
-	// Batching: a small frame is copied into the queue and its Write returns; whoever holds
-	// mu writes every queued frame, in as few DataPackets as fit, before letting mu go. A lone
-	// frame's writer takes mu and sends it at once; frames that arrive while a write is under
-	// way wait in the queue for that write's end, and go out together.
+	// Batching: a small frame that finds mu taken (a write under way) is copied into the
+	// queue and its Write returns; whoever holds mu writes every queued frame, in as few
+	// DataPackets as fit, before letting mu go. A frame that finds the stream idle is written
+	// at once, after anything queued, so a lone request waits for nothing.
 	batch struct {
 		mu    sync.Mutex
 		cond  sync.Cond // on mu: the queue was taken (room for more)
@@ -366,9 +366,10 @@ const maxBatch = 64 << 10
 
 // writeFrame sends a frame. A large one goes in a DataPacket of its own, as a header and then
 // the caller's bytes, which spares a copy (QUIC copies them anyway), and writeFrame returns
-// once QUIC has it. A small one is batched with the small frames of the other logical streams
-// that share this real stream (see realStream.batch), unless the session disables batching:
-// writeFrame then returns once the frame is queued, and a write error shows on a later call.
+// once QUIC has it. So does a small one that finds the real stream idle; one that finds it busy
+// is batched with the small frames of the other logical streams that share this real stream
+// (see realStream.batch), unless the session disables batching: writeFrame then returns once
+// the frame is queued, and a write error shows on a later call.
 // The steady state allocates nothing.
 func (rs *realStream) writeFrame(id, off uint64, b []byte, fin bool) error {
 	// A large frame, or a small one that finds the real stream idle, is written at once,
