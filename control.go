@@ -373,6 +373,10 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 			}
 			return err
 		}
+		if sess.role == RoleSecondary {
+			sess.handleDelegationStop(m.StopSending)
+			return nil
+		}
 	case *pb.ControlFrame_RawPacketTransmission:
 		return sess.handleRaw(p, m.RawPacketTransmission)
 	case *pb.ControlFrame_RawPacketResult:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/kwik-go/kwik/internal/data"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // Delegation: the primary reserves a byte range of one of its streams for a secondary.
@@ -494,6 +495,37 @@ func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) err
 }
 
 // handleDelegationCredit (secondary): the client's reader advanced on a stream.
+// handleDelegationStop (secondary): the client no longer wants the stream's delegated ranges
+// (the primary reset it, or the client canceled reading): their Writes fail with the code.
+func (sess *session) handleDelegationStop(m *pb.StopSending) {
+	sec := &sess.secondary
+	sec.mu.Lock()
+	l := sec.byStream[m.LogicalStreamId]
+	sec.mu.Unlock()
+	for _, ds := range l {
+		err := &StreamError{StreamID: quic.StreamID(ds.streamID), ErrorCode: StreamErrorCode(m.ErrorCode), Remote: true}
+		ds.send.mu.Lock()
+		if ds.send.err == nil {
+			ds.send.err = err
+		}
+		ds.send.mu.Unlock()
+		ds.cancel(err)
+		notify(ds.signal)
+	}
+}
+
+// stopDelegations (client) tells the secondaries of a stream's delegations, which just
+// failed, that their ranges are not wanted any more.
+func (sess *session) stopDelegations(delegs []*delegationRecord, id uint64, code StreamErrorCode) {
+	told := make(map[*path]bool, len(delegs))
+	for _, d := range delegs {
+		if !told[d.path] {
+			told[d.path] = true
+			d.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: id, ErrorCode: uint64(code)}}})
+		}
+	}
+}
+
 func (sess *session) handleDelegationCredit(streamID, max uint64) {
 	sec := &sess.secondary
 	sec.mu.Lock()
@@ -570,6 +602,7 @@ type delegatedStream struct {
 		written   uint64
 		maxOffset uint64
 		closed    bool
+		err       error // the client stopped the stream (STOP_SENDING): the range is not wanted
 		deadline  time.Time
 		rs        *realStream
 	}
@@ -602,6 +635,10 @@ func (ds *delegatedStream) Write(b []byte) (int, error) {
 		if ds.send.closed {
 			ds.send.mu.Unlock()
 			return n, ErrWriteAfterClose
+		}
+		if err := ds.send.err; err != nil {
+			ds.send.mu.Unlock()
+			return n, err
 		}
 		if err := ds.sess.ctx.Err(); err != nil {
 			ds.send.mu.Unlock()

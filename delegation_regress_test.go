@@ -189,3 +189,65 @@ func TestCloseAfterReadCompletesDelegations(t *testing.T) {
 		}
 	}
 }
+
+// A secondary writing a delegated range beyond its credit learns that the range is not wanted
+// any more, whether the client cancels reading or the primary resets the stream: its Write
+// fails with the code (it used to wait for credit until its session ended).
+func TestDelegationStoppedTellsSecondary(t *testing.T) {
+	const W = 64 << 10
+	for _, tc := range []struct {
+		name string
+		code StreamErrorCode
+		stop func(primary, client Stream)
+	}{
+		{"client cancels reading", 9, func(_, client Stream) { client.CancelRead(9) }},
+		{"primary resets", 5, func(primary, _ Stream) { primary.CancelWrite(5) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			conf := &Config{StreamReceiveWindow: W, HeartbeatInterval: 100e6, PathTimeout: 600e6}
+			started, writeErr := make(chan struct{}), make(chan error, 1)
+			ms := newMultiSource(t, 1, conf, func(st Stream, off, n int64) error {
+				close(started)
+				_, err := st.Write(content(off, n))
+				writeErr <- err
+				return err
+			})
+			ctx := testContext(t)
+			st, err := ms.p.server.OpenStreamSync(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.Write(content(0, 1000))
+			if _, err := st.Delegate(ms.ids[0], 8*W, chunkRequest(1000, 8*W)); err != nil {
+				t.Fatal(err)
+			}
+			cs, err := ms.p.client.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(cs, make([]byte, 1000)); err != nil {
+				t.Fatal(err)
+			}
+			// The secondary has the range (a range the client learns of only after it stopped
+			// reading is refused at once, and never reaches the secondary).
+			select {
+			case <-started:
+			case <-ctx.Done():
+				t.Fatal("the secondary never got the range")
+			}
+			tc.stop(st, cs)
+			var se *StreamError
+			select {
+			case err := <-writeErr:
+				if !errors.As(err, &se) || se.ErrorCode != tc.code || !se.Remote {
+					t.Fatalf("the secondary's Write returned %v, want a remote StreamError %d", err, tc.code)
+				}
+			case <-ctx.Done():
+				t.Fatal("the secondary's Write still waits")
+			}
+			if ms.secs[0].Context().Err() != nil {
+				t.Fatal("the secondary's session ended")
+			}
+		})
+	}
+}

@@ -61,7 +61,9 @@
 // and accepts a secondary's bytes only inside the ranges delegated to its path.
 // Delegation.Wait returns nil once the client holds the range, or a *DelegationError naming
 // the undelivered suffix (the path died, or the secondary closed short), which Stream.WriteAt
-// fills, even after Close. Fanout and ServeFanout do all of this for a known-size resource.
+// fills, even after Close. When the client cancels reading or the primary resets the stream, the
+// secondaries' Writes on its ranges fail with that code. Fanout and ServeFanout do all of this
+// for a known-size resource.
 //
 // # Batching and compression
 //
@@ -91,8 +93,6 @@
 //   - A secondary is trusted with the content of the ranges delegated to it: the client rejects
 //     bytes outside them, not wrong bytes inside them. Verify content end to end (a digest)
 //     when a secondary may be compromised.
-//   - When the client cancels a stream or the primary resets it, a secondary still writing a
-//     delegated range of it is not told; its Write waits for credit until its session ends.
 //   - SendRawData travels on the control streams, in order with control frames, and is
 //     dropped (and counted in SessionStats.RawDataDropped) beyond Config.MaxPendingRawData
 //     when the receiver does not call ReceiveRawData.

@@ -287,6 +287,7 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	for _, d := range delegs {
 		s.sess.failDelegation(d, CodeInternal, "the primary reset the stream")
 	}
+	s.sess.stopDelegations(delegs, s.id, code)
 	return nil
 }
 
@@ -312,6 +313,7 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	for _, d := range delegs {
 		s.sess.failDelegation(d, CodeInternal, "the client canceled reading")
 	}
+	s.sess.stopDelegations(delegs, s.id, code)
 	s.completeRecv()
 }
 
