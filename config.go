@@ -106,6 +106,12 @@ type Config struct {
 	// at once, so batching adds no delay).
 	DisableBatching bool
 
+	// AllowPath, on a client, vets every address a primary asks it to join (AddPath): an error
+	// refuses the join, and the primary's AddPath fails with KWIK_AUTH_FAILED and that reason.
+	// nil allows any address, which lets a primary make its clients dial wherever it likes. It
+	// runs on the session's control reader: it must not block.
+	AllowPath func(address string) error
+
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.
 	PathRetry RetryPolicy

@@ -261,6 +261,12 @@ func (s *session) join(req *pb.AddPathRequest) {
 		fail(CodeInvalidFrame, "target address too long")
 		return
 	}
+	if s.conf.AllowPath != nil {
+		if err := s.conf.AllowPath(req.TargetAddress); err != nil {
+			fail(CodeAuthFailed, "the client does not join "+req.TargetAddress+": "+err.Error())
+			return
+		}
+	}
 	s.paths.mu.Lock()
 	if s.paths.byID[req.PathId] != nil {
 		s.paths.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -337,3 +338,27 @@ func TestSecondaryOutOfPlaceFrames(t *testing.T) {
 }
 
 var _ = sha256.New
+
+// A client's AllowPath refuses the addresses it does not want to dial: the primary's AddPath
+// fails with KWIK_AUTH_FAILED and the reason, and the client records no path; allowed
+// addresses join as before.
+func TestAllowPath(t *testing.T) {
+	good, bad := listen(t, serverConf()), listen(t, serverConf())
+	conf := clientConf()
+	conf.AllowPath = func(address string) error {
+		if address != good.Addr().String() {
+			return errors.New("not on the list")
+		}
+		return nil
+	}
+	p := newPair(t, conf, serverConf())
+	err := p.server.AddPath(bad.Addr().String())
+	if !errors.Is(err, ErrAuthFailed) || !strings.Contains(err.Error(), "not on the list") {
+		t.Fatalf("AddPath to a refused address: %v", err)
+	}
+	if n := len(p.client.GetAllPaths()); n != 1 {
+		t.Fatalf("the client records %d paths after a refusal", n)
+	}
+	noSession(t, bad)
+	addPath(t, p.server, good, good.Addr().String())
+}
