@@ -674,9 +674,7 @@ func (ds *delegatedStream) Write(b []byte) (int, error) {
 		ds.send.written += chunk
 		ds.send.mu.Unlock()
 		if err := rs.writeFrame(ds.streamID, cur, b[:chunk], false); err != nil {
-			if ds.sess.ctx.Err() == nil && ds.p.conn.Context().Err() != nil {
-				ds.p.fail(err) // the connection ended before the session heard: report it now
-			}
+			ds.p.writeFailed(err)
 			if ds.sess.ctx.Err() != nil {
 				return n, ds.sess.closeErr()
 			}

@@ -205,6 +205,15 @@ func (p *path) fail(err error) {
 	p.sess.closeLocal(err)
 }
 
+// writeFailed is told of a failed write on one of the path's data streams. If the connection
+// ended before its readers noticed (the peer answering this side's CloseWithError, say), the
+// path fails now, so that the writer reports the session's error rather than the connection's.
+func (p *path) writeFailed(err error) {
+	if p.sess.ctx.Err() == nil && p.conn.Context().Err() != nil {
+		p.fail(err)
+	}
+}
+
 // maxAckRanges bounds the packet-ID ranges waiting to be acknowledged: honest senders leave
 // about one gap per real stream between two acks.
 const maxAckRanges = 4096
@@ -256,6 +265,7 @@ type realStream struct {
 	buf []byte
 	pkt wire.DataPacket
 	z   compressor
+	one [1]wire.DataFrame // writePacket's frame when it goes through writeFrames
 
 	// Batching: a small frame that finds mu taken (a write under way) is copied into the
 	// queue and its Write returns; whoever holds mu writes every queued frame, in as few
@@ -516,7 +526,10 @@ func (rs *realStream) compressing() bool {
 // writePacket writes one DataPacket holding one frame. rs.mu is held.
 func (rs *realStream) writePacket(id, off uint64, b []byte, fin bool) error {
 	if rs.compressing() {
-		return rs.writeFrames([]wire.DataFrame{{StreamID: id, Offset: off, Data: b, Fin: fin}})
+		rs.one[0] = wire.DataFrame{StreamID: id, Offset: off, Data: b, Fin: fin}
+		err := rs.writeFrames(rs.one[:])
+		rs.one[0].Data = nil // do not keep the caller's buffer
+		return err
 	}
 	pn := rs.p.nextPacket.Add(1) - 1
 	var err error

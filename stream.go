@@ -414,12 +414,7 @@ func (s *stream) realStreamLocked() (*realStream, error) {
 // writeError explains a failed write on the real stream: the session's end or this stream's
 // cancellation, whichever caused it.
 func (s *stream) writeError(err error) error {
-	if s.sess.ctx.Err() == nil && s.path.conn.Context().Err() != nil {
-		// The connection ended before the session heard (the peer answering this side's
-		// CloseWithError, say): have the path report it now, so that the caller gets the
-		// session's error rather than the connection's.
-		s.path.fail(err)
-	}
+	s.path.writeFailed(err)
 	if s.sess.ctx.Err() != nil {
 		return s.sess.closeErr()
 	}

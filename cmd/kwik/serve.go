@@ -163,6 +163,12 @@ func (s *fileServer) primarySession(ctx context.Context, sess kwik.Session) {
 		wg.Wait()
 		close(joined)
 	}()
+	serveStreams(ctx, sess, func(st kwik.Stream) { s.serveGet(ctx, sess, st, joined) })
+}
+
+// serveStreams handles every stream the session accepts, each on its own goroutine, and
+// returns once the session has ended and every handler has returned.
+func serveStreams(ctx context.Context, sess kwik.Session, handle func(kwik.Stream)) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -170,7 +176,7 @@ func (s *fileServer) primarySession(ctx context.Context, sess kwik.Session) {
 		if err != nil {
 			return
 		}
-		wg.Go(func() { s.serveGet(ctx, sess, st, joined) })
+		wg.Go(func() { handle(st) })
 	}
 }
 
@@ -234,15 +240,7 @@ func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.St
 
 // secondarySession answers the ranges the primary delegates to this server.
 func (s *fileServer) secondarySession(ctx context.Context, sess kwik.Session) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		st, err := sess.AcceptStream(ctx)
-		if err != nil {
-			return
-		}
-		wg.Go(func() { s.serveRange(sess, st) })
-	}
+	serveStreams(ctx, sess, func(st kwik.Stream) { s.serveRange(sess, st) })
 }
 
 func (s *fileServer) serveRange(sess kwik.Session, st kwik.Stream) {

@@ -5,37 +5,17 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/kwik-go/kwik/examples/client/fetch"
+	"github.com/kwik-go/kwik/internal/leakcheck"
 )
 
-// TestMain fails the run if a test leaves a goroutine behind. quic-go keeps a closed
-// connection around for a few probe timeouts, so leaks are looked for until they are gone or
-// 20 s have passed.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(20 * time.Second)
-		err := goleak.Find()
-		for err != nil && time.Now().Before(deadline) {
-			time.Sleep(200 * time.Millisecond)
-			err = goleak.Find()
-		}
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: goroutines left after the run: %v\n", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+// TestMain fails the run if a test leaves a goroutine behind.
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // TestServerAndClient runs the example server (a primary, a secondary that answers prepare
 // messages and one that stays silent) and the example client's fetch over UDP on loopback.

@@ -92,27 +92,12 @@ func Batching(ctx context.Context, conf BatchingConfig) (BatchingResult, error) 
 			return res, err
 		}
 		cl.add(func() { kln.Close() })
-		type accepted struct {
-			s   kwik.Session
-			err error
-		}
-		acc := make(chan accepted, 1)
-		go func() {
-			s, err := kln.Accept(ctx)
-			acc <- accepted{s, err}
-		}()
-		kc, err := kwik.Dial(ctx, kln.Addr().String(), clientTLS, kconf)
+		kc, ks, err := dialKWIK(ctx, kln, kln.Addr().String(), clientTLS, kconf, &cl)
 		if err != nil {
 			return res, err
 		}
-		cl.add(func() { kc.Close() })
-		a := <-acc
-		if a.err != nil {
-			return res, a.err
-		}
-		cl.add(func() { a.s.Close() })
 		kwikWire := func() (packets, bytes, data uint64) {
-			for _, s := range []kwik.Session{kc, a.s} {
+			for _, s := range []kwik.Session{kc, ks} {
 				p := s.Stats().Paths[0]
 				packets += p.QUIC.PacketsSent
 				bytes += p.QUIC.BytesSent
@@ -120,7 +105,7 @@ func Batching(ctx context.Context, conf BatchingConfig) (BatchingResult, error) 
 			}
 			return packets, bytes, data
 		}
-		side, err := batchingSide(ctx, conf, kwikConn{kc}, kwikConn{a.s}, kwikWire)
+		side, err := batchingSide(ctx, conf, kwikConn{kc}, kwikConn{ks}, kwikWire)
 		if err != nil {
 			return res, fmt.Errorf("KWIK (batching disabled: %v): %w", off, err)
 		}

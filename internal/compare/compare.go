@@ -10,6 +10,7 @@ package compare
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"time"
 
@@ -46,6 +47,30 @@ func (k kwikConn) open(ctx context.Context) (io.ReadWriteCloser, error) {
 }
 func (k kwikConn) accept(ctx context.Context) (io.ReadWriteCloser, error) {
 	return k.s.AcceptStream(ctx)
+}
+
+// dialKWIK connects a KWIK client to addr, behind which ln accepts, and returns both ends;
+// cl closes them.
+func dialKWIK(ctx context.Context, ln *kwik.Listener, addr string, clientTLS *tls.Config, conf *kwik.Config, cl *closers) (client, server kwik.Session, err error) {
+	type accepted struct {
+		s   kwik.Session
+		err error
+	}
+	acc := make(chan accepted, 1)
+	go func() {
+		s, err := ln.Accept(ctx)
+		acc <- accepted{s, err}
+	}()
+	if client, err = kwik.Dial(ctx, addr, clientTLS, conf); err != nil {
+		return nil, nil, err // Accept returns when the listener closes
+	}
+	cl.add(func() { client.Close() })
+	a := <-acc
+	if a.err != nil {
+		return nil, nil, a.err
+	}
+	cl.add(func() { a.s.Close() })
+	return client, a.s, nil
 }
 
 // closers undoes a setup, last step first.

@@ -63,26 +63,11 @@ func NewLoopback(ctx context.Context, maxStreams int) (_ *Loopback, err error) {
 		return nil, err
 	}
 	l.closers.add(func() { kln.Close() })
-	type accepted struct {
-		s   kwik.Session
-		err error
-	}
-	acc := make(chan accepted, 1)
-	go func() {
-		s, err := kln.Accept(ctx)
-		acc <- accepted{s, err}
-	}()
-	kc, err := kwik.Dial(ctx, kln.Addr().String(), clientTLS, kconf)
+	kc, ks, err := dialKWIK(ctx, kln, kln.Addr().String(), clientTLS, kconf, &l.closers)
 	if err != nil {
-		return nil, err // Accept returns when the listener closes
+		return nil, err
 	}
-	l.closers.add(func() { kc.Close() })
-	a := <-acc
-	if a.err != nil {
-		return nil, a.err
-	}
-	l.closers.add(func() { a.s.Close() })
-	l.kwik.client, l.kwik.server = kwikConn{kc}, kwikConn{a.s}
+	l.kwik.client, l.kwik.server = kwikConn{kc}, kwikConn{ks}
 	return l, nil
 }
 

@@ -118,25 +118,9 @@ func NewMultiSource(ctx context.Context, conf MultiSourceConfig) (_ *MultiSource
 	if err != nil {
 		return nil, err
 	}
-	type accepted struct {
-		s   kwik.Session
-		err error
+	if m.client, m.primary, err = dialKWIK(ctx, ln, r.Addr().String(), clientTLS, kconf, &m.closers); err != nil {
+		return nil, err
 	}
-	acc := make(chan accepted, 1)
-	go func() {
-		s, err := ln.Accept(ctx)
-		acc <- accepted{s, err}
-	}()
-	if m.client, err = kwik.Dial(ctx, r.Addr().String(), clientTLS, kconf); err != nil {
-		return nil, err // Accept returns when the listener closes
-	}
-	m.closers.add(func() { m.client.Close() })
-	a := <-acc
-	if a.err != nil {
-		return nil, a.err
-	}
-	m.primary = a.s
-	m.closers.add(func() { m.primary.Close() })
 
 	for _, rate := range conf.Rates[1:] {
 		ln, r, err := m.server(serverTLS, kconf, rate)
