@@ -1,6 +1,9 @@
 package kwik
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // sessionCredit bounds the receive credit of all a session's logical streams together
 // (Config.MaxSessionReceiveWindow), as QUIC's connection-level flow control does, without a
@@ -18,6 +21,23 @@ type sessionCredit struct {
 	mu      sync.Mutex
 	lent    uint64             // borrowed by the streams, all together
 	stalled map[*stream]uint64 // streams that wanted more than was left: the least they take
+
+	// Receive memory actually held: blocks of the streams' receive buffers, now and at most.
+	blocks, peakBlocks atomic.Int64
+}
+
+// held records that a stream's receive buffer now holds delta more blocks (or fewer).
+func (c *sessionCredit) held(delta int) {
+	if delta == 0 {
+		return
+	}
+	n := c.blocks.Add(int64(delta))
+	for {
+		peak := c.peakBlocks.Load()
+		if n <= peak || c.peakBlocks.CompareAndSwap(peak, n) {
+			return
+		}
+	}
 }
 
 // minGrant is the least credit worth a MaxStreamData frame, unless a stream has none left.

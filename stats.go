@@ -3,6 +3,8 @@ package kwik
 import (
 	"time"
 
+	"github.com/kwik-go/kwik/internal/data"
+
 	"github.com/quic-go/quic-go"
 )
 
@@ -29,6 +31,10 @@ type SessionStats struct {
 	DelegationsInFlight      int           // client: ranges not yet complete; primary: not yet resolved
 	StreamsOpen              int           // logical streams not yet finished both ways
 	RawDataDropped           uint64        // relayed messages dropped because ReceiveRawData lagged
+	// ReceiveBuffered is the memory the session's logical streams hold now for bytes received
+	// and not yet read (in 16 KiB blocks); PeakReceiveBuffered is the most they held at once
+	// since the session began. Flow control bounds both (Config.MaxSessionReceiveWindow).
+	ReceiveBuffered, PeakReceiveBuffered uint64
 }
 
 // Stats returns a snapshot of the session's paths and traffic.
@@ -72,6 +78,8 @@ func (s *session) Stats() SessionStats {
 	s.streams.mu.Lock()
 	st.StreamsOpen = len(s.streams.streams)
 	s.streams.mu.Unlock()
+	st.ReceiveBuffered = uint64(s.credit.blocks.Load()) * data.BlockSize
+	st.PeakReceiveBuffered = uint64(s.credit.peakBlocks.Load()) * data.BlockSize
 	s.raw.mu.Lock()
 	st.RawDataDropped = s.raw.dropped
 	s.raw.mu.Unlock()

@@ -154,7 +154,10 @@ func (s *stream) Read(p []byte) (int, error) {
 			s.recv.mu.Unlock()
 			return 0, nil
 		}
-		if n := s.recv.buf.Read(p); n > 0 {
+		blocks := s.recv.buf.BufferedBlocks()
+		n := s.recv.buf.Read(p)
+		s.sess.credit.held(s.recv.buf.BufferedBlocks() - blocks)
+		if n > 0 {
 			off := s.recv.buf.ReadOffset()
 			eof := s.recv.finKnown && off == s.recv.finalSize
 			grant, wake := s.grantLocked()
@@ -243,12 +246,20 @@ func (s *stream) storeFrame(off, end uint64, b []byte, fin bool) error {
 	} else if s.recv.finKnown && end > s.recv.finalSize {
 		return &Error{Code: CodeInvalidFrame, Message: "data beyond final size"}
 	}
+	blocks := s.recv.buf.BufferedBlocks()
 	s.recv.buf.Write(off, b)
+	s.sess.credit.held(s.recv.buf.BufferedBlocks() - blocks)
 	if s.recv.buf.Received().Len() > maxRangesPerStream {
 		return &Error{Code: CodeInvalidFrame, Message: "stream data too fragmented"}
 	}
 	notify(s.recvSignal)
 	return nil
+}
+
+// releaseRecvLocked returns the receive buffer's memory. s.recv.mu is held.
+func (s *stream) releaseRecvLocked() {
+	s.sess.credit.held(-s.recv.buf.BufferedBlocks())
+	s.recv.buf.Release()
 }
 
 // maxRangesPerStream bounds the gaps a stream's receive buffer may hold: honest senders leave
@@ -277,7 +288,7 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	s.recv.err = s.streamError(code, true)
 	s.recv.done = true
 	wake := s.endRecvLocked()
-	s.recv.buf.Release()
+	s.releaseRecvLocked()
 	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
@@ -302,7 +313,7 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	s.recv.err = s.streamError(code, false)
 	s.recv.done = true
 	wake := s.endRecvLocked()
-	s.recv.buf.Release()
+	s.releaseRecvLocked()
 	delegs := s.recv.delegs
 	s.recv.mu.Unlock()
 	notify(s.recvSignal)
@@ -325,7 +336,7 @@ func (s *stream) finishRecv() {
 		s.recv.done = true
 		wake = s.endRecvLocked()
 	}
-	s.recv.buf.Release()
+	s.releaseRecvLocked()
 	s.recv.mu.Unlock()
 	if wake {
 		s.sess.serveStalled()

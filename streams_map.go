@@ -211,7 +211,7 @@ func (m *streamsMap) closeAll(err error) {
 	m.mu.Unlock()
 	for _, s := range streams {
 		s.recv.mu.Lock()
-		s.recv.buf.Release()
+		s.releaseRecvLocked()
 		s.recv.mu.Unlock()
 		s.cancelCtx(err)
 	}

@@ -6,6 +6,9 @@ import (
 	"sync"
 )
 
+// BlockSize is the unit of receive memory RecvBuffer holds (BufferedBlocks).
+const BlockSize = blockSize
+
 // blockSize is the unit of receive memory. 16 KiB holds about a dozen
 // packets' worth of payload, so a block is taken from the pool rarely, while a
 // slow reader pins at most one partly-read block beyond its window.
