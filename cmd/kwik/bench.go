@@ -26,21 +26,24 @@ type benchOptions struct {
 	count     int
 	// soak
 	sessions, soakStreams, soakKiB int
+	// wan
+	wanDelays []time.Duration
+	wanMiB    int
 }
 
 // transferMaxStreams is the loopback pair's MaxIncomingStreams for transfers, as in the
 // benchmarks.
 const transferMaxStreams = 100
 
-// benchScenarios are the scenario names --scenarios takes, in the order they run; soak runs
-// only when asked for.
-var benchScenarios = []string{"loopback", "small", "multisource", "soak"}
+// benchScenarios are the scenario names --scenarios takes, in the order they run; soak and
+// wan run only when asked for.
+var benchScenarios = []string{"loopback", "small", "multisource", "soak", "wan"}
 
 func benchCommand() *cobra.Command {
 	var o benchOptions
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Compare KWIK with raw quic-go: loopback transfers, small streams, multi-source download",
+		Short: "Compare KWIK with raw quic-go: loopback transfers, small streams, multi-source download, WAN sweep",
 		Long: `bench runs the scenarios of the repository's benchmarks (go test -bench .), with raw
 quic-go and KWIK in turn in every repetition, and prints one row per scenario
 (--scenarios loopback gives the download and upload rows):
@@ -55,6 +58,15 @@ quic-go and KWIK in turn in every repetition, and prints one row per scenario
                     --soak-streams streams of --soak-size KiB at once, from one quic-go server,
                     then from a KWIK primary and its secondary (Fanout); stream completion
                     percentiles, heap and goroutines per session
+  wan               (only when named) the sweep of BenchmarkWAN, for each of --wan-delays
+                    (one way): 32 MiB from 3x50 Mbit/s and from 80+20+20 Mbit/s (the primary
+                    on the 80), 48 MiB from 1x200 Mbit/s (--wan-size overrides the sizes);
+                    KWIK with its default configuration (Fanout from the primary and its
+                    secondaries, each behind its own link) against quic-go over one link as
+                    fast as the fastest server's (row wan:<links>/<delay>), and, with several
+                    servers, against striping: a quic-go connection to each server, each
+                    fetching an equal range at once (row wan:<links>/<delay>:striping, whose
+                    quic-go column is striping's rate)
 
 The KWIK/quic-go column is KWIK's speed over quic-go's (above 1: KWIK was faster). Figures
 are over all --count repetitions. On a shared machine they are noisy; the ratio less so.`,
@@ -64,7 +76,7 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios[:3], "scenarios to run: loopback (download and upload), small, multisource, soak")
+	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios[:3], "scenarios to run: loopback (download and upload), small, multisource, soak, wan")
 	f.IntVar(&o.sizeMiB, "size", 64, "loopback transfer size in MiB")
 	f.IntVar(&o.streams, "streams", 1000, "concurrent streams in the small-streams scenario")
 	f.IntVar(&o.sources, "sources", 3, "KWIK servers in the multi-source scenario (the primary and its secondaries)")
@@ -76,6 +88,8 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 	f.IntVar(&o.sessions, "sessions", 500, "concurrent client sessions in the soak scenario")
 	f.IntVar(&o.soakStreams, "soak-streams", 10, "concurrent streams per session in the soak scenario")
 	f.IntVar(&o.soakKiB, "soak-size", 64, "bytes each soak stream downloads, in KiB")
+	f.DurationSliceVar(&o.wanDelays, "wan-delays", compare.WANDelays, "one-way delays of the wan sweep")
+	f.IntVar(&o.wanMiB, "wan-size", 0, "download size of every wan scenario in MiB; 0: the sweep's (32 MiB, 48 MiB from one server)")
 	return cmd
 }
 
@@ -96,8 +110,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	}
 	switch {
 	case o.sizeMiB <= 0, o.streams <= 0, o.sources <= 0, o.rateMbit <= 0, o.delay < 0, o.multiMiB <= 0, o.count <= 0,
-		o.sessions <= 0, o.soakStreams <= 0, o.soakKiB <= 0:
-		return fmt.Errorf("bench: sizes, streams, sources, rate and count must be positive")
+		o.sessions <= 0, o.soakStreams <= 0, o.soakKiB <= 0, o.wanMiB < 0, len(o.wanDelays) == 0:
+		return fmt.Errorf("bench: sizes, streams, sources, rate, count and wan delays must be positive")
 	case o.kill && o.sources < 2:
 		return fmt.Errorf("bench: --kill needs --sources 2 or more")
 	}
@@ -122,6 +136,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 			r, err = benchMultiSource(ctx, o)
 		case "soak":
 			r, err = benchSoak(ctx, o)
+		case "wan":
+			r, err = benchWAN(ctx, o)
 		}
 		if err != nil {
 			return fmt.Errorf("bench: %s: %w", s, err)
@@ -218,4 +234,43 @@ func benchSoak(ctx context.Context, o benchOptions) ([]benchRow, error) {
 			k.P50.Round(time.Millisecond), q.P50.Round(time.Millisecond), k.P99.Round(time.Millisecond), q.P99.Round(time.Millisecond),
 			k.HeapIdle/1024, q.HeapIdle/1024, k.HeapPeak/1024, q.HeapPeak/1024, k.Goroutines, q.Goroutines),
 	}}, nil
+}
+
+func benchWAN(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	var rows []benchRow
+	for _, conf := range compare.WANSweep(o.wanDelays) {
+		if o.wanMiB > 0 {
+			conf.Size = int64(o.wanMiB) << 20
+		}
+		r, err := runWAN(ctx, conf, o.count)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", conf.Name(), err)
+		}
+		rows = append(rows, benchRow{
+			scenario: "wan:" + conf.Name(), unit: "Mbit/s",
+			kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.QUIC), ratio: r.Ratio(),
+			setup: fmt.Sprintf("%d MiB, %v one way; KWIK (default config) from %s Mbit/s: %.0f%% of their sum, shares %s, "+
+				"peak receive memory %.1f MiB; quic-go: 1 connection through one %d Mbit/s link",
+				conf.Size>>20, conf.Delay, conf.Links(), 100*r.OfLinksSum(), r.SharesString(),
+				float64(r.PeakReceiveBuffered)/(1<<20), slices.Max(conf.Rates)),
+		})
+		if r.Stripe > 0 {
+			rows = append(rows, benchRow{
+				scenario: "wan:" + conf.Name() + ":striping", unit: "Mbit/s",
+				kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.Stripe), ratio: r.StripeRatio(),
+				setup: fmt.Sprintf("quic-go column: striping, 1 quic-go connection to each of the %d servers, each fetching 1/%d of the object at once",
+					len(conf.Rates), len(conf.Rates)),
+			})
+		}
+	}
+	return rows, nil
+}
+
+func runWAN(ctx context.Context, conf compare.WANConfig, n int) (compare.WANResult, error) {
+	w, err := compare.NewWAN(ctx, conf)
+	if err != nil {
+		return compare.WANResult{}, err
+	}
+	defer w.Close()
+	return w.Run(ctx, n)
 }

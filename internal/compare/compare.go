@@ -2,15 +2,19 @@
 // every repetition and over the same kind of path, so that their ratio means something on a
 // noisy machine: a loopback transfer of one stream each way and a burst of small concurrent
 // streams (Loopback), and a download that KWIK spreads over a primary and its secondaries
-// while quic-go has one server, each server behind its own emulated link (MultiSource). The
-// root package's benchmarks and `kwik bench` both run these scenarios, so they measure the
-// same thing; each reports the time both transports took in total over n repetitions, from
-// which the results derive rates and the KWIK/quic-go ratio.
+// while quic-go has one server, each server behind its own emulated link (MultiSource), and the
+// same download with KWIK's default configuration against quic-go and against striping ranges
+// over a quic-go connection to each server (WAN). The root package's benchmarks and `kwik
+// bench` both run these scenarios, so they measure the same thing; each reports the time the
+// transports took in total over n repetitions, from which the results derive rates and the
+// KWIK/quic-go ratio.
 package compare
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"time"
 
@@ -83,4 +87,33 @@ func (c *closers) run() {
 		(*c)[i]()
 	}
 	*c = nil
+}
+
+// receive reads r to its end and checks that it carried want, exactly; onRead, if not nil, is
+// told after every read that brought bytes how many have come in all.
+func receive(r io.Reader, want []byte, onRead func(got int64)) error {
+	buf := make([]byte, 64<<10)
+	var off int
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if off+n > len(want) || !bytes.Equal(buf[:n], want[off:off+n]) {
+				return fmt.Errorf("wrong bytes at offset %d", off)
+			}
+			off += n
+			if onRead != nil {
+				onRead(int64(off))
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if off != len(want) {
+		return fmt.Errorf("%d bytes, want %d", off, len(want))
+	}
+	return nil
 }

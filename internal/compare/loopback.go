@@ -35,10 +35,7 @@ func NewLoopback(ctx context.Context, maxStreams int) (_ *Loopback, err error) {
 		return nil, err
 	}
 
-	stls := serverTLS.Clone()
-	stls.NextProtos = []string{"bench"}
-	ctls := clientTLS.Clone()
-	ctls.NextProtos = []string{"bench"}
+	stls, ctls := benchTLS(serverTLS, clientTLS)
 	qconf := &quic.Config{MaxIncomingStreams: int64(maxStreams)}
 	ln, err := quic.ListenAddr("127.0.0.1:0", stls, qconf)
 	if err != nil {

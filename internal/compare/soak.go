@@ -177,25 +177,7 @@ func soakStream(ctx context.Context, c conn, resource []byte) error {
 	if err := st.Close(); err != nil {
 		return err
 	}
-	buf := make([]byte, 32<<10)
-	var off int
-	for {
-		n, err := st.Read(buf)
-		if off+n > len(resource) || !bytes.Equal(buf[:n], resource[off:off+n]) {
-			return fmt.Errorf("wrong bytes at offset %d", off)
-		}
-		off += n
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if off != len(resource) {
-		return fmt.Errorf("%d bytes, want %d", off, len(resource))
-	}
-	return nil
+	return receive(st, resource, nil)
 }
 
 func percentile(sorted []time.Duration, p float64) time.Duration {

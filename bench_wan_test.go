@@ -1,0 +1,49 @@
+package kwik_test
+
+import (
+	"testing"
+
+	"github.com/kwik-go/kwik/internal/compare"
+)
+
+// BenchmarkWAN: the same object downloaded, in every repetition, by raw quic-go over one
+// connection through a link as fast as the fastest server's, by striping (one quic-go
+// connection to each server, each fetching an equal range at once) and by KWIK with its
+// default configuration (Fanout from the primary and its secondaries), each server behind its
+// own netsim link, at one-way delays of 10, 40 and 100 ms: 32 MiB from 3x50 Mbit/s and from
+// 80+20+20 Mbit/s (the primary on the 80), 48 MiB from a single 200 Mbit/s server (no
+// striping). peak-recv-MiB is the most the KWIK client's session held at once in received,
+// unread bytes:
+//
+//	go test -run '^$' -bench WAN -benchtime 1x -timeout 30m .
+func BenchmarkWAN(b *testing.B) {
+	for _, conf := range compare.WANSweep(compare.WANDelays) {
+		b.Run(conf.Name(), func(b *testing.B) { benchWAN(b, conf) })
+	}
+}
+
+func benchWAN(b *testing.B, conf compare.WANConfig) {
+	ctx := benchContext(b)
+	w, err := compare.NewWAN(ctx, conf)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer w.Close()
+	b.ResetTimer()
+	r, err := w.Run(ctx, b.N)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(r.Mbps(r.QUIC), "quic-Mbit/s")
+	b.ReportMetric(r.Mbps(r.KWIK), "kwik-Mbit/s")
+	b.ReportMetric(r.Ratio(), "kwik/quic")
+	if r.Stripe > 0 {
+		b.ReportMetric(r.Mbps(r.Stripe), "stripe-Mbit/s")
+		b.ReportMetric(r.StripeRatio(), "kwik/stripe")
+	}
+	b.ReportMetric(r.OfLinksSum(), "of-links-sum")
+	b.ReportMetric(float64(r.PeakReceiveBuffered)/(1<<20), "peak-recv-MiB")
+	b.ReportMetric(0, "ns/op")
+	b.Logf("shares: %s", r.SharesString())
+}
