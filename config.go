@@ -37,19 +37,25 @@ type Config struct {
 	// this side; OpenStreamSync on the peer waits beyond it. 0 means 100 (as quic-go).
 	MaxIncomingStreams int
 
-	// StreamReceiveWindow is the receive credit of each logical stream: the most bytes the peer
-	// may send ahead of this side's Read, and so the most memory one stream holds. 0 means 1 MiB.
+	// StreamReceiveWindow is the most receive credit one logical stream keeps ahead of this
+	// side's Read, and so the most memory one stream holds. A stream starts with a small
+	// initial window and doubles it whenever the application read half of it in less than
+	// about two round trips of the paths delivering to it (their RTTs weighted by what each
+	// delivered), as quic-go tunes its windows; it does not grow while the reader waits at a
+	// gap with half the window buffered above it. 0 means 16 MiB: enough for several servers
+	// at 100 Mbit/s each, 100 ms away; at most 1 GiB.
 	StreamReceiveWindow int
 
 	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
-	// together, and so the memory they hold. Every stream starts with a small initial window
-	// (StreamReceiveWindow, at most MaxSessionReceiveWindow/MaxIncomingStreams and at least
-	// 64 KiB) granted whatever the total; beyond it, credit up to StreamReceiveWindow comes from
-	// the session's budget as the application reads. The receive memory of a session is thus
-	// at most MaxSessionReceiveWindow plus the initial windows of its open streams. As with
-	// QUIC's connection flow control, an application that leaves streams unread while the
-	// budget lasts can stall the others. 0 means the larger of 16 MiB and 4 StreamReceiveWindows;
-	// it must be at least StreamReceiveWindow.
+	// together, and so the memory they hold. Every stream starts with its initial window
+	// (MaxSessionReceiveWindow/MaxIncomingStreams, at least 64 KiB and at most
+	// StreamReceiveWindow) granted whatever the total; credit beyond it, up to the stream's
+	// current window, is lent by the session's budget as the application reads. The receive
+	// memory of a session is thus at most MaxSessionReceiveWindow plus the initial windows of
+	// its open streams (SessionStats.PeakReceiveBuffered reports what it held). As with QUIC's
+	// connection flow control, an application that leaves streams unread while the budget
+	// lasts can stall the others. 0 means the larger of 32 MiB and 2 StreamReceiveWindows; it
+	// must be at least StreamReceiveWindow.
 	MaxSessionReceiveWindow int
 
 	// MaxMessageSize is the largest message (control frame or data packet, length prefix
@@ -155,8 +161,8 @@ const (
 	defaultStreamsPerRealStream = 4
 	defaultMaxRealStreams       = 64
 	defaultMaxIncomingStreams   = 100
-	defaultStreamReceiveWindow  = 1 << 20
-	defaultSessionReceiveWindow = 16 << 20
+	defaultStreamReceiveWindow  = 16 << 20
+	defaultSessionReceiveWindow = 32 << 20
 	minInitialStreamWindow      = 64 << 10
 	defaultMaxMessageSize       = 64 << 10
 	defaultHandshakeTimeout     = 10 * time.Second
@@ -213,7 +219,7 @@ func (c *Config) populate() (*Config, error) {
 		return nil, errors.New("kwik: negative MaxSessionReceiveWindow")
 	}
 	if conf.MaxSessionReceiveWindow == 0 {
-		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 4*conf.StreamReceiveWindow)
+		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 2*conf.StreamReceiveWindow)
 	}
 	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow {
 		return nil, fmt.Errorf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow)

@@ -3,6 +3,9 @@ package kwik
 import (
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/flowcontrol"
 )
 
 // sessionCredit bounds the receive credit of all a session's logical streams together
@@ -40,9 +43,6 @@ func (c *sessionCredit) held(delta int) {
 	}
 }
 
-// minGrant is the least credit worth a MaxStreamData frame, unless a stream has none left.
-const minGrant = 16 << 10
-
 // exchange takes back what s returns and lends it up to need more, if at least least is left
 // (otherwise nothing, and s is remembered as stalled). It reports whether stalled streams may
 // now be served.
@@ -67,13 +67,13 @@ func (c *sessionCredit) exchange(s *stream, returned, need, least uint64) (lent 
 }
 
 // servableLocked says whether what is left would serve a stalled stream: a stream with no
-// credit left takes any, so minGrant free is not what to wait for. c.mu is held.
+// credit left takes any, so flowcontrol.MinGrant free is not what to wait for. c.mu is held.
 func (c *sessionCredit) servableLocked() bool {
 	left := c.max - min(c.lent, c.max)
 	if len(c.stalled) == 0 || left == 0 {
 		return false
 	}
-	if left >= minGrant {
+	if left >= flowcontrol.MinGrant {
 		return true
 	}
 	for _, least := range c.stalled {
@@ -131,67 +131,49 @@ func (s *stream) serveCredit() {
 	}
 }
 
-// grantLocked settles the stream's loan with the session after reads, and grants the stream
-// more credit once a quarter of its window has been read, so that the sender never waits on a
-// loopback-speed reader. It returns the new credit limit to announce, or 0, and whether
-// stalled streams may now be served (sess.serveStalled, once s.recv.mu is released).
-// Secondaries filling delegated ranges are told here; the caller tells the stream's own path.
-// s.recv.mu is held.
+// loan is a stream's side of the session's budget: the flowcontrol.Budget its receiver
+// borrows from.
+type loan struct {
+	c    *sessionCredit
+	s    *stream
+	wake bool // set by Exchange: stalled streams may now be served
+}
+
+func (l *loan) Exchange(returned, need, least uint64) uint64 {
+	lent, wake := l.c.exchange(l.s, returned, need, least)
+	l.wake = l.wake || wake
+	return lent
+}
+
+func (l *loan) Pressed() bool { return l.c.pressed() }
+
+// grantLocked settles the stream's loan with the session after reads and grants the stream
+// more credit once a quarter of its window has been read, growing the window first when the
+// reads went fast for the round trips of the paths delivering (flowcontrol.Receiver). It
+// returns the new credit limit to announce, or 0, and whether stalled streams may now be
+// served (sess.serveStalled, once s.recv.mu is released). Secondaries filling delegated
+// ranges are told here; the caller tells the stream's own path. s.recv.mu is held.
 func (s *stream) grantLocked() (grant uint64, wake bool) {
 	if s.recv.done {
 		// endRecvLocked gave the loan back: a stream that ends while serveStalled holds it
 		// borrows nothing more, nor stays stalled.
 		return 0, false
 	}
-	off := s.recv.buf.ReadOffset()
-	out := s.recv.maxOffset - off // credit the peer has not used up, or we have not read
-	own := s.recv.initial
-	returned := s.recv.borrowed - min(s.recv.borrowed, sat(out, own))
-	s.recv.borrowed -= returned
-	// Once half the session's budget is lent, a window grows only with what the application
-	// has read of the stream (twice that, from the initial window up to StreamReceiveWindow),
-	// so that streams read a little, then left, do not hold the budget the streams being read
-	// need.
-	window := s.recv.window
-	if s.sess.credit.pressed() {
-		window = min(window, max(own, 2*off))
-	}
-	var want uint64
 	// (A known final size may still lie beyond the credit: delegated ranges and their refills
 	// come after the primary's fin.)
-	if !s.recv.done && (!s.recv.finKnown || s.recv.maxOffset < s.recv.finalSize) && out <= window*3/4 {
-		want = off + window - s.recv.maxOffset
+	covered := s.recv.finKnown && s.recv.fc.Limit() >= s.recv.finalSize
+	s.recv.loan.wake = false
+	grant = s.recv.fc.Update(time.Now(), covered, &s.recv.loan)
+	if grant > 0 {
+		for _, d := range s.recv.delegs {
+			d.path.ctrl.queueMaxStreamData(s.id, grant)
+		}
 	}
-	need := sat(sat(out+want, own), s.recv.borrowed)
-	if returned == 0 && need == 0 && want == 0 {
-		return 0, false
-	}
-	least := uint64(1) // a stream with no credit left takes whatever there is
-	if out > 0 {
-		least = sat(min(want, minGrant), want-need)
-	}
-	lent, wake := s.sess.credit.exchange(s, returned, need, least)
-	// What the stream's own initial window covers is granted even when the budget lends
-	// nothing, so unread data stays within the budget plus the initial windows.
-	ext := want - (need - lent)
-	if ext == 0 || (out > 0 && ext < min(want, minGrant)) {
-		return 0, wake
-	}
-	s.recv.borrowed += lent
-	s.recv.maxOffset += ext
-	for _, d := range s.recv.delegs {
-		d.path.ctrl.queueMaxStreamData(s.id, s.recv.maxOffset)
-	}
-	return s.recv.maxOffset, wake
+	return grant, s.recv.loan.wake
 }
-
-// sat is a - b, or 0 when b is larger.
-func sat(a, b uint64) uint64 { return a - min(a, b) }
 
 // endRecvLocked gives back the loan of a receive half that takes no more data, and reports
 // whether stalled streams may now be served. s.recv.mu is held.
 func (s *stream) endRecvLocked() (wake bool) {
-	returned := s.recv.borrowed
-	s.recv.borrowed = 0
-	return s.sess.credit.forget(s, returned)
+	return s.sess.credit.forget(s, s.recv.fc.End())
 }

@@ -55,7 +55,7 @@ func TestSessionReceiveWindow(t *testing.T) {
 		for _, s := range cs {
 			st := s.(*stream)
 			st.recv.mu.Lock()
-			credit += st.recv.maxOffset - st.recv.buf.ReadOffset()
+			credit += st.recv.fc.Limit() - st.recv.buf.ReadOffset()
 			st.recv.mu.Unlock()
 		}
 		return credit
@@ -93,13 +93,13 @@ func TestSessionReceiveWindowConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.MaxSessionReceiveWindow != 16<<20 || c.initialStreamWindow() != (16<<20)/100 {
+	if c.StreamReceiveWindow != 16<<20 || c.MaxSessionReceiveWindow != 32<<20 || c.initialStreamWindow() != (32<<20)/100 {
 		t.Fatalf("defaults: %d, initial window %d", c.MaxSessionReceiveWindow, c.initialStreamWindow())
 	}
-	if c, _ := (&Config{StreamReceiveWindow: 8 << 20}).populate(); c.MaxSessionReceiveWindow != 32<<20 {
-		t.Fatalf("default with an 8 MiB stream window: %d", c.MaxSessionReceiveWindow)
+	if c, err := (&Config{StreamReceiveWindow: 24 << 20}).populate(); err != nil || c.MaxSessionReceiveWindow != 48<<20 {
+		t.Fatalf("default with a 24 MiB stream window: %v %v", c, err)
 	}
-	if c, _ := (&Config{MaxSessionReceiveWindow: 1 << 20, MaxIncomingStreams: 1000}).populate(); c.initialStreamWindow() != 64<<10 {
+	if c, _ := (&Config{StreamReceiveWindow: 1 << 20, MaxSessionReceiveWindow: 1 << 20, MaxIncomingStreams: 1000}).populate(); c.initialStreamWindow() != 64<<10 {
 		t.Fatalf("initial window floor: %d", c.initialStreamWindow())
 	}
 	if _, err := (&Config{StreamReceiveWindow: 2 << 20, MaxSessionReceiveWindow: 1 << 20}).populate(); err == nil {
@@ -153,7 +153,7 @@ func TestSessionCreditServeEndedStream(t *testing.T) {
 	}
 	s := cs.(*stream)
 	s.recv.mu.Lock()
-	borrowed := s.recv.borrowed
+	borrowed := s.recv.fc.Borrowed()
 	s.recv.mu.Unlock()
 	if borrowed == 0 {
 		t.Fatal("the stream read past its initial window borrowed nothing")

@@ -383,7 +383,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	// Queued under recv.mu, so that no credit update can overtake the assignment (the
 	// secondary would drop it, not knowing the delegation yet).
 	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
-		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.maxOffset,
+		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
 	}}})
 	st.recv.mu.Unlock()
 	if p.ctx.Err() != nil {

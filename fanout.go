@@ -10,13 +10,13 @@ import (
 	"time"
 )
 
-// FanoutOptions tunes Fanout. The zero value is valid.
+// FanoutOptions tunes Fanout. The zero value is valid, and the best choice on most links.
 type FanoutOptions struct {
-	// ChunkSize is the size of each chunk. 0 sizes chunks from the client's receive window so
-	// that every source can have MaxInFlight chunks in flight within it (at most 256 KiB).
+	// ChunkSize fixes the size of the pieces delegated to secondaries. 0 sizes each from its
+	// secondary's measured rate and delegation latency (64 KiB to 1 MiB).
 	ChunkSize int64
-	// MaxInFlight is how many delegations each secondary may have outstanding: enough to cover
-	// the round trips between a chunk's completion and the next assignment. 0 means 6.
+	// MaxInFlight caps the delegations a secondary may have outstanding. 0 means no fixed
+	// cap: each secondary keeps its measured rate times its delegation latency outstanding.
 	MaxInFlight int
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
@@ -49,47 +49,55 @@ func ParseFanoutRequest(b []byte) (off, n int64, err error) {
 
 type fanoutEvent struct {
 	path string
-	n    int64
+	off  int64 // where the delegation starts in the resource
+	n    int64 // bytes the secondary delivered
 	err  error
+	at   time.Time
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
-// secondaries on paths, in chunks: each next chunk goes to whichever source has room first
-// (a secondary with fewer than MaxInFlight chunks outstanding; otherwise the primary writes it
-// itself), so faster links take more chunks. A failed delegation's missing bytes are refilled
-// by the primary at once, and that secondary gets no more chunks. Fanout closes st when all is
-// sent and returns once every delegation is resolved. The stream may already carry bytes (a
-// header, say): src's bytes follow them, and requests name offsets in src.
+// secondaries on paths, piece by piece: the primary writes the first piece itself (the first
+// byte leaves at once), and then each next piece goes to the secondary expected to finish it
+// first among those whose pipe is not full, or else to the primary (fanoutScheduler has the
+// rules), so every source stays busy, faster ones take more, and a slow one never holds the
+// reader at a gap for long. A small resource is served by the primary alone. A failed
+// delegation's missing bytes are refilled by the primary at once, and that secondary gets no
+// more pieces. Fanout closes st when all is sent and returns once every delegation is
+// resolved. The stream may already carry bytes (a header, say): src's bytes follow them, and
+// requests name offsets in src.
 func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths []string, opts *FanoutOptions) (*FanoutResult, error) {
 	var o FanoutOptions
 	if opts != nil {
 		o = *opts
 	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = 6
-	}
 	if o.Request == nil {
 		o.Request = FanoutRequest
 	}
-	if o.ChunkSize <= 0 {
-		window := int64(defaultStreamReceiveWindow)
-		if s, ok := st.(*stream); ok {
-			window = int64(s.path.peer.windowMax)
-		}
-		o.ChunkSize = min(max(window/int64(o.MaxInFlight*(len(paths)+1)+1), 16<<10), 256<<10)
+	window, rtt := int64(defaultStreamReceiveWindow), time.Duration(0)
+	if s, ok := st.(*stream); ok {
+		window, rtt = int64(s.path.peer.windowMax), s.path.smoothedRTT()
 	}
+	sched := newFanoutScheduler(size, window, rtt, paths, &o)
 	res := &FanoutResult{Bytes: map[string]int64{}}
 	var (
-		mu       sync.Mutex // guards res from the watchers
+		mu       sync.Mutex // guards res and firstErr from the watchers
+		firstErr error
 		wg       sync.WaitGroup
-		events   = make(chan fanoutEvent, len(paths)*o.MaxInFlight)
-		inFlight = make(map[string]int, len(paths))
-		// Per source, for its rate: first assignment and last completion (main loop only).
-		firstSent = make(map[string]time.Time, len(paths))
-		lastDone  = make(map[string]time.Time, len(paths))
-		alive     = append([]string(nil), paths...)
-		buf       = make([]byte, o.ChunkSize)
+		events   = make(chan fanoutEvent, 64)
+		buf      = make([]byte, fanoutFirstPiece)
 	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+	}
+	failed := func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		return firstErr
+	}
 	// refill writes what a failed delegation left undelivered. Stream offsets and the
 	// resource's differ when the stream carried something before Fanout (a header): srcOff is
 	// where the delegation's range starts in src.
@@ -104,19 +112,6 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		res.Failed = append(res.Failed, de)
 		mu.Unlock()
 		return err
-	}
-	var firstErr error // guarded by mu
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-	}
-	failed := func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		return firstErr
 	}
 	watch := func(d *Delegation, srcOff int64) {
 		defer wg.Done()
@@ -134,37 +129,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if de != nil {
 			delivered -= de.Remaining
 		}
-		events <- fanoutEvent{path: d.PathID, n: delivered, err: err}
+		events <- fanoutEvent{path: d.PathID, off: srcOff, n: delivered, err: err, at: time.Now()}
 	}
 	handle := func(ev fanoutEvent) {
-		inFlight[ev.path]--
-		lastDone[ev.path] = time.Now()
+		sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at)
 		mu.Lock()
 		res.Bytes[ev.path] += ev.n
 		mu.Unlock()
-		if ev.err != nil {
-			alive = without(alive, ev.path)
-		}
-	}
-	// Rates, for the end game: a source is given no chunk it would still be sending when the
-	// others have finished everything, so a slow link does not hold up the tail.
-	var ownBytes int64
-	var ownTime time.Duration
-	rate := func(p string) float64 { // bytes per second
-		ownRate := float64(o.ChunkSize) / 0.05 // until measured: 40 Mbit/s
-		if ownTime > 0 {
-			ownRate = float64(ownBytes) / ownTime.Seconds()
-		}
-		if p == "" {
-			return ownRate
-		}
-		mu.Lock()
-		done := res.Bytes[p]
-		mu.Unlock()
-		if el := lastDone[p].Sub(firstSent[p]).Seconds(); done > 0 && el > 0 {
-			return float64(done) / el
-		}
-		return ownRate
 	}
 	writeOwn := func(off, n int64) error {
 		b := buf[:n]
@@ -175,17 +146,15 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if _, err := st.Write(b); err != nil {
 			return err
 		}
-		ownTime += time.Since(t0)
-		ownBytes += n
+		sched.wrote(n, time.Since(t0))
 		mu.Lock()
 		res.Bytes[""] += n
 		mu.Unlock()
 		return nil
 	}
 
-	var off int64
 	var err error
-	for off < size && err == nil && failed() == nil {
+	for err == nil && failed() == nil {
 		// Take in what has finished, without waiting.
 		for drained := false; !drained; {
 			select {
@@ -195,53 +164,27 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				drained = true
 			}
 		}
-		n := min(o.ChunkSize, size-off)
-		total := rate("")
-		for _, p := range alive {
-			total += rate(p)
-		}
-		rest := float64(size-off-n) / total // seconds for everyone to send the rest
-		var to string
-		for _, p := range alive {
-			// Only a clearly slower source is held back: estimates are rough, and holding
-			// back an equal one starves it.
-			finish := float64(int64(inFlight[p])*o.ChunkSize+n) / rate(p)
-			slow := rate(p) < 0.75*rate("") && finish > rest+float64(n)/rate("")
-			// Keep about 0.6 s of a source's measured rate in flight (at least 2 chunks):
-			// a slow link's queue then drains as fast as the others'.
-			limit := o.MaxInFlight
-			if _, measured := lastDone[p]; measured {
-				limit = min(limit, max(2, int(rate(p)*0.6/float64(o.ChunkSize))))
-			}
-			if inFlight[p] < limit && !slow &&
-				(to == "" || inFlight[p] < inFlight[to]) {
-				to = p
-			}
+		off := sched.off
+		to, n := sched.next()
+		if n == 0 {
+			break
 		}
 		if to == "" {
-			// The primary's own pieces are a quarter chunk: while it writes, nobody is given
-			// work, so it looks for a free secondary often.
-			n = min(n, max(o.ChunkSize/4, 16<<10))
 			err = writeOwn(off, n)
-			off += n
 			continue
 		}
 		d, derr := st.Delegate(to, n, o.Request(off, n))
 		if derr != nil {
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
-				alive = without(alive, to)
+				sched.kill(to)
 				continue
 			}
 			err = derr
 			break
 		}
-		inFlight[to]++
-		if firstSent[to].IsZero() {
-			firstSent[to] = time.Now()
-		}
+		sched.delegated(to, n, time.Now())
 		wg.Add(1)
 		go watch(d, off)
-		off += n
 	}
 	if err == nil {
 		err = st.Close()

@@ -79,6 +79,14 @@ func newPath(sess *session, conn *quic.Conn, id, address string, primary, essent
 	return p
 }
 
+// smoothedRTT is the path's QUIC round trip (0 before any sample or without a connection).
+func (p *path) smoothedRTT() time.Duration {
+	if p == nil || p.conn == nil {
+		return 0
+	}
+	return p.conn.ConnectionStats().SmoothedRTT
+}
+
 func (p *path) start() {
 	p.sess.wg.Add(3)
 	go p.readControl()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/kwik-go/kwik/internal/data"
+	"github.com/kwik-go/kwik/internal/flowcontrol"
 	"github.com/kwik-go/kwik/internal/wire/pb"
 	"github.com/quic-go/quic-go"
 )
@@ -30,10 +31,8 @@ type stream struct {
 	recv struct {
 		mu        sync.Mutex
 		buf       data.RecvBuffer
-		window    uint64 // receive credit granted beyond the read offset
-		maxOffset uint64 // credit granted so far: the peer may send bytes below it
-		initial   uint64 // credit the stream holds without borrowing from the session
-		borrowed  uint64 // credit beyond initial, lent by the session (sessionCredit)
+		fc        *flowcontrol.Receiver[*path] // credit granted, the window and its tuning
+		loan      loan                         // the stream's side of the session's budget
 		finalSize uint64
 		finKnown  bool
 		err       error // reset by the peer, or canceled here
@@ -83,9 +82,8 @@ func newStream(id uint64, sess *session, p *path) *stream {
 		sendWake:   make(chan struct{}),
 	}
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
-	s.recv.window = uint64(sess.conf.StreamReceiveWindow)
-	s.recv.initial = sess.conf.initialStreamWindow()
-	s.recv.maxOffset = s.recv.initial
+	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, (*path).smoothedRTT, time.Now())
+	s.recv.loan = loan{c: &sess.credit, s: s}
 	s.send.maxOffset = p.peer.streamWindow
 	return s
 }
@@ -160,6 +158,7 @@ func (s *stream) Read(p []byte) (int, error) {
 		if n > 0 {
 			off := s.recv.buf.ReadOffset()
 			eof := s.recv.finKnown && off == s.recv.finalSize
+			s.recv.fc.Read(off, time.Now())
 			grant, wake := s.grantLocked()
 			s.recv.mu.Unlock()
 			if grant > 0 {
@@ -174,6 +173,8 @@ func (s *stream) Read(p []byte) (int, error) {
 			}
 			return n, nil
 		}
+		// Nothing to read: the window's tuning wants to know whether a gap holds the reader.
+		s.recv.fc.Blocked(time.Now(), uint64(s.recv.buf.BufferedBlocks())*data.BlockSize)
 		deadline := s.recv.deadline
 		s.recv.mu.Unlock()
 		if err := s.wait(s.recvSignal, deadline); err != nil {
@@ -202,7 +203,7 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 			return &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
 		}
 	}
-	err := s.storeFrame(off, end, b, fin)
+	err := s.storeFrame(p, off, end, b, fin)
 	if d != nil {
 		var ke *Error
 		if errors.As(err, &ke) {
@@ -229,10 +230,10 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 }
 
 // storeFrame checks a frame against credit and final size and buffers it. s.recv.mu is held.
-func (s *stream) storeFrame(off, end uint64, b []byte, fin bool) error {
+func (s *stream) storeFrame(p *path, off, end uint64, b []byte, fin bool) error {
 	// An empty fin stores nothing: its final size may lie beyond the credit, past ranges
 	// delegated to secondaries that the reader has not reached yet.
-	if end > s.recv.maxOffset && len(b) > 0 {
+	if end > s.recv.fc.Limit() && len(b) > 0 {
 		return &Error{Code: CodeFlowControl, Message: "data beyond stream credit"}
 	}
 	if fin {
@@ -247,7 +248,9 @@ func (s *stream) storeFrame(off, end uint64, b []byte, fin bool) error {
 		return &Error{Code: CodeInvalidFrame, Message: "data beyond final size"}
 	}
 	blocks := s.recv.buf.BufferedBlocks()
-	s.recv.buf.Write(off, b)
+	if n := s.recv.buf.Write(off, b); n > 0 {
+		s.recv.fc.Received(p, uint64(n))
+	}
 	s.sess.credit.held(s.recv.buf.BufferedBlocks() - blocks)
 	if s.recv.buf.Received().Len() > maxRangesPerStream {
 		return &Error{Code: CodeInvalidFrame, Message: "stream data too fragmented"}

@@ -71,7 +71,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
-	conf := &kwik.Config{JoinKey: key, StreamReceiveWindow: 16 << 20, HeartbeatInterval: 250 * time.Millisecond, PathTimeout: time.Second}
+	conf := &kwik.Config{JoinKey: key, HeartbeatInterval: 250 * time.Millisecond, PathTimeout: time.Second}
 	link := netsim.LinkConfig{Delay: o.delay, RateBps: o.rateMbit * 1_000_000}
 
 	// Servers, each behind its own link.

@@ -83,10 +83,7 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	conf := &kwik.Config{
-		StreamReceiveWindow: 16 << 20, // room for every source's chunks in flight
-		Logger:              slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-	}
+	conf := &kwik.Config{Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
 	sess, err := kwik.Dial(ctx, addr, tlsConf, conf)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)

@@ -22,7 +22,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/kwik-go/kwik"
 	"github.com/kwik-go/kwik/examples/client/fetch"
 )
 
@@ -48,9 +47,7 @@ func run(ctx context.Context, w io.Writer, addr, certFile, object string) error 
 	if err != nil {
 		return err
 	}
-	// A large per-stream window lets every server keep several chunks in flight at once.
-	conf := &kwik.Config{StreamReceiveWindow: 8 << 20}
-	res, err := fetch.Get(ctx, addr, tlsConf, object, conf)
+	res, err := fetch.Get(ctx, addr, tlsConf, object, nil) // nil: the defaults, windows that tune themselves
 	if res != nil {
 		report(w, res)
 	}

@@ -161,7 +161,7 @@ func downloadThroughLink(ctx context.Context, listenAddr string, link netsim.Con
 
 // kwikThroughLink downloads data from a KWIK primary.
 func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link netsim.Config, data []byte, compress bool) (time.Duration, uint64, error) {
-	conf := &kwik.Config{Compression: compress, StreamReceiveWindow: 8 << 20}
+	conf := &kwik.Config{Compression: compress}
 	ln, err := kwik.Listen("127.0.0.1:0", serverTLS, conf)
 	if err != nil {
 		return 0, 0, err

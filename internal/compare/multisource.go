@@ -74,7 +74,7 @@ func NewMultiSource(ctx context.Context, conf MultiSourceConfig) (_ *MultiSource
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
-	kconf := &kwik.Config{JoinKey: key, StreamReceiveWindow: 8 << 20, HeartbeatInterval: 250 * time.Millisecond, PathTimeout: time.Second}
+	kconf := &kwik.Config{JoinKey: key, HeartbeatInterval: 250 * time.Millisecond, PathTimeout: time.Second}
 	m.kwik, err = newKWIKSources(ctx, kconf, serverTLS, clientTLS, links(conf.Rates, conf.Delay), bytes.NewReader(m.resource), &m.closers)
 	return m, err
 }
