@@ -12,8 +12,10 @@ import (
 
 // FanoutOptions tunes Fanout. The zero value is valid, and the best choice on most links.
 type FanoutOptions struct {
-	// ChunkSize fixes the size of the pieces delegated to secondaries. 0 sizes each from its
-	// secondary's measured rate and delegation latency (64 KiB to 1 MiB).
+	// ChunkSize fixes the size of the pieces delegated to secondaries and of the primary's
+	// first piece, and has delegation start whatever the resource's size. 0 sizes each piece
+	// from its secondary's measured rate and delegation latency (64 KiB to 1 MiB), and leaves
+	// a resource too small for delegation to pay off to the primary alone.
 	ChunkSize int64
 	// MaxInFlight caps the delegations a secondary may have outstanding. 0 means no fixed
 	// cap: each secondary keeps its measured rate times its delegation latency outstanding.
@@ -74,8 +76,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		o.Request = FanoutRequest
 	}
 	window, rtt := int64(defaultStreamReceiveWindow), time.Duration(0)
-	if s, ok := st.(*stream); ok {
-		window, rtt = int64(s.path.peer.windowMax), s.path.smoothedRTT()
+	ks, _ := st.(*stream)
+	var base int64 // the stream's offset of the resource's first byte
+	if ks != nil {
+		window, rtt = int64(ks.path.peer.windowMax), ks.path.smoothedRTT()
+		ks.send.mu.Lock()
+		base = int64(ks.send.offset)
+		ks.send.mu.Unlock()
 	}
 	sched := newFanoutScheduler(size, window, rtt, paths, &o)
 	res := &FanoutResult{Bytes: map[string]int64{}}
@@ -165,6 +172,11 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 		}
 		off := sched.off
+		if ks != nil {
+			ks.send.mu.Lock()
+			sched.credit = int64(ks.send.maxOffset) - base
+			ks.send.mu.Unlock()
+		}
 		to, n := sched.next()
 		if n == 0 {
 			break

@@ -35,6 +35,7 @@ type fanoutScheduler struct {
 	chunk  int64 // fixed piece size for secondaries; 0: adaptive
 	count  int   // fixed cap on a secondary's outstanding delegations; 0: none
 	rtt    time.Duration
+	credit int64 // the client's credit for the stream, in the resource's offsets; <0: unknown
 
 	own struct {
 		bytes int64
@@ -53,13 +54,20 @@ type fanoutSource struct {
 	lat         time.Duration // least delegation latency beyond transfer; 0: none measured
 	lastDone    time.Time     // the latest completion
 	samples     []fanoutSample
-	rate        float64 // bytes per second; 0 until measured
+	window      []fanoutDone // recent completions
+	completed   int64        // bytes delivered by completed pieces
+	rate        float64      // bytes per second; 0 until measured
 }
 
 type fanoutPiece struct {
 	off, n      int64
 	at          time.Time
 	outstanding int64 // the source's outstanding bytes when assigned, this piece included
+}
+
+type fanoutDone struct {
+	at    time.Time
+	bytes int64 // completed bytes so far, this completion included
 }
 
 // fanoutSample is one completion: n bytes that kept the source's pipe busy for d.
@@ -80,7 +88,7 @@ const (
 )
 
 func newFanoutScheduler(size, window int64, rtt time.Duration, paths []string, o *FanoutOptions) *fanoutScheduler {
-	s := &fanoutScheduler{size: size, window: max(window, 1<<20), chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt}
+	s := &fanoutScheduler{size: size, window: max(window, 1<<20), chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt, credit: -1}
 	for _, p := range paths {
 		s.secs = append(s.secs, &fanoutSource{path: p})
 	}
@@ -139,6 +147,9 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		return "", 0
 	}
 	if s.off == 0 {
+		if s.chunk > 0 {
+			return "", min(rest, s.chunk)
+		}
 		return "", min(rest, fanoutFirstPiece)
 	}
 	total := s.ownRate()
@@ -174,14 +185,14 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		others := total - rate
 		// ECF's end game: a piece this secondary would deliver only after all the sources
 		// together should have sent everything is better left to the others.
-		if eta > end+float64(piece)/total {
+		if s.chunk == 0 && eta > end+float64(piece)/total {
 			continue
 		}
 		// BLEST: while the reader waits for this piece (from when it has read what comes
 		// before, at the sources' full rate), the others would fill the window.
 		before := s.off - s.delivered
 		wait := eta - float64(before)/total
-		if wait > 0 && others*wait > float64(s.window-before-piece) {
+		if wait > 0 && others*wait > float64(s.room()-before-piece) {
 			continue
 		}
 		if best == nil || eta < bestEta {
@@ -192,6 +203,16 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		return "", min(rest, fanoutOwnPiece)
 	}
 	return best.path, min(s.chunkFor(best), rest)
+}
+
+// room is the window the pieces in flight may span: the client's maximum window, but no more
+// than twice the window it grants now (a window doubles at most once per round of reads), so
+// that delegations do not run so far past the credit that the primary's own writes wait on it.
+func (s *fanoutScheduler) room() int64 {
+	if s.credit < 0 {
+		return s.window
+	}
+	return min(s.window, 2*max(s.credit-s.delivered, 0)+fanoutMaxChunk)
 }
 
 // wrote records that the primary wrote n bytes at the current offset, which took d.
@@ -249,6 +270,20 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		n, d = n+sm.n, d+sm.d
 	}
 	src.rate = float64(n) / d.Seconds()
+	// Pieces a secondary serves at once complete close together, which makes their busy
+	// times look short: the rate is also held to twice the bytes completed over the time the
+	// last completions spanned (the margin lets a source held back by its cap show more).
+	src.window = append(src.window, fanoutDone{at: now, bytes: src.completed + delivered})
+	src.completed += delivered
+	if len(src.window) > fanoutRateWindow {
+		src.window = src.window[1:]
+	}
+	if k := len(src.window); k >= 3 {
+		first, last := src.window[0], src.window[k-1]
+		if el := last.at.Sub(first.at).Seconds(); el > 0 {
+			src.rate = min(src.rate, 2*float64(last.bytes-first.bytes)/el)
+		}
+	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
 	// (with others outstanding, their transfer times blur it).
 	if p.outstanding == p.n {
