@@ -144,19 +144,23 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		res.Bytes[ev.path] += ev.n
 		mu.Unlock()
 	}
+	// writeOwn writes [off, off+n) of src itself, through buf (a piece may be larger).
 	writeOwn := func(off, n int64) error {
-		b := buf[:n]
-		if _, err := io.ReadFull(io.NewSectionReader(src, off, n), b); err != nil {
-			return fmt.Errorf("kwik: Fanout: reading the resource: %w", err)
+		for n > 0 {
+			b := buf[:min(n, int64(len(buf)))]
+			if _, err := io.ReadFull(io.NewSectionReader(src, off, int64(len(b))), b); err != nil {
+				return fmt.Errorf("kwik: Fanout: reading the resource: %w", err)
+			}
+			t0 := time.Now()
+			if _, err := st.Write(b); err != nil {
+				return err
+			}
+			sched.wrote(int64(len(b)), time.Since(t0))
+			mu.Lock()
+			res.Bytes[""] += int64(len(b))
+			mu.Unlock()
+			off, n = off+int64(len(b)), n-int64(len(b))
 		}
-		t0 := time.Now()
-		if _, err := st.Write(b); err != nil {
-			return err
-		}
-		sched.wrote(n, time.Since(t0))
-		mu.Lock()
-		res.Bytes[""] += n
-		mu.Unlock()
 		return nil
 	}
 

@@ -173,7 +173,7 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		limit := s.capOf(src, piece)
 		if src.rate == 0 {
 			// Until a first piece tells its rate, a secondary gets little: it may be slow.
-			limit = fanoutProbe
+			limit = max(fanoutProbe, piece)
 		}
 		if s.count > 0 && len(src.pieces) >= s.count || src.outstanding+piece > limit {
 			continue

@@ -22,7 +22,7 @@ func TestFanoutRequest(t *testing.T) {
 // fanoutDownload serves resource with Fanout from the primary and the secondaries of ms
 // (which serve it with ServeFanout) after header, written by the primary first, and checks
 // what the client reads.
-func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, onHalf func()) *FanoutResult {
+func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, opts *FanoutOptions, onHalf func()) *FanoutResult {
 	ctx := testContext(t)
 	src := bytes.NewReader(resource)
 	for _, sec := range ms.secs {
@@ -41,7 +41,7 @@ func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, onHa
 			res <- nil
 			return
 		}
-		fr, err := Fanout(ctx, st, src, int64(len(resource)), ms.ids, &FanoutOptions{ChunkSize: 128 << 10})
+		fr, err := Fanout(ctx, st, src, int64(len(resource)), ms.ids, opts)
 		if err != nil {
 			t.Errorf("Fanout: %v", err)
 		}
@@ -74,20 +74,32 @@ func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, onHa
 }
 
 func TestFanout(t *testing.T) {
-	ms := newMultiSource(t, 2, delegationConf)
-	resource := content(0, 8<<20)
-	fr := fanoutDownload(t, ms, nil, resource, nil)
-	var total int64
-	for _, id := range append([]string{""}, ms.ids...) {
-		total += fr.Bytes[id]
-	}
-	if total != int64(len(resource)) || len(fr.Failed) != 0 {
-		t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
-	}
-	for _, id := range ms.ids {
-		if fr.Bytes[id] == 0 {
-			t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
-		}
+	for _, tc := range []struct {
+		name string
+		opts *FanoutOptions
+	}{
+		{"defaults", nil},
+		{"small chunks", &FanoutOptions{ChunkSize: 128 << 10}},
+		// Pieces larger than Fanout's own buffer, one delegation at a time.
+		{"large chunks", &FanoutOptions{ChunkSize: 600 << 10, MaxInFlight: 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ms := newMultiSource(t, 2, delegationConf)
+			resource := content(0, 8<<20)
+			fr := fanoutDownload(t, ms, nil, resource, tc.opts, nil)
+			var total int64
+			for _, id := range append([]string{""}, ms.ids...) {
+				total += fr.Bytes[id]
+			}
+			if total != int64(len(resource)) || len(fr.Failed) != 0 {
+				t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
+			}
+			for _, id := range ms.ids {
+				if fr.Bytes[id] == 0 {
+					t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
+				}
+			}
+		})
 	}
 }
 
@@ -97,7 +109,7 @@ func TestFanoutSourceKilled(t *testing.T) {
 	// After a header, so that stream offsets are not the resource's: the refill must read src
 	// at the range's own offsets.
 	header := content(1, 1001)
-	fr := fanoutDownload(t, ms, header, resource, func() { ms.relay[1].SetBlackhole(true) })
+	fr := fanoutDownload(t, ms, header, resource, &FanoutOptions{ChunkSize: 128 << 10}, func() { ms.relay[1].SetBlackhole(true) })
 	if len(fr.Failed) == 0 || fr.Refilled == 0 {
 		t.Fatalf("no failure after a source died: %+v", fr)
 	}

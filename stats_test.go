@@ -14,7 +14,7 @@ func TestStats(t *testing.T) {
 			t.Fatalf("path %s received %d bytes before any stream", p.PathID, p.BytesReceived)
 		}
 	}
-	fanoutDownload(t, ms, nil, content(0, 4<<20), nil)
+	fanoutDownload(t, ms, nil, content(0, 4<<20), &FanoutOptions{ChunkSize: 128 << 10}, nil)
 	after := ms.p.client.Stats()
 	for _, p := range after.Paths {
 		if p.BytesReceived < 256<<10 || p.PacketsReceived == 0 || p.QUIC.SmoothedRTT <= 0 {
