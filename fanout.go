@@ -13,9 +13,11 @@ import (
 // FanoutOptions tunes Fanout. The zero value is valid, and the best choice on most links.
 type FanoutOptions struct {
 	// ChunkSize fixes the size of the pieces delegated to secondaries and of the primary's
-	// first piece, and has delegation start whatever the resource's size. 0 sizes each piece
-	// from its secondary's measured rate and delegation latency (64 KiB to 1 MiB), and leaves
-	// a resource too small for delegation to pay off to the primary alone.
+	// first piece, and has every secondary with room take pieces whatever the resource's size
+	// and the secondaries' speeds. 0 sizes each piece from its secondary's measured rate and
+	// delegation latency (64 KiB to 1 MiB), leaves a resource too small for delegation to pay
+	// off to the primary alone, and gives a slow secondary no piece it would hold the reader
+	// up with.
 	ChunkSize int64
 	// MaxInFlight caps the delegations a secondary may have outstanding. 0 means no fixed
 	// cap: each secondary keeps its measured rate times its delegation latency outstanding.

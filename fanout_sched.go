@@ -192,7 +192,7 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		// before, at the sources' full rate), the others would fill the window.
 		before := s.off - s.delivered
 		wait := eta - float64(before)/total
-		if wait > 0 && others*wait > float64(s.room()-before-piece) {
+		if s.chunk == 0 && wait > 0 && others*wait > float64(s.room()-before-piece) {
 			continue
 		}
 		if best == nil || eta < bestEta {

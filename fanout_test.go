@@ -77,11 +77,14 @@ func TestFanout(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		opts *FanoutOptions
+		all  bool // every secondary must serve a part
 	}{
-		{"defaults", nil},
-		{"small chunks", &FanoutOptions{ChunkSize: 128 << 10}},
+		// The defaults may leave a secondary out: here the primary is not behind a link, and
+		// a source that looks slower is not worth a gap.
+		{"defaults", nil, false},
+		{"small chunks", &FanoutOptions{ChunkSize: 128 << 10}, true},
 		// Pieces larger than Fanout's own buffer, one delegation at a time.
-		{"large chunks", &FanoutOptions{ChunkSize: 600 << 10, MaxInFlight: 1}},
+		{"large chunks", &FanoutOptions{ChunkSize: 600 << 10, MaxInFlight: 1}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ms := newMultiSource(t, 2, delegationConf)
@@ -95,7 +98,7 @@ func TestFanout(t *testing.T) {
 				t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
 			}
 			for _, id := range ms.ids {
-				if fr.Bytes[id] == 0 {
+				if tc.all && fr.Bytes[id] == 0 {
 					t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
 				}
 			}
