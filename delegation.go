@@ -379,6 +379,17 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		sess.reportOutcome(d, delegationFailed, d.off, CodeInternal, "the stream is no longer read")
 		return nil
 	}
+	var grant uint64
+	var wake bool
+	if !slices.Contains(st.recv.fed, p) {
+		st.recv.fed = append(st.recv.fed, p)
+		// A path starts feeding the stream: its bytes in flight need room of their own, as a
+		// connection of its own would have (quic-go starts each with about 1 MiB). The window
+		// grows from there as it does for any stream. Granted before the assignment, which
+		// carries the new limit.
+		st.recv.fc.AtLeast(st.recv.fc.Size() + perSourceWindow)
+		grant, wake = st.grantLocked()
+	}
 	st.recv.delegs = append(slices.Clip(st.recv.delegs), d) // copy on write, as detach
 	// Queued under recv.mu, so that no credit update can overtake the assignment (the
 	// secondary would drop it, not knowing the delegation yet).
@@ -386,12 +397,21 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
 	}}})
 	st.recv.mu.Unlock()
+	if grant > 0 {
+		st.path.ctrl.queueMaxStreamData(st.id, grant)
+	}
+	if wake {
+		sess.serveStalled()
+	}
 	if p.ctx.Err() != nil {
 		// The path died while we recorded the range: its failure handler may have missed it.
 		sess.failDelegations(p, CodePathDead, "path died")
 	}
 	return nil
 }
+
+// perSourceWindow is the room a stream's window makes for each path that starts feeding it.
+const perSourceWindow = 1 << 20
 
 // delegationFor finds the active delegation of path p covering [off, end). st.recv.mu is held.
 func (s *stream) delegationFor(p *path, off, end uint64) *delegationRecord {

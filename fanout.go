@@ -93,7 +93,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		firstErr error
 		wg       sync.WaitGroup
 		events   = make(chan fanoutEvent, 64)
-		buf      = make([]byte, fanoutFirstPiece)
+		buf      = make([]byte, 256<<10)
 	)
 	fail := func(err error) {
 		mu.Lock()

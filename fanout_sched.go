@@ -42,20 +42,21 @@ type fanoutScheduler struct {
 		busy  time.Duration // time spent in Write
 	}
 	secs      []*fanoutSource
-	delivered int64 // bytes known to be at the client: the primary's and completed delegations'
+	ownPass   float64 // the primary's virtual clock (see next)
+	delivered int64   // bytes known to be at the client: the primary's and completed delegations'
 }
 
 // fanoutSource is one secondary as the scheduler sees it.
 type fanoutSource struct {
 	path        string
 	dead        bool
-	outstanding int64 // bytes delegated and not yet resolved
+	pass        float64 // virtual clock: seconds of work given, at its rate
+	outstanding int64   // bytes delegated and not yet resolved
 	pieces      []fanoutPiece
 	lat         time.Duration // least delegation latency beyond transfer; 0: none measured
 	lastDone    time.Time     // the latest completion
 	samples     []fanoutSample
 	window      []fanoutDone // recent completions
-	completed   int64        // bytes delivered by completed pieces
 	rate        float64      // bytes per second; 0 until measured
 }
 
@@ -65,9 +66,10 @@ type fanoutPiece struct {
 	outstanding int64 // the source's outstanding bytes when assigned, this piece included
 }
 
+// fanoutDone is a completed piece: when it was assigned, and what it delivered.
 type fanoutDone struct {
 	at    time.Time
-	bytes int64 // completed bytes so far, this completion included
+	bytes int64
 }
 
 // fanoutSample is one completion: n bytes that kept the source's pipe busy for d.
@@ -77,8 +79,8 @@ type fanoutSample struct {
 }
 
 const (
-	fanoutFirstPiece = 256 << 10 // written by the primary before anything is delegated
-	fanoutOwnPiece   = 64 << 10  // the primary's pieces: short, so it looks for a free secondary often
+	fanoutFirstPiece = 64 << 10 // written by the primary before anything is delegated
+	fanoutOwnPiece   = 64 << 10 // the primary's pieces: short, so it looks for a free secondary often
 	fanoutMinChunk   = 64 << 10
 	fanoutMaxChunk   = 1 << 20
 	fanoutRateWindow = 8         // completions the rate is measured over
@@ -202,7 +204,26 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 	if best == nil {
 		return "", min(rest, fanoutOwnPiece)
 	}
+	// Shares follow the rates (stride scheduling): every source's virtual clock advances by
+	// what it was given over its rate, and the primary writes a piece of its own when its
+	// clock is behind the chosen secondary's, so that a secondary with room does not take
+	// what the primary's own pipe would have carried.
+	if s.chunk == 0 && s.ownPass < best.pass {
+		return "", min(rest, fanoutOwnPiece)
+	}
 	return best.path, min(s.chunkFor(best), rest)
+}
+
+// advance moves a source's virtual clock past n bytes at rate, from no earlier than the
+// least clock of the others (a source that sat idle gets no credit for it).
+func (s *fanoutScheduler) advance(pass *float64, n int64, rate float64) {
+	now := s.ownPass
+	for _, src := range s.secs {
+		if !src.dead && src.pass < now {
+			now = src.pass
+		}
+	}
+	*pass = max(*pass, now) + float64(n)/rate
 }
 
 // room is the window the pieces in flight may span: the client's maximum window, but no more
@@ -217,6 +238,7 @@ func (s *fanoutScheduler) room() int64 {
 
 // wrote records that the primary wrote n bytes at the current offset, which took d.
 func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
+	s.advance(&s.ownPass, n, s.ownRate())
 	s.off += n
 	s.own.bytes += n
 	s.own.busy += d
@@ -226,6 +248,7 @@ func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
 // delegated records that n bytes at the current offset went to path at now.
 func (s *fanoutScheduler) delegated(path string, n int64, now time.Time) {
 	src := s.source(path)
+	s.advance(&src.pass, n, s.rateOf(src))
 	src.outstanding += n
 	src.pieces = append(src.pieces, fanoutPiece{off: s.off, n: n, at: now, outstanding: src.outstanding})
 	s.off += n
@@ -271,17 +294,23 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	}
 	src.rate = float64(n) / d.Seconds()
 	// Pieces a secondary serves at once complete close together, which makes their busy
-	// times look short: the rate is also held to twice the bytes completed over the time the
-	// last completions spanned (the margin lets a source held back by its cap show more).
-	src.window = append(src.window, fanoutDone{at: now, bytes: src.completed + delivered})
-	src.completed += delivered
+	// times look short: the rate is also held to a quarter more than the bytes of the last
+	// completions over the time from when the first of them could start (its assignment plus
+	// the latency) to now. That cannot overestimate a busy pipe; the quarter lets a source
+	// held back by its cap show more.
+	src.window = append(src.window, fanoutDone{at: p.at, bytes: delivered})
 	if len(src.window) > fanoutRateWindow {
 		src.window = src.window[1:]
 	}
-	if k := len(src.window); k >= 3 {
-		first, last := src.window[0], src.window[k-1]
-		if el := last.at.Sub(first.at).Seconds(); el > 0 {
-			src.rate = min(src.rate, 2*float64(last.bytes-first.bytes)/el)
+	if len(src.window) >= 2 {
+		var bytes int64
+		start := now
+		for _, w := range src.window {
+			bytes += w.bytes
+			start = minTime(start, w.at)
+		}
+		if el := now.Sub(start.Add(lat)).Seconds(); el > 0 {
+			src.rate = min(src.rate, 1.25*float64(bytes)/el)
 		}
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
@@ -293,6 +322,13 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.lat = took
 		}
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 func maxTime(a, b time.Time) time.Time {

@@ -40,6 +40,7 @@ type stream struct {
 		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
 		deadline  time.Time
 		delegs    []*delegationRecord // client: active delegations of this stream
+		fed       []*path             // client: the paths that had a delegation of this stream
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
 
@@ -251,6 +252,7 @@ func (s *stream) storeFrame(p *path, off, end uint64, b []byte, fin bool) error 
 	if n := s.recv.buf.Write(off, b); n > 0 {
 		s.recv.fc.Received(p, uint64(n))
 	}
+	s.recv.fc.Arrived(end)
 	s.sess.credit.held(s.recv.buf.BufferedBlocks() - blocks)
 	if s.recv.buf.Received().Len() > maxRangesPerStream {
 		return &Error{Code: CodeInvalidFrame, Message: "stream data too fragmented"}

@@ -43,6 +43,8 @@ type Receiver[K comparable] struct {
 	limit    uint64 // credit granted: senders may send bytes below it
 	borrowed uint64 // credit beyond initial, lent by the budget
 	read     uint64 // the reader's offset
+	highest  uint64 // the highest offset received
+	grownAt  time.Time
 	home     K
 	rttOf    func(K) time.Duration
 
@@ -81,6 +83,13 @@ func (r *Receiver[K]) Size() uint64 { return r.size }
 
 // Borrowed is the credit lent by the budget that the stream holds.
 func (r *Receiver[K]) Borrowed() uint64 { return r.borrowed }
+
+// AtLeast raises the window to n (within its cap), as when another source starts feeding the
+// stream: credit follows at the next Update.
+func (r *Receiver[K]) AtLeast(n uint64) { r.size = max(r.size, min(n, r.max)) }
+
+// Arrived records that bytes up to end have arrived (duplicates included).
+func (r *Receiver[K]) Arrived(end uint64) { r.highest = max(r.highest, end) }
 
 // Received records n bytes newly delivered by src (duplicates excluded).
 func (r *Receiver[K]) Received(src K, n uint64) {
@@ -201,8 +210,14 @@ func (r *Receiver[K]) maybeGrow(now time.Time) {
 		gap += now.Sub(r.gapSince)
 	}
 	fraction := float64(inEpoch) / float64(r.size)
-	if rtt := r.RTT(); rtt > 0 && elapsed < time.Duration(4*fraction*float64(rtt)) && gap <= elapsed/2 {
+	rtt := r.RTT()
+	// The senders used up all the credit: the window is what limits them, however slowly
+	// the reads went (a stream fed by several paths waits for the slowest trip before it can
+	// read fast). Once per round trip, like the doubling of a slow start.
+	starved := r.highest+MinGrant >= r.limit && now.Sub(r.grownAt) >= rtt
+	if rtt > 0 && (elapsed < time.Duration(4*fraction*float64(rtt)) || starved) && gap <= elapsed/2 && r.size < r.max {
 		r.size = min(2*r.size, r.max)
+		r.grownAt = now
 	}
 	r.epochStart, r.epochOffset, r.gapTime = now, r.read, 0
 	if !r.gapSince.IsZero() {

@@ -248,3 +248,48 @@ func TestReceiverInvariants(t *testing.T) {
 		}
 	}
 }
+
+// TestReceiverStarvedSenders: senders that use up all the credit show that the window is what
+// limits them, even when the reads come slowly (a stream fed by far paths reads in bursts):
+// the window doubles, at most once per round trip; senders that leave credit unused do not
+// grow it.
+func TestReceiverStarvedSenders(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		starved bool
+		want    uint64
+	}{
+		{"credit used up", true, 8 * mib},
+		{"credit left", false, 512 * kib},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rd := newReader(t, 512*kib, 8*mib, map[string]time.Duration{"primary": 50 * time.Millisecond}, &budget{max: 32 * mib})
+			for range 200 {
+				if tc.starved {
+					rd.r.Arrived(rd.r.Limit())
+				}
+				// A quarter of the window every 200 ms: slow for a 50 ms RTT.
+				rd.read("primary", rd.r.Size()/4, 200*time.Millisecond)
+			}
+			if got := rd.r.Size(); got != tc.want {
+				t.Fatalf("window %d KiB, want %d KiB", got/kib, tc.want/kib)
+			}
+		})
+	}
+}
+
+func TestReceiverAtLeast(t *testing.T) {
+	r := NewReceiver(256*kib, 4*mib, "primary", func(string) time.Duration { return 0 }, time.Unix(0, 0))
+	r.AtLeast(1 * mib)
+	if r.Size() != 1*mib {
+		t.Fatalf("window %d after AtLeast(1 MiB)", r.Size())
+	}
+	r.AtLeast(64 * mib)
+	if r.Size() != 4*mib {
+		t.Fatalf("window %d after AtLeast beyond the cap, want the cap", r.Size())
+	}
+	r.AtLeast(64 * kib)
+	if r.Size() != 4*mib {
+		t.Fatalf("AtLeast shrank the window to %d", r.Size())
+	}
+}
