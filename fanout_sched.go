@@ -137,7 +137,7 @@ func (s *fanoutScheduler) chunkFor(src *fanoutSource) int64 {
 // of the primary's writing, with half again as margin, and two pieces.
 func (s *fanoutScheduler) capOf(src *fanoutSource, n int64) int64 {
 	round := time.Duration(float64(fanoutOwnPiece) / s.ownRate() * float64(time.Second))
-	return int64(1.5*s.rateOf(src)*(s.latOf(src)+round).Seconds()) + 2*n
+	return int64(2*s.rateOf(src)*(s.latOf(src)+round).Seconds()) + 3*n
 }
 
 // next says who serves the piece at the current offset: a secondary's path and the piece's
@@ -190,9 +190,16 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		if s.chunk == 0 && eta > end+float64(piece)/total {
 			continue
 		}
+		// The reader reaches this piece once what comes before it is in, at the sources'
+		// pace: a secondary whose queue would hold the piece back longer than that plus a
+		// delegation's trip would keep the reader at a gap (a slow secondary's queue stays
+		// within its share).
+		before := s.off - s.delivered
+		if s.chunk == 0 && float64(src.outstanding)/rate > float64(before)/total+s.latOf(src).Seconds() {
+			continue
+		}
 		// BLEST: while the reader waits for this piece (from when it has read what comes
 		// before, at the sources' full rate), the others would fill the window.
-		before := s.off - s.delivered
 		wait := eta - float64(before)/total
 		if s.chunk == 0 && wait > 0 && others*wait > float64(s.room()-before-piece) {
 			continue
@@ -236,12 +243,16 @@ func (s *fanoutScheduler) room() int64 {
 	return min(s.window, 2*max(s.credit-s.delivered, 0)+fanoutMaxChunk)
 }
 
-// wrote records that the primary wrote n bytes at the current offset, which took d.
+// wrote records that the primary wrote n bytes at the current offset, which took d. Only a
+// write that had the client's credit for all of it measures the primary's own pipe (credit
+// waits measure the reader).
 func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
 	s.advance(&s.ownPass, n, s.ownRate())
+	if s.credit < 0 || s.off+n <= s.credit {
+		s.own.bytes += n
+		s.own.busy += d
+	}
 	s.off += n
-	s.own.bytes += n
-	s.own.busy += d
 	s.delivered += n
 }
 
@@ -310,7 +321,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			start = minTime(start, w.at)
 		}
 		if el := now.Sub(start.Add(lat)).Seconds(); el > 0 {
-			src.rate = min(src.rate, 1.25*float64(bytes)/el)
+			src.rate = min(src.rate, 1.5*float64(bytes)/el)
 		}
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
