@@ -41,9 +41,11 @@ type Config struct {
 	// side's Read, and so the most memory one stream holds. A stream starts with a small
 	// initial window and doubles it whenever the application read half of it in less than
 	// about two round trips of the paths delivering to it (their RTTs weighted by what each
-	// delivered), as quic-go tunes its windows; it does not grow while the reader waits at a
-	// gap with half the window buffered above it. 0 means 16 MiB: enough for several servers
-	// at 100 Mbit/s each, 100 ms away; at most 1 GiB.
+	// delivered), as quic-go tunes its windows, or once per round trip while the senders use
+	// up all the credit; each secondary path that starts filling a range of the stream adds
+	// 1 MiB; it does not grow while the reader waits at a gap with half the window buffered
+	// above it. 0 means 16 MiB: enough for several servers at 100 Mbit/s each, 100 ms away;
+	// at most 1 GiB.
 	StreamReceiveWindow int
 
 	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
