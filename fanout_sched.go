@@ -42,16 +42,14 @@ type fanoutScheduler struct {
 		busy  time.Duration // time spent in Write
 	}
 	secs      []*fanoutSource
-	ownPass   float64 // the primary's virtual clock (see next)
-	delivered int64   // bytes known to be at the client: the primary's and completed delegations'
+	delivered int64 // bytes known to be at the client: the primary's and completed delegations'
 }
 
 // fanoutSource is one secondary as the scheduler sees it.
 type fanoutSource struct {
 	path        string
 	dead        bool
-	pass        float64 // virtual clock: seconds of work given, at its rate
-	outstanding int64   // bytes delegated and not yet resolved
+	outstanding int64 // bytes delegated and not yet resolved
 	pieces      []fanoutPiece
 	lat         time.Duration // least delegation latency beyond transfer; 0: none measured
 	lastDone    time.Time     // the latest completion
@@ -211,26 +209,7 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 	if best == nil {
 		return "", min(rest, fanoutOwnPiece)
 	}
-	// Shares follow the rates (stride scheduling): every source's virtual clock advances by
-	// what it was given over its rate, and the primary writes a piece of its own when its
-	// clock is behind the chosen secondary's, so that a secondary with room does not take
-	// what the primary's own pipe would have carried.
-	if s.chunk == 0 && s.ownPass < best.pass {
-		return "", min(rest, fanoutOwnPiece)
-	}
 	return best.path, min(s.chunkFor(best), rest)
-}
-
-// advance moves a source's virtual clock past n bytes at rate, from no earlier than the
-// least clock of the others (a source that sat idle gets no credit for it).
-func (s *fanoutScheduler) advance(pass *float64, n int64, rate float64) {
-	now := s.ownPass
-	for _, src := range s.secs {
-		if !src.dead && src.pass < now {
-			now = src.pass
-		}
-	}
-	*pass = max(*pass, now) + float64(n)/rate
 }
 
 // room is the window the pieces in flight may span: the client's maximum window, but no more
@@ -247,7 +226,6 @@ func (s *fanoutScheduler) room() int64 {
 // write that had the client's credit for all of it measures the primary's own pipe (credit
 // waits measure the reader).
 func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
-	s.advance(&s.ownPass, n, s.ownRate())
 	if s.credit < 0 || s.off+n <= s.credit {
 		s.own.bytes += n
 		s.own.busy += d
@@ -259,7 +237,6 @@ func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
 // delegated records that n bytes at the current offset went to path at now.
 func (s *fanoutScheduler) delegated(path string, n int64, now time.Time) {
 	src := s.source(path)
-	s.advance(&src.pass, n, s.rateOf(src))
 	src.outstanding += n
 	src.pieces = append(src.pieces, fanoutPiece{off: s.off, n: n, at: now, outstanding: src.outstanding})
 	s.off += n
