@@ -16,11 +16,12 @@ import "time"
 //     delegation latency plus one round of the primary's own writing), with a margin; no fixed
 //     count caps it.
 //   - Among secondaries with room, the piece goes to the one expected to finish it first
-//     (ECF): max(latency, outstanding / rate) + piece / rate. A secondary whose piece would
-//     complete only after all the sources together should have sent everything is skipped,
-//     and so is one whose
-//     piece would keep the reader at a gap so long that the others would fill the client's
-//     whole receive window meanwhile (BLEST's blocking estimate).
+//     (ECF): max(latency, outstanding / rate) + piece / rate. Skipped: a secondary that would
+//     complete it only after all the sources together should have sent everything; one whose
+//     queue would hold it back longer than the reader's lead plus a delegation's trip (the
+//     reader would wait at a gap); and one whose piece would keep the reader waiting so long
+//     that the others would fill the credit the client grants meanwhile (BLEST's blocking
+//     estimate).
 //   - Otherwise the primary writes a small piece itself and asks again.
 //
 // Estimates: the primary's rate is what its own writes achieved; a secondary's rate is the

@@ -31,8 +31,8 @@ type stream struct {
 	recv struct {
 		mu        sync.Mutex
 		buf       data.RecvBuffer
-		fc        *flowcontrol.Receiver[*path] // credit granted, the window and its tuning
-		loan      loan                         // the stream's side of the session's budget
+		fc        flowcontrol.Receiver[*path] // credit granted, the window and its tuning
+		loan      loan                        // the stream's side of the session's budget
 		finalSize uint64
 		finKnown  bool
 		err       error // reset by the peer, or canceled here

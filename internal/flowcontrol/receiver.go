@@ -35,7 +35,7 @@ type Budget interface {
 }
 
 // Receiver is the receive window of one logical stream, fed by sources of type K (the paths).
-// The zero value is not usable: use NewReceiver.
+// The zero value is not usable: use NewReceiver (its result may be embedded by value).
 type Receiver[K comparable] struct {
 	initial  uint64 // credit held without borrowing from the budget
 	size     uint64 // current window: credit kept ahead of the reads
@@ -68,8 +68,8 @@ const maxSources = 16
 // NewReceiver returns a receiver whose window starts at initial and grows up to maxSize; the
 // senders' credit starts at initial. home is the stream's own source, whose RTT counts until
 // another delivers; rtt gives a source's smoothed round trip (0 if unknown).
-func NewReceiver[K comparable](initial, maxSize uint64, home K, rtt func(K) time.Duration, now time.Time) *Receiver[K] {
-	return &Receiver[K]{
+func NewReceiver[K comparable](initial, maxSize uint64, home K, rtt func(K) time.Duration, now time.Time) Receiver[K] {
+	return Receiver[K]{
 		initial: initial, size: initial, max: max(maxSize, initial), limit: initial,
 		home: home, rttOf: rtt, epochStart: now,
 	}

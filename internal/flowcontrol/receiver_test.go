@@ -46,7 +46,8 @@ type reader struct {
 func newReader(t *testing.T, initial, maxSize uint64, rtts map[string]time.Duration, b *budget) *reader {
 	now := time.Unix(1000, 0)
 	rtt := func(p string) time.Duration { return rtts[p] }
-	return &reader{t: t, r: NewReceiver(initial, maxSize, "primary", rtt, now), b: b, now: now}
+	r := NewReceiver(initial, maxSize, "primary", rtt, now)
+	return &reader{t: t, r: &r, b: b, now: now}
 }
 
 // read reads n bytes (no more than the credit) at now + dt, as delivered by src.
