@@ -21,7 +21,9 @@ import "time"
 //     queue would hold it back longer than the reader's lead plus a delegation's trip (the
 //     reader would wait at a gap); and one whose piece would keep the reader waiting so long
 //     that the others would fill the credit the client grants meanwhile (BLEST's blocking
-//     estimate).
+//     estimate). Nor does any secondary get a piece past the credit the client grants: the
+//     primary's own next piece would then wait for the reader, which waits for the
+//     secondaries.
 //   - Otherwise the primary writes a small piece itself and asks again.
 //
 // Estimates: the primary's rate is what its own writes achieved; a secondary's rate is the
@@ -177,6 +179,11 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 			limit = max(fanoutProbe, piece)
 		}
 		if s.count > 0 && len(src.pieces) >= s.count || src.outstanding+piece > limit {
+			continue
+		}
+		// Within the credit the client grants: past it, the primary's own next piece would
+		// wait for the reader, which waits for the secondaries.
+		if s.chunk == 0 && s.credit >= 0 && s.off+piece > s.credit {
 			continue
 		}
 		rate := s.rateOf(src)

@@ -178,3 +178,21 @@ func TestFanoutSchedulerFailure(t *testing.T) {
 		t.Fatalf("secondaries used before the failure: %v", seen)
 	}
 }
+
+// No piece is delegated past the client's credit: the primary's next write would wait on it.
+func TestFanoutSchedulerCredit(t *testing.T) {
+	s := newFanoutScheduler(8<<20, 16<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{})
+	to, n := s.next()
+	s.wrote(n, time.Millisecond) // the first piece, the primary's
+	if to != "" {
+		t.Fatalf("first piece to %q", to)
+	}
+	s.credit = s.off + fanoutMinChunk - 1
+	if to, _ := s.next(); to != "" {
+		t.Fatalf("a piece past the credit went to %q", to)
+	}
+	s.credit = s.off + 4<<20
+	if to, _ := s.next(); to != "a" {
+		t.Fatalf("with credit the piece went to %q, want the secondary", to)
+	}
+}
