@@ -140,6 +140,24 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	return d, nil
 }
 
+// reserve sets the next n bytes of the stream aside for the primary to write later with
+// WriteAt, in any order with its delegations (Fanout's own writer does): they count as a
+// range to refill. It returns their offset.
+func (s *stream) reserve(n int64) (int64, error) {
+	s.send.mu.Lock()
+	defer s.send.mu.Unlock()
+	if s.send.err != nil {
+		return 0, s.send.err
+	}
+	if s.send.closed {
+		return 0, ErrWriteAfterClose
+	}
+	off := s.send.offset
+	s.send.offset += uint64(n)
+	s.send.refill.Add(off, off+uint64(n))
+	return int64(off), nil
+}
+
 // handleDelegationStatus (primary) resolves a delegation with the client's verdict.
 func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
 	d := take(&sess.delegs.mu, sess.delegs.byID, m.DelegationId)

@@ -51,12 +51,15 @@ func ParseFanoutRequest(b []byte) (off, n int64, err error) {
 	return off, n, nil
 }
 
+// fanoutEvent is a resolved delegation, or ("" path) a piece the primary's own writer wrote.
 type fanoutEvent struct {
-	path string
-	off  int64 // where the delegation starts in the resource
-	n    int64 // bytes the secondary delivered
-	err  error
-	at   time.Time
+	path     string
+	off      int64 // where the piece starts in the resource
+	n        int64 // bytes delivered
+	err      error
+	at       time.Time
+	took     time.Duration // the primary's piece: the time its write took
+	credited bool          // the primary's piece: it had the client's credit when written
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
@@ -93,7 +96,6 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		firstErr error
 		wg       sync.WaitGroup
 		events   = make(chan fanoutEvent, 64)
-		buf      = make([]byte, 256<<10)
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -141,30 +143,71 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		events <- fanoutEvent{path: d.PathID, off: srcOff, n: delivered, err: err, at: time.Now()}
 	}
 	handle := func(ev fanoutEvent) {
-		sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at)
+		if ev.path == "" {
+			sched.wrote(ev.n, ev.took, ev.credited && ev.err == nil)
+		} else {
+			sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at)
+		}
 		mu.Lock()
 		res.Bytes[ev.path] += ev.n
 		mu.Unlock()
 	}
-	// writeOwn writes [off, off+n) of src itself, through buf (a piece may be larger).
-	writeOwn := func(off, n int64) error {
-		for n > 0 {
-			b := buf[:min(n, int64(len(buf)))]
-			if _, err := io.ReadFull(io.NewSectionReader(src, off, int64(len(b))), b); err != nil {
-				return fmt.Errorf("kwik: Fanout: reading the resource: %w", err)
+	// writePiece writes [off, off+n) of src at stream offset at (-1: with Write, at the
+	// stream's end) through b, in parts of len(b), and returns the event that reports it.
+	writePiece := func(b []byte, off, n, at int64) fanoutEvent {
+		ev := fanoutEvent{off: off, credited: true}
+		for ev.n < n {
+			part := b[:min(n-ev.n, int64(len(b)))]
+			if _, err := io.ReadFull(io.NewSectionReader(src, off+ev.n, int64(len(part))), part); err != nil {
+				ev.err = fmt.Errorf("kwik: Fanout: reading the resource: %w", err)
+				return ev
+			}
+			if ks != nil {
+				ks.send.mu.Lock()
+				ev.credited = ev.credited && int64(ks.send.maxOffset) >= base+off+n
+				ks.send.mu.Unlock()
 			}
 			t0 := time.Now()
-			if _, err := st.Write(b); err != nil {
-				return err
+			var err error
+			if at < 0 {
+				_, err = st.Write(part)
+			} else {
+				_, err = ks.WriteAt(part, at+ev.n)
 			}
-			sched.wrote(int64(len(b)), time.Since(t0))
-			mu.Lock()
-			res.Bytes[""] += int64(len(b))
-			mu.Unlock()
-			off, n = off+int64(len(b)), n-int64(len(b))
+			ev.took += time.Since(t0)
+			if err != nil {
+				ev.err = err
+				return ev
+			}
+			ev.n += int64(len(part))
 		}
-		return nil
+		return ev
 	}
+	// The primary's own pieces: with the stream itself, a writer of their own keeps the
+	// primary's pipe full while this loop hands pieces to the secondaries (each piece is
+	// reserved, so delegations may be made past it before it is written); otherwise the loop
+	// writes them in turn.
+	type ownPiece struct{ off, n, at int64 }
+	var own chan ownPiece
+	if ks != nil {
+		own = make(chan ownPiece, fanoutOwnQueue/fanoutOwnPiece+1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := make([]byte, fanoutOwnPiece)
+			for p := range own {
+				if failed() != nil {
+					continue // drain: the loop has stopped
+				}
+				ev := writePiece(b, p.off, p.n, p.at)
+				if ev.err != nil {
+					fail(ev.err)
+				}
+				events <- ev // wakes the loop, whatever happened
+			}
+		}()
+	}
+	buf := make([]byte, fanoutOwnPiece)
 
 	var err error
 	for err == nil && failed() == nil {
@@ -188,7 +231,25 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			break
 		}
 		if to == "" {
-			err = writeOwn(off, n)
+			if own == nil {
+				sched.reserved(n)
+				ev := writePiece(buf, off, n, -1)
+				handle(ev)
+				err = ev.err
+				continue
+			}
+			if sched.ownBusy() {
+				// The primary's writer has enough; wait for something to change.
+				handle(<-events)
+				continue
+			}
+			at, rerr := ks.reserve(n)
+			if rerr != nil {
+				err = rerr
+				break
+			}
+			sched.reserved(n)
+			own <- ownPiece{off, n, at}
 			continue
 		}
 		d, derr := st.Delegate(to, n, o.Request(off, n))
@@ -203,6 +264,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		sched.delegated(to, n, time.Now())
 		wg.Add(1)
 		go watch(d, off)
+	}
+	if own != nil {
+		close(own)
 	}
 	if err == nil {
 		err = st.Close()

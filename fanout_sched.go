@@ -44,6 +44,7 @@ type fanoutScheduler struct {
 		bytes int64
 		busy  time.Duration // time spent in Write
 	}
+	ownQueued int64 // bytes the primary took and has not written yet
 	secs      []*fanoutSource
 	delivered int64 // bytes known to be at the client: the primary's and completed delegations'
 }
@@ -80,8 +81,9 @@ type fanoutSample struct {
 }
 
 const (
-	fanoutFirstPiece = 64 << 10 // written by the primary before anything is delegated
-	fanoutOwnPiece   = 64 << 10 // the primary's pieces: short, so it looks for a free secondary often
+	fanoutFirstPiece = 64 << 10           // written by the primary before anything is delegated
+	fanoutOwnPiece   = 64 << 10           // the primary's pieces: short, so it looks for a free secondary often
+	fanoutOwnQueue   = 4 * fanoutOwnPiece // the primary's own bytes queued for its writer
 	fanoutMinChunk   = 64 << 10
 	fanoutMaxChunk   = 1 << 20
 	fanoutRateWindow = 8         // completions the rate is measured over
@@ -230,15 +232,26 @@ func (s *fanoutScheduler) room() int64 {
 	return min(s.window, 2*max(s.credit-s.delivered, 0)+fanoutMaxChunk)
 }
 
-// wrote records that the primary wrote n bytes at the current offset, which took d. Only a
-// write that had the client's credit for all of it measures the primary's own pipe (credit
-// waits measure the reader).
-func (s *fanoutScheduler) wrote(n int64, d time.Duration) {
-	if s.credit < 0 || s.off+n <= s.credit {
+// reserved records that the primary takes the n bytes at the current offset, to write them
+// itself (they are queued until wrote).
+func (s *fanoutScheduler) reserved(n int64) {
+	s.off += n
+	s.ownQueued += n
+}
+
+// ownBusy says whether the primary has enough of its own bytes queued to keep its pipe full
+// until the next decision.
+func (s *fanoutScheduler) ownBusy() bool { return s.ownQueued >= fanoutOwnQueue }
+
+// wrote records that the primary wrote n of its queued bytes, which took d. Only a write that
+// had the client's credit for all of it (credited) measures the primary's own pipe: credit
+// waits measure the reader.
+func (s *fanoutScheduler) wrote(n int64, d time.Duration, credited bool) {
+	if credited {
 		s.own.bytes += n
 		s.own.busy += d
 	}
-	s.off += n
+	s.ownQueued -= n
 	s.delivered += n
 }
 

@@ -62,7 +62,8 @@ func simulateFanout(t *testing.T, size int64, rtt time.Duration, rates []float64
 			}
 			d := time.Duration(float64(n) / rates[0] * float64(time.Second))
 			now = now.Add(d)
-			s.wrote(n, d)
+			s.reserved(n)
+			s.wrote(n, d, true)
 			end = maxTime(end, now.Add(rtt/2))
 			continue
 		}
@@ -145,12 +146,14 @@ func TestFanoutSchedulerFailure(t *testing.T) {
 	if to != "" {
 		t.Fatalf("first piece to %q", to)
 	}
-	s.wrote(n, time.Millisecond)
+	s.reserved(n)
+	s.wrote(n, time.Millisecond, true)
 	seen := map[string]bool{}
 	for range 10 {
 		to, n := s.next()
 		if to == "" {
-			s.wrote(n, time.Millisecond)
+			s.reserved(n)
+			s.wrote(n, time.Millisecond, true)
 			continue
 		}
 		seen[to] = true
@@ -169,7 +172,8 @@ func TestFanoutSchedulerFailure(t *testing.T) {
 			t.Fatal("a failed secondary got another piece")
 		}
 		if to == "" {
-			s.wrote(n, time.Millisecond)
+			s.reserved(n)
+			s.wrote(n, time.Millisecond, true)
 		} else {
 			s.delegated(to, n, now)
 		}
@@ -183,7 +187,8 @@ func TestFanoutSchedulerFailure(t *testing.T) {
 func TestFanoutSchedulerCredit(t *testing.T) {
 	s := newFanoutScheduler(8<<20, 16<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{})
 	to, n := s.next()
-	s.wrote(n, time.Millisecond) // the first piece, the primary's
+	s.reserved(n)
+	s.wrote(n, time.Millisecond, true) // the first piece, the primary's
 	if to != "" {
 		t.Fatalf("first piece to %q", to)
 	}
