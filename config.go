@@ -50,7 +50,7 @@ type Config struct {
 
 	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
 	// together, and so the memory they hold. Every stream starts with its initial window
-	// (MaxSessionReceiveWindow/MaxIncomingStreams, at least 64 KiB and at most
+	// (MaxSessionReceiveWindow/MaxIncomingStreams, at least 512 KiB as in quic-go, and at most
 	// StreamReceiveWindow) granted whatever the total; credit beyond it, up to the stream's
 	// current window, is lent by the session's budget as the application reads. The receive
 	// memory of a session is thus at most MaxSessionReceiveWindow plus the initial windows of
@@ -165,7 +165,7 @@ const (
 	defaultMaxIncomingStreams   = 100
 	defaultStreamReceiveWindow  = 16 << 20
 	defaultSessionReceiveWindow = 32 << 20
-	minInitialStreamWindow      = 64 << 10
+	minInitialStreamWindow      = 512 << 10 // quic-go's initial stream window
 	defaultMaxMessageSize       = 64 << 10
 	defaultHandshakeTimeout     = 10 * time.Second
 	defaultJoinTokenTTL         = 15 * time.Second

@@ -11,17 +11,17 @@ import (
 // every byte still arrives once the application reads, in any order.
 func TestSessionReceiveWindow(t *testing.T) {
 	const (
-		window  = 256 << 10
-		session = 1 << 20
+		window  = 2 << 20
+		session = 4 << 20
 		streams = 10
-		size    = 1 << 20
+		size    = 3 << 20
 	)
 	conf := &Config{StreamReceiveWindow: window, MaxSessionReceiveWindow: session, MaxIncomingStreams: streams}
 	p := newPair(t, conf, nil)
 	ctx := testContext(t)
 	initial := p.client.conf.initialStreamWindow()
-	if initial != session/streams {
-		t.Fatalf("initial window %d, want %d", initial, session/streams)
+	if initial != 512<<10 {
+		t.Fatalf("initial window %d, want quic-go's 512 KiB", initial)
 	}
 	written := make(chan error, streams)
 	for i := range streams {
@@ -93,13 +93,16 @@ func TestSessionReceiveWindowConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.StreamReceiveWindow != 16<<20 || c.MaxSessionReceiveWindow != 32<<20 || c.initialStreamWindow() != (32<<20)/100 {
+	if c.StreamReceiveWindow != 16<<20 || c.MaxSessionReceiveWindow != 32<<20 || c.initialStreamWindow() != 512<<10 {
 		t.Fatalf("defaults: %d, initial window %d", c.MaxSessionReceiveWindow, c.initialStreamWindow())
+	}
+	if c, _ := (&Config{MaxSessionReceiveWindow: 128 << 20, MaxIncomingStreams: 64}).populate(); c.initialStreamWindow() != 2<<20 {
+		t.Fatalf("initial window of a large budget: %d", c.initialStreamWindow())
 	}
 	if c, err := (&Config{StreamReceiveWindow: 24 << 20}).populate(); err != nil || c.MaxSessionReceiveWindow != 48<<20 {
 		t.Fatalf("default with a 24 MiB stream window: %v %v", c, err)
 	}
-	if c, _ := (&Config{StreamReceiveWindow: 1 << 20, MaxSessionReceiveWindow: 1 << 20, MaxIncomingStreams: 1000}).populate(); c.initialStreamWindow() != 64<<10 {
+	if c, _ := (&Config{StreamReceiveWindow: 4 << 20, MaxSessionReceiveWindow: 4 << 20, MaxIncomingStreams: 1000}).populate(); c.initialStreamWindow() != 512<<10 {
 		t.Fatalf("initial window floor: %d", c.initialStreamWindow())
 	}
 	if _, err := (&Config{StreamReceiveWindow: 2 << 20, MaxSessionReceiveWindow: 1 << 20}).populate(); err == nil {
@@ -131,8 +134,8 @@ func TestSessionCreditWakesStarvedStream(t *testing.T) {
 // lock: serving it must not lend the ended stream credit (which nothing would take back) nor
 // leave it stalled.
 func TestSessionCreditServeEndedStream(t *testing.T) {
-	const window = 256 << 10
-	conf := &Config{StreamReceiveWindow: window, MaxSessionReceiveWindow: 1 << 20, MaxIncomingStreams: 16}
+	const window = 2 << 20
+	conf := &Config{StreamReceiveWindow: window, MaxSessionReceiveWindow: 4 << 20, MaxIncomingStreams: 16}
 	p := newPair(t, conf, nil)
 	ctx := testContext(t)
 	st, err := p.server.OpenStreamSync(ctx)
@@ -151,8 +154,12 @@ func TestSessionCreditServeEndedStream(t *testing.T) {
 	if _, err := io.ReadFull(cs, make([]byte, 512<<10)); err != nil {
 		t.Fatal(err)
 	}
+	// The window grows (as auto-tuning would have it on a slower path): the credit beyond the
+	// initial window is borrowed from the session's budget.
 	s := cs.(*stream)
 	s.recv.mu.Lock()
+	s.recv.fc.AtLeast(window)
+	s.grantLocked()
 	borrowed := s.recv.fc.Borrowed()
 	s.recv.mu.Unlock()
 	if borrowed == 0 {

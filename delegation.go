@@ -199,7 +199,14 @@ func (s *stream) delegationResolved(failed bool, from, to uint64) {
 
 // WriteAt fills the undelivered suffix of a failed delegation (see DelegationError). It is
 // allowed after Close: the final size already covers it.
-func (s *stream) WriteAt(p []byte, off int64) (int, error) {
+func (s *stream) WriteAt(p []byte, off int64) (int, error) { return s.writeAt(p, off, false) }
+
+// duplicate sends again bytes at off that a delegation still owes (Fanout's end game: the
+// primary, idle, sends a slow secondary's last pieces itself; the client keeps the first
+// copy). The delegation is unaffected.
+func (s *stream) duplicate(p []byte, off int64) (int, error) { return s.writeAt(p, off, true) }
+
+func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 	if s.sess.role != RolePrimary {
 		return 0, ErrNotPrimary
 	}
@@ -213,7 +220,7 @@ func (s *stream) WriteAt(p []byte, off int64) (int, error) {
 		s.send.mu.Unlock()
 		return 0, err
 	}
-	if !s.send.refill.ContainsRange(start, end) {
+	if !dup && !s.send.refill.ContainsRange(start, end) || dup && end > s.send.offset {
 		s.send.mu.Unlock()
 		return 0, &Error{Code: CodeOffsetMismatch, Message: "WriteAt outside the undelivered part of a failed delegation"}
 	}
@@ -253,6 +260,9 @@ func (s *stream) WriteAt(p []byte, off int64) (int, error) {
 			return n, s.writeError(err)
 		}
 		n += int(chunk)
+	}
+	if dup {
+		return n, nil
 	}
 	s.send.mu.Lock()
 	s.send.refill.Remove(start, end)
@@ -407,6 +417,14 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		// carries the new limit.
 		st.recv.fc.AtLeast(st.recv.fc.Size() + perSourceWindow)
 		grant, wake = st.grantLocked()
+	}
+	if read := st.recv.buf.ReadOffset(); end > read && end-read > st.recv.fc.Size() {
+		// The primary put the whole range in flight: the window lets it through (within its
+		// cap), or the secondary would stop short of its end and hold the reader at its gap.
+		st.recv.fc.AtLeast(end - read)
+		if g, w := st.grantLocked(); g > 0 {
+			grant, wake = g, wake || w
+		}
 	}
 	st.recv.delegs = append(slices.Clip(st.recv.delegs), d) // copy on write, as detach
 	// Queued under recv.mu, so that no credit update can overtake the assignment (the
@@ -707,11 +725,25 @@ func (ds *delegatedStream) Write(b []byte) (int, error) {
 			}
 			ds.send.rs = rs
 		}
-		rs := ds.send.rs
+		rs, deadline := ds.send.rs, ds.send.deadline
 		chunk := min(uint64(len(b)), ds.length-ds.send.written, ds.send.maxOffset-cur, uint64(ds.p.peer.maxFrameData))
+		ds.send.mu.Unlock()
+		// The range nearest the reader goes first (sendOrder). Whatever ends this delegation
+		// or its path while it waits ends the wait; the loop then says why.
+		if !ds.p.order.acquire(ds.streamID, cur, ds.ctx.Done(), deadline) {
+			continue
+		}
+		ds.send.mu.Lock()
+		if ds.send.closed || ds.send.err != nil || ds.off+ds.send.written != cur {
+			ds.send.mu.Unlock()
+			ds.p.order.release()
+			continue
+		}
 		ds.send.written += chunk
 		ds.send.mu.Unlock()
-		if err := rs.writeFrame(ds.streamID, cur, b[:chunk], false); err != nil {
+		err := rs.writeFrame(ds.streamID, cur, b[:chunk], false)
+		ds.p.order.release()
+		if err != nil {
 			ds.p.writeFailed(err)
 			if ds.sess.ctx.Err() != nil {
 				return n, ds.sess.closeErr()

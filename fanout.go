@@ -16,11 +16,13 @@ type FanoutOptions struct {
 	// first piece, and has every secondary with room take pieces whatever the resource's size
 	// and the secondaries' speeds. 0 sizes each piece from its secondary's measured rate and
 	// delegation latency (64 KiB to 1 MiB), leaves a resource too small for delegation to pay
-	// off to the primary alone, and gives a slow secondary no piece it would hold the reader
-	// up with.
+	// off to the primary alone, gives a slow secondary no piece it would deliver after the
+	// others have sent everything, and has the primary send again, at the end, the pieces a
+	// secondary slower than estimated would deliver last.
 	ChunkSize int64
 	// MaxInFlight caps the delegations a secondary may have outstanding. 0 means no fixed
-	// cap: each secondary keeps its measured rate times its delegation latency outstanding.
+	// cap: each secondary keeps twice its measured rate times its delegation latency (plus a
+	// round) outstanding, so that its pipe stays full.
 	MaxInFlight int
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
@@ -60,18 +62,21 @@ type fanoutEvent struct {
 	at       time.Time
 	took     time.Duration // the primary's piece: the time its write took
 	credited bool          // the primary's piece: it had the client's credit when written
+	dup      bool          // the primary's piece: a secondary's, sent again
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
-// secondaries on paths, piece by piece: the primary writes the first piece itself (the first
-// byte leaves at once), and then each next piece goes to the secondary expected to finish it
-// first among those whose pipe is not full, or else to the primary (fanoutScheduler has the
-// rules), so every source stays busy, faster ones take more, and a slow one never holds the
-// reader at a gap for long. A small resource is served by the primary alone. A failed
-// delegation's missing bytes are refilled by the primary at once, and that secondary gets no
-// more pieces. Fanout closes st when all is sent and returns once every delegation is
-// resolved. The stream may already carry bytes (a header, say): src's bytes follow them, and
-// requests name offsets in src.
+// secondaries on paths, piece by piece, in order: the primary writes the first piece itself
+// (the first byte leaves at once); then each source, the primary included, takes the next
+// piece when its queue runs short of work (the primary's pieces are written by a goroutine of
+// Fanout's own), so every source stays busy and faster ones take more (fanoutScheduler has
+// the rules). A small resource is served by the primary alone. A failed delegation's missing
+// bytes are refilled by the primary at once, and that secondary gets no more pieces. Fanout
+// closes st once everything is assigned; the primary, idle, then sends again the pieces a
+// slow secondary would deliver last (the client keeps the first copy, and tells the secondary
+// to stop once it has read everything). Fanout returns once every delegation is resolved. The
+// stream may already carry bytes (a header, say): src's bytes follow them, and requests name
+// offsets in src.
 func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths []string, opts *FanoutOptions) (*FanoutResult, error) {
 	var o FanoutOptions
 	if opts != nil {
@@ -80,16 +85,16 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	if o.Request == nil {
 		o.Request = FanoutRequest
 	}
-	window, rtt := int64(defaultStreamReceiveWindow), time.Duration(0)
+	var rtt time.Duration
 	ks, _ := st.(*stream)
 	var base int64 // the stream's offset of the resource's first byte
 	if ks != nil {
-		window, rtt = int64(ks.path.peer.windowMax), ks.path.smoothedRTT()
+		rtt = ks.path.smoothedRTT()
 		ks.send.mu.Lock()
 		base = int64(ks.send.offset)
 		ks.send.mu.Unlock()
 	}
-	sched := newFanoutScheduler(size, window, rtt, paths, &o)
+	sched := newFanoutScheduler(size, rtt, paths, &o)
 	res := &FanoutResult{Bytes: map[string]int64{}}
 	var (
 		mu       sync.Mutex // guards res and firstErr from the watchers
@@ -143,6 +148,10 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		events <- fanoutEvent{path: d.PathID, off: srcOff, n: delivered, err: err, at: time.Now()}
 	}
 	handle := func(ev fanoutEvent) {
+		if ev.dup {
+			sched.duplicated(ev.n)
+			return
+		}
 		if ev.path == "" {
 			sched.wrote(ev.n, ev.took, ev.credited && ev.err == nil)
 		} else {
@@ -154,8 +163,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	// writePiece writes [off, off+n) of src at stream offset at (-1: with Write, at the
 	// stream's end) through b, in parts of len(b), and returns the event that reports it.
-	writePiece := func(b []byte, off, n, at int64) fanoutEvent {
-		ev := fanoutEvent{off: off, credited: true}
+	writePiece := func(b []byte, off, n, at int64, dup bool) fanoutEvent {
+		ev := fanoutEvent{off: off, credited: true, dup: dup}
 		for ev.n < n {
 			part := b[:min(n-ev.n, int64(len(b)))]
 			if _, err := io.ReadFull(io.NewSectionReader(src, off+ev.n, int64(len(part))), part); err != nil {
@@ -169,9 +178,12 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 			t0 := time.Now()
 			var err error
-			if at < 0 {
+			switch {
+			case at < 0:
 				_, err = st.Write(part)
-			} else {
+			case dup:
+				_, err = ks.duplicate(part, at+ev.n)
+			default:
 				_, err = ks.WriteAt(part, at+ev.n)
 			}
 			ev.took += time.Since(t0)
@@ -187,10 +199,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	// primary's pipe full while this loop hands pieces to the secondaries (each piece is
 	// reserved, so delegations may be made past it before it is written); otherwise the loop
 	// writes them in turn.
-	type ownPiece struct{ off, n, at int64 }
+	type ownPiece struct {
+		off, n, at int64
+		dup        bool
+	}
 	var own chan ownPiece
 	if ks != nil {
-		own = make(chan ownPiece, fanoutOwnQueue/fanoutOwnPiece+1)
+		own = make(chan ownPiece, fanoutMaxOwnPieces)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -199,9 +214,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				if failed() != nil {
 					continue // drain: the loop has stopped
 				}
-				ev := writePiece(b, p.off, p.n, p.at)
-				if ev.err != nil {
-					fail(ev.err)
+				ev := writePiece(b, p.off, p.n, p.at, p.dup)
+				if ev.err != nil && !p.dup {
+					fail(ev.err) // a duplicate's failure costs nothing: the secondary's copy comes
 				}
 				events <- ev // wakes the loop, whatever happened
 			}
@@ -210,6 +225,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	buf := make([]byte, fanoutOwnPiece)
 
 	var err error
+	closed := false
 	for err == nil && failed() == nil {
 		// Take in what has finished, without waiting.
 		for drained := false; !drained; {
@@ -225,22 +241,43 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			ks.send.mu.Lock()
 			sched.credit = int64(ks.send.maxOffset) - base
 			ks.send.mu.Unlock()
+			st := &ks.path.stats
+			if n := st.packetsSent.Load(); n > 0 {
+				sched.pathDelivered(time.Now(), int64(st.packetsAcked.Load()*st.bytesSent.Load()/n))
+			}
 		}
-		to, n := sched.next()
-		if n == 0 {
-			break
+		to, n, ok := sched.next()
+		if ok && n == 0 {
+			// Everything is assigned: the client learns the final size now. The primary then
+			// sends again what a slow secondary would deliver last, until all is resolved.
+			if !closed {
+				closed = true
+				if err = st.Close(); err != nil {
+					break
+				}
+			}
+			if own != nil {
+				if off, n, ok := sched.duplicate(time.Now()); ok {
+					own <- ownPiece{off: off, n: n, at: base + off, dup: true}
+					continue
+				}
+			}
+			if !sched.busy() {
+				break
+			}
+			ok = false
+		}
+		if !ok {
+			// Every source has enough to do: wait for a piece written or a delegation resolved.
+			handle(<-events)
+			continue
 		}
 		if to == "" {
 			if own == nil {
 				sched.reserved(n)
-				ev := writePiece(buf, off, n, -1)
+				ev := writePiece(buf, off, n, -1, false)
 				handle(ev)
 				err = ev.err
-				continue
-			}
-			if sched.ownBusy() {
-				// The primary's writer has enough; wait for something to change.
-				handle(<-events)
 				continue
 			}
 			at, rerr := ks.reserve(n)
@@ -249,7 +286,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				break
 			}
 			sched.reserved(n)
-			own <- ownPiece{off, n, at}
+			own <- ownPiece{off: off, n: n, at: at} // never blocks: ownTarget stays below the queue's size
 			continue
 		}
 		d, derr := st.Delegate(to, n, o.Request(off, n))
@@ -268,7 +305,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	if own != nil {
 		close(own)
 	}
-	if err == nil {
+	if err == nil && !closed {
 		err = st.Close()
 	}
 	go func() { wg.Wait(); close(events) }()

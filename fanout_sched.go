@@ -1,50 +1,61 @@
 package kwik
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // fanoutScheduler decides, for Fanout, who serves each next piece of a resource: the primary
 // itself or one of the secondaries. It is free of I/O and of the clock (every method is given
 // the time), so it is tested without sockets.
 //
-// Fanout writes the stream in order: Delegate reserves the next bytes, so the primary cannot
-// delegate past a piece it has not written yet. Each round it asks next for the piece at the
-// current offset. The rules:
-//   - The first piece is the primary's (time to first byte is that of one server), and so is
-//     everything while the resource is small enough that no secondary could finish a piece
-//     before all the sources together would have sent the whole rest (ECF's end game).
-//   - A secondary is kept busy: its outstanding bytes may reach its measured rate × (its
-//     delegation latency plus one round of the primary's own writing), with a margin; no fixed
-//     count caps it.
-//   - Among secondaries with room, the piece goes to the one expected to finish it first
-//     (ECF): max(latency, outstanding / rate) + piece / rate. Skipped: a secondary that would
-//     complete it only after all the sources together should have sent everything; one whose
-//     queue would hold it back longer than the reader's lead plus a delegation's trip (the
-//     reader would wait at a gap); and one whose piece would keep the reader waiting so long
-//     that the others would fill the credit the client grants meanwhile (BLEST's blocking
-//     estimate). Nor does any secondary get a piece past the credit the client grants: the
-//     primary's own next piece would then wait for the reader, which waits for the
-//     secondaries.
-//   - Otherwise the primary writes a small piece itself and asks again.
+// Fanout hands the resource out in order: each piece is the next bytes of the stream, and a
+// source is given one when its pipe runs short of work (a pull model: every source stays
+// busy, and each takes pieces at its own pace, so faster ones take more). The rules:
+//   - The first piece is the primary's: the first byte leaves at once, as from one server.
+//   - Each source keeps a queue of work: the primary, enough for its writer not to run dry
+//     between two decisions; a secondary, enough to cover its delegation latency (the trip
+//     primary → client → secondary, and the notice of completion back) and a round more,
+//     with a margin, so that its pipe stays full and its congestion window can grow. Among
+//     the sources short of work, the one with the least queued relative to its target gets
+//     the piece.
+//   - A secondary's piece is a quarter of its target (64 KiB to 1 MiB): completions come
+//     often enough to measure it, and one piece holds the reader up little.
+//   - ECF's end game: a secondary never gets a piece it would deliver after all the sources
+//     together should have sent everything; so a resource too small for delegation to pay
+//     off is the primary's alone, and a slow secondary does not hold up the tail.
+//   - Credit: a secondary gets no piece lying further past the client's credit than the
+//     reader will have read by the time the secondary can send it; it would wait, and the
+//     reader with it.
 //
-// Estimates: the primary's rate is what its own writes achieved; a secondary's rate is the
-// bytes its completed delegations brought over the time they took, on a sliding window of
-// completions; a secondary's latency is the least time a delegation took beyond its transfer
-// (the trip primary → client → secondary and the notice back), starting from two round trips
-// of the primary's path.
+// Estimates: the primary's rate is its path's congestion window over its round trip (or,
+// without one, what its writes achieved). A secondary's rate is the best of its recent
+// delivery rates (each completion over the time its pipe was busy with it): a source kept
+// short of work shows less than it can carry, never more. Until its first completion a
+// secondary is assumed as fast as the primary, with at most fanoutProbe outstanding. Its
+// latency is the least time a delegation took beyond its transfer, starting from two round
+// trips of the primary's path.
 type fanoutScheduler struct {
 	size   int64 // bytes to serve
 	off    int64 // next byte to assign
-	window int64 // the client's maximum stream receive window
 	chunk  int64 // fixed piece size for secondaries; 0: adaptive
 	count  int   // fixed cap on a secondary's outstanding delegations; 0: none
 	rtt    time.Duration
 	credit int64 // the client's credit for the stream, in the resource's offsets; <0: unknown
+	// pathRate is what the primary's own path carries, in bytes per second: the best recent
+	// rate at which the client acknowledged its bytes (pathDelivered); 0: unknown (then its
+	// writes measure it).
+	pathRate  float64
+	pathMark  fanoutMark // the start of the current measurement
+	pathRates []float64  // recent measurements
 
 	own struct {
 		bytes int64
 		busy  time.Duration // time spent in Write
 	}
 	ownQueued int64 // bytes the primary took and has not written yet
+	dupQueued int64 // bytes the primary is sending again (duplicate), not written yet
+	dupBytes  int64 // bytes the primary sent again in all
 	secs      []*fanoutSource
 	delivered int64 // bytes known to be at the client: the primary's and completed delegations'
 }
@@ -57,51 +68,88 @@ type fanoutSource struct {
 	pieces      []fanoutPiece
 	lat         time.Duration // least delegation latency beyond transfer; 0: none measured
 	lastDone    time.Time     // the latest completion
-	samples     []fanoutSample
-	window      []fanoutDone // recent completions
-	rate        float64      // bytes per second; 0 until measured
+	rate        float64       // bytes per second, the best recent delivery rate; 0 until measured
+	done        []fanoutDone  // the last completions
+	samples     []float64     // recent delivery rates
+}
+
+// fanoutMark is a count of bytes at a time.
+type fanoutMark struct {
+	at    time.Time
+	bytes int64
+}
+
+// pathDelivered records that the client had acknowledged bytes of the primary's path by now.
+// Every four round trips of the path (at least 4 fanoutRound: acknowledgements come in
+// batches, and reads in bursts) give a delivery rate; the path's rate is the median of the
+// recent ones. A rate too high would make the primary queue more than it sends in the time
+// the secondaries take (it would finish last); too low, it only takes pieces more often.
+func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
+	if s.pathMark.at.IsZero() || bytes < s.pathMark.bytes {
+		s.pathMark = fanoutMark{now, bytes}
+		return
+	}
+	el := now.Sub(s.pathMark.at)
+	if el < max(4*s.rtt, 4*fanoutRound) {
+		return
+	}
+	s.pathRates = append(s.pathRates, float64(bytes-s.pathMark.bytes)/el.Seconds())
+	if len(s.pathRates) > 5 {
+		s.pathRates = s.pathRates[1:]
+	}
+	s.pathMark = fanoutMark{now, bytes}
+	rates := slices.Sorted(slices.Values(s.pathRates))
+	s.pathRate = rates[len(rates)/2]
+}
+
+// fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
+// start on it.
+type fanoutDone struct {
+	bytes int64
+	start time.Time
 }
 
 type fanoutPiece struct {
 	off, n      int64
 	at          time.Time
 	outstanding int64 // the source's outstanding bytes when assigned, this piece included
-}
-
-// fanoutDone is a completed piece: when it was assigned, and what it delivered.
-type fanoutDone struct {
-	at    time.Time
-	bytes int64
-}
-
-// fanoutSample is one completion: n bytes that kept the source's pipe busy for d.
-type fanoutSample struct {
-	n int64
-	d time.Duration
+	dup         bool  // the primary sent it again
 }
 
 const (
-	fanoutFirstPiece = 64 << 10           // written by the primary before anything is delegated
-	fanoutOwnPiece   = 64 << 10           // the primary's pieces: short, so it looks for a free secondary often
-	fanoutOwnQueue   = 4 * fanoutOwnPiece // the primary's own bytes queued for its writer
-	fanoutMinChunk   = 64 << 10
-	fanoutMaxChunk   = 1 << 20
-	fanoutRateWindow = 8         // completions the rate is measured over
-	fanoutProbe      = 256 << 10 // outstanding on a secondary until its rate is known
-	// fanoutDefaultRate is assumed for a source not measured yet: 40 Mbit/s.
+	fanoutFirstPiece = 64 << 10 // written by the primary before anything is delegated
+	fanoutOwnPiece   = 64 << 10 // the primary's pieces
+	// fanoutOwnQueue is the least the primary keeps queued for its writer.
+	fanoutOwnQueue = 4 * fanoutOwnPiece
+	// fanoutMaxOwnPieces bounds the primary's own pieces queued for its writer.
+	fanoutMaxOwnPieces = 256
+	fanoutMinChunk     = 64 << 10
+	fanoutMaxChunk     = 1 << 20
+	fanoutRateWindow   = 16      // completions a secondary's rate is the best of
+	fanoutProbe        = 1 << 20 // outstanding on a secondary until its rate is known
+	// fanoutRound is how often, at least, the scheduler decides: the margin every source's
+	// queue keeps beyond its latency.
+	fanoutRound = 50 * time.Millisecond
+	// fanoutGain is how much more than its rate × (latency + a round) a secondary may have
+	// outstanding: a pipe given just what it carries cannot show that it carries more.
+	fanoutGain = 2
+	// fanoutDefaultRate is assumed for the primary before anything measures it: 40 Mbit/s.
 	fanoutDefaultRate = 5e6
 )
 
-func newFanoutScheduler(size, window int64, rtt time.Duration, paths []string, o *FanoutOptions) *fanoutScheduler {
-	s := &fanoutScheduler{size: size, window: max(window, 1<<20), chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt, credit: -1}
+func newFanoutScheduler(size int64, rtt time.Duration, paths []string, o *FanoutOptions) *fanoutScheduler {
+	s := &fanoutScheduler{size: size, chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt, credit: -1}
 	for _, p := range paths {
 		s.secs = append(s.secs, &fanoutSource{path: p})
 	}
 	return s
 }
 
-// ownRate is the primary's measured rate, in bytes per second.
+// ownRate is the primary's rate, in bytes per second.
 func (s *fanoutScheduler) ownRate() float64 {
+	if s.pathRate > 0 {
+		return s.pathRate
+	}
 	if s.own.busy <= 0 || s.own.bytes < fanoutOwnPiece {
 		return fanoutDefaultRate
 	}
@@ -124,38 +172,53 @@ func (s *fanoutScheduler) latOf(src *fanoutSource) time.Duration {
 	return max(2*s.rtt, time.Millisecond)
 }
 
-// chunkFor is the size of the next piece for src: a quarter of what covers its latency.
+// targetOf is how many bytes src may have outstanding.
+func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
+	t := int64(fanoutGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
+	if src.rate == 0 {
+		t = min(t, fanoutProbe)
+	}
+	return max(t, fanoutMinChunk)
+}
+
+// ownTarget is how many bytes the primary keeps queued for its writer: as long a queue, in
+// time, as the secondaries' (their pieces and its own, taken at the same time, then reach the
+// client at about the same time, and the reader finds few gaps), and at least enough not to
+// run dry between two decisions.
+func (s *fanoutScheduler) ownTarget() int64 {
+	var wait time.Duration
+	for _, src := range s.secs {
+		if !src.dead {
+			wait = max(wait, time.Duration(float64(s.targetOf(src))/s.rateOf(src)*float64(time.Second)))
+		}
+	}
+	t := max(int64(s.ownRate()*max(wait, fanoutRound).Seconds()), fanoutOwnQueue)
+	return min(t, (fanoutMaxOwnPieces-1)*fanoutOwnPiece)
+}
+
+// chunkFor is the size of the next piece for src.
 func (s *fanoutScheduler) chunkFor(src *fanoutSource) int64 {
 	if s.chunk > 0 {
 		return s.chunk
 	}
-	if src.rate == 0 {
-		return fanoutMinChunk
-	}
-	n := int64(s.rateOf(src) * s.latOf(src).Seconds() / 4)
+	n := s.targetOf(src) / 4
 	return min(max(n, fanoutMinChunk), fanoutMaxChunk) &^ (16<<10 - 1)
 }
 
-// capOf is how many bytes src may have outstanding: its rate over its latency plus one round
-// of the primary's writing, with half again as margin, and two pieces.
-func (s *fanoutScheduler) capOf(src *fanoutSource, n int64) int64 {
-	round := time.Duration(float64(fanoutOwnPiece) / s.ownRate() * float64(time.Second))
-	return int64(2*s.rateOf(src)*(s.latOf(src)+round).Seconds()) + 3*n
-}
-
 // next says who serves the piece at the current offset: a secondary's path and the piece's
-// length, or "" and the length the primary writes itself. It returns n == 0 when everything
-// is assigned.
-func (s *fanoutScheduler) next() (path string, n int64) {
+// length, or "" and the length the primary takes for itself. ok is false when no source is
+// short of work: then the caller waits until a piece is written or a delegation resolves. n is
+// 0 when everything is assigned.
+func (s *fanoutScheduler) next() (path string, n int64, ok bool) {
 	rest := s.size - s.off
 	if rest <= 0 {
-		return "", 0
+		return "", 0, true
 	}
 	if s.off == 0 {
 		if s.chunk > 0 {
-			return "", min(rest, s.chunk)
+			return "", min(rest, s.chunk), true
 		}
-		return "", min(rest, fanoutFirstPiece)
+		return "", min(rest, fanoutFirstPiece), true
 	}
 	total := s.ownRate()
 	for _, src := range s.secs {
@@ -164,72 +227,131 @@ func (s *fanoutScheduler) next() (path string, n int64) {
 		}
 	}
 	// When everything should be at the client if every source keeps its pace.
-	end := float64(rest) / total
+	end := float64(rest+s.ownQueued) / total
 	for _, src := range s.secs {
 		end += float64(src.outstanding) / total
 	}
+	ownEta := float64(s.ownQueued+fanoutOwnPiece) / s.ownRate()
+	ownFill := float64(s.ownQueued) / float64(s.ownTarget())
+	// The end: what is left fits in the sources' queues. Each piece then goes to the source
+	// that would deliver it first (ECF), the primary included, so that all finish together.
+	endPhase := s.chunk == 0 && rest <= s.ownTarget()+s.queued()
 	var best *fanoutSource
-	var bestEta float64
+	var bestFill, bestEta float64
 	for _, src := range s.secs {
 		if src.dead {
 			continue
 		}
 		piece := min(s.chunkFor(src), rest)
-		limit := s.capOf(src, piece)
-		if src.rate == 0 {
-			// Until a first piece tells its rate, a secondary gets little: it may be slow.
-			limit = max(fanoutProbe, piece)
-		}
-		if s.count > 0 && len(src.pieces) >= s.count || src.outstanding+piece > limit {
-			continue
-		}
-		// Within the credit the client grants: past it, the primary's own next piece would
-		// wait for the reader, which waits for the secondaries.
-		if s.chunk == 0 && s.credit >= 0 && s.off+piece > s.credit {
+		target := s.targetOf(src)
+		if s.count > 0 && len(src.pieces) >= s.count || (s.chunk == 0 || s.count == 0) && src.outstanding+piece > max(target, piece) {
 			continue
 		}
 		rate := s.rateOf(src)
-		// The piece arrives after the delegation's trip, or once the secondary's queue has
-		// drained if that takes longer (a busy pipe hides the trip).
-		eta := max(s.latOf(src).Seconds(), float64(src.outstanding)/rate) + float64(piece)/rate
-		others := total - rate
-		// ECF's end game: a piece this secondary would deliver only after all the sources
-		// together should have sent everything is better left to the others.
-		if s.chunk == 0 && eta > end+float64(piece)/total {
+		lat := s.latOf(src).Seconds()
+		eta := max(lat, float64(src.outstanding)/rate) + float64(piece)/rate
+		if s.chunk == 0 {
+			// ECF's end game: not a piece this secondary would deliver after all the sources
+			// together should have sent everything, unless the primary would be later still.
+			if eta > max(end, ownEta) {
+				continue
+			}
+			// The credit will have moved on by what the reader reads meanwhile.
+			if s.credit >= 0 && s.off+piece > s.credit+int64(total*lat) {
+				continue
+			}
+		}
+		fill := float64(src.outstanding) / float64(target)
+		if best == nil || (endPhase && eta < bestEta) || (!endPhase && fill < bestFill) {
+			best, bestFill, bestEta = src, fill, eta
+		}
+	}
+	switch {
+	case best == nil:
+	case s.chunk > 0:
+		return best.path, min(s.chunkFor(best), rest), true
+	case endPhase && bestEta < ownEta:
+		return best.path, min(s.chunkFor(best), rest), true
+	case !endPhase && (ownFill >= 1 || bestFill < ownFill):
+		return best.path, min(s.chunkFor(best), rest), true
+	}
+	if ownFill < 1 {
+		return "", min(rest, fanoutOwnPiece), true
+	}
+	return "", 0, false
+}
+
+// duplicate picks, once everything is assigned and the primary's own queue is empty, a piece a
+// secondary still owes that the primary would deliver sooner itself: of those, the one the
+// secondary is expected to deliver last (its pieces come in order, at its rate, after its
+// latency). The primary sends it again and the client keeps the first copy, so a secondary
+// slower than estimated does not hold the tail. At most an eighth of the resource is sent
+// twice.
+func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
+	if s.chunk > 0 || s.off < s.size || s.ownQueued > 0 || s.dupQueued > 0 {
+		return 0, 0, false
+	}
+	var best *fanoutPiece
+	var bestLate time.Duration
+	for _, src := range s.secs {
+		if len(src.pieces) == 0 {
 			continue
 		}
-		// The reader reaches this piece once what comes before it is in, at the sources'
-		// pace: a secondary whose queue would hold the piece back longer than that plus a
-		// delegation's trip would keep the reader at a gap (a slow secondary's queue stays
-		// within its share).
-		before := s.off - s.delivered
-		if s.chunk == 0 && float64(src.outstanding)/rate > float64(before)/total+s.latOf(src).Seconds() {
-			continue
-		}
-		// BLEST: while the reader waits for this piece (from when it has read what comes
-		// before, at the sources' full rate), the others would fill the window.
-		wait := eta - float64(before)/total
-		if s.chunk == 0 && wait > 0 && others*wait > float64(s.room()-before-piece) {
-			continue
-		}
-		if best == nil || eta < bestEta {
-			best, bestEta = src, eta
+		rate := s.rateOf(src)
+		start := maxTime(now, src.pieces[0].at.Add(s.latOf(src)))
+		var cum int64
+		for i := range src.pieces {
+			p := &src.pieces[i]
+			cum += p.n
+			if p.dup || s.dupBytes+p.n > s.size/8 {
+				continue
+			}
+			arrival := start.Add(dur(cum, rate))
+			mine := now.Add(dur(p.n, s.ownRate()) + s.rtt/2)
+			if late := arrival.Sub(mine); late > 0 && (best == nil || late > bestLate) {
+				best, bestLate = p, late
+			}
 		}
 	}
 	if best == nil {
-		return "", min(rest, fanoutOwnPiece)
+		return 0, 0, false
 	}
-	return best.path, min(s.chunkFor(best), rest)
+	best.dup = true
+	s.dupQueued += best.n
+	s.dupBytes += best.n
+	return best.off, best.n, true
 }
 
-// room is the window the pieces in flight may span: the client's maximum window, but no more
-// than twice the window it grants now (a window doubles at most once per round of reads), so
-// that delegations do not run so far past the credit that the primary's own writes wait on it.
-func (s *fanoutScheduler) room() int64 {
-	if s.credit < 0 {
-		return s.window
+// duplicated records that the primary wrote n bytes it sent again.
+func (s *fanoutScheduler) duplicated(n int64) { s.dupQueued -= n }
+
+// busy says whether anything is under way: the primary's writes or a delegation.
+func (s *fanoutScheduler) busy() bool {
+	if s.ownQueued > 0 || s.dupQueued > 0 {
+		return true
 	}
-	return min(s.window, 2*max(s.credit-s.delivered, 0)+fanoutMaxChunk)
+	for _, src := range s.secs {
+		if len(src.pieces) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// dur is the time n bytes take at rate bytes per second.
+func dur(n int64, rate float64) time.Duration {
+	return time.Duration(float64(n) / rate * float64(time.Second))
+}
+
+// queued is what the secondaries may have outstanding together.
+func (s *fanoutScheduler) queued() int64 {
+	var n int64
+	for _, src := range s.secs {
+		if !src.dead {
+			n += s.targetOf(src)
+		}
+	}
+	return n
 }
 
 // reserved records that the primary takes the n bytes at the current offset, to write them
@@ -238,10 +360,6 @@ func (s *fanoutScheduler) reserved(n int64) {
 	s.off += n
 	s.ownQueued += n
 }
-
-// ownBusy says whether the primary has enough of its own bytes queued to keep its pipe full
-// until the next decision.
-func (s *fanoutScheduler) ownBusy() bool { return s.ownQueued >= fanoutOwnQueue }
 
 // wrote records that the primary wrote n of its queued bytes, which took d. Only a write that
 // had the client's credit for all of it (credited) measures the primary's own pipe: credit
@@ -285,42 +403,32 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		src.dead = true
 		return
 	}
-	// The pipe carried this piece from when it reached the secondary (or the previous piece
-	// was done, if later) until now: its rate over the last completions, with pieces served
-	// at once adding up, is the source's rate.
+	// A secondary sends its pieces in order (sendOrder), so its pipe carried this one from
+	// when it reached the secondary, or from the previous completion if later, until now. A
+	// delivery rate spans the last completions over at least a latency (notices that travel
+	// together would make one alone look instantaneous); the source's rate is the best of the
+	// recent ones.
 	lat := s.latOf(src)
-	busy := now.Sub(maxTime(p.at.Add(lat), src.lastDone))
-	busy = max(busy, time.Millisecond)
+	src.done = append(src.done, fanoutDone{bytes: delivered, start: maxTime(p.at.Add(lat), src.lastDone)})
+	if len(src.done) > fanoutRateWindow {
+		src.done = src.done[1:]
+	}
 	src.lastDone = maxTime(src.lastDone, now)
-	src.samples = append(src.samples, fanoutSample{n: delivered, d: busy})
+	var bytes int64
+	span := max(lat, 2*fanoutRound)
+	for i := len(src.done) - 1; i >= 0; i-- {
+		bytes += src.done[i].bytes
+		if el := now.Sub(src.done[i].start); el >= span || i == 0 {
+			src.samples = append(src.samples, float64(bytes)/max(el, time.Millisecond).Seconds())
+			break
+		}
+	}
 	if len(src.samples) > fanoutRateWindow {
 		src.samples = src.samples[1:]
 	}
-	var n int64
-	var d time.Duration
-	for _, sm := range src.samples {
-		n, d = n+sm.n, d+sm.d
-	}
-	src.rate = float64(n) / d.Seconds()
-	// Pieces a secondary serves at once complete close together, which makes their busy
-	// times look short: the rate is also held to a quarter more than the bytes of the last
-	// completions over the time from when the first of them could start (its assignment plus
-	// the latency) to now. That cannot overestimate a busy pipe; the quarter lets a source
-	// held back by its cap show more.
-	src.window = append(src.window, fanoutDone{at: p.at, bytes: delivered})
-	if len(src.window) > fanoutRateWindow {
-		src.window = src.window[1:]
-	}
-	if len(src.window) >= 2 {
-		var bytes int64
-		start := now
-		for _, w := range src.window {
-			bytes += w.bytes
-			start = minTime(start, w.at)
-		}
-		if el := now.Sub(start.Add(lat)).Seconds(); el > 0 {
-			src.rate = min(src.rate, 1.5*float64(bytes)/el)
-		}
+	src.rate = 0
+	for _, r := range src.samples {
+		src.rate = max(src.rate, r)
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
 	// (with others outstanding, their transfer times blur it).
@@ -331,13 +439,6 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.lat = took
 		}
 	}
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 func maxTime(a, b time.Time) time.Time {

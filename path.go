@@ -42,6 +42,7 @@ type path struct {
 	ctrlReader *wire.Reader
 	ctrl       *controlWriter
 	pool       sendPool
+	order      sendOrder // a secondary's delegated writers take turns on the path
 
 	nextPacket atomic.Uint64 // next DataPacket ID this side sends on the path
 	lastActive atomic.Int64  // Unix nanoseconds of the last message received

@@ -83,10 +83,23 @@ func newStream(id uint64, sess *session, p *path) *stream {
 		sendWake:   make(chan struct{}),
 	}
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
-	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, (*path).smoothedRTT, time.Now())
+	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, creditLoop(p), time.Now())
 	s.recv.loan = loan{c: &sess.credit, s: s}
 	s.send.maxOffset = p.peer.streamWindow
 	return s
+}
+
+// creditLoop is the round trip a stream's credit takes to bring bytes from a path, for a
+// stream whose own path is home: the path's RTT for home; for a secondary, the credit reaches
+// the primary over home, whose delegation comes back over home before the client passes it to
+// the secondary, whose bytes come back over its path: both RTTs.
+func creditLoop(home *path) func(*path) time.Duration {
+	return func(q *path) time.Duration {
+		if q == home {
+			return q.smoothedRTT()
+		}
+		return q.smoothedRTT() + home.smoothedRTT()
+	}
 }
 
 func notify(c chan struct{}) {
@@ -333,7 +346,9 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 	s.completeRecv()
 }
 
-// finishRecv ends the receive half once Read has reached the final size.
+// finishRecv ends the receive half once Read has reached the final size. A delegation still
+// under way then had its bytes from the primary (Fanout sends a slow secondary's last pieces
+// again): it is complete, and its secondary is told to stop.
 func (s *stream) finishRecv() {
 	s.recv.mu.Lock()
 	wake := false
@@ -342,10 +357,19 @@ func (s *stream) finishRecv() {
 		wake = s.endRecvLocked()
 	}
 	s.releaseRecvLocked()
+	delegs := s.recv.delegs
+	for _, d := range delegs {
+		d.state = delegationComplete
+		d.detach()
+	}
 	s.recv.mu.Unlock()
 	if wake {
 		s.sess.serveStalled()
 	}
+	for _, d := range delegs {
+		s.sess.reportOutcome(d, delegationComplete, d.end, 0, "")
+	}
+	s.sess.stopDelegations(delegs, s.id, 0)
 	s.completeRecv()
 }
 
