@@ -56,7 +56,6 @@ func newFanoutSim(t *testing.T, size int64, rtt time.Duration, rates []float64, 
 	return sim
 }
 
-
 // run assigns everything and returns how long the whole resource took to reach the client.
 func (sim *fanoutSim) run() time.Duration {
 	start := sim.now
