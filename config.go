@@ -65,8 +65,11 @@ type Config struct {
 	// It must be between 4 KiB and 16 MiB.
 	MaxMessageSize int
 
-	// HandshakeTimeout bounds the QUIC handshake plus KWIK's authentication, for the primary
-	// path and for every secondary path the client joins. 0 means 10 s.
+	// HandshakeTimeout bounds KWIK's authentication on a new connection: on Dial, from the
+	// end of the QUIC handshake (which, as in quic-go, only Dial's context and
+	// QUIC.HandshakeIdleTimeout bound) to the primary's answer; on a server, from accepting
+	// the QUIC connection to the client's authentication. It also bounds each secondary path
+	// the client joins, QUIC handshake included. 0 means 10 s.
 	HandshakeTimeout time.Duration
 
 	// JoinKey is the secret a primary and its secondaries share: the primary signs join tokens
@@ -78,13 +81,21 @@ type Config struct {
 	// 0 means 15 s.
 	JoinTokenTTL time.Duration
 
-	// HeartbeatInterval is how often each side of a path sends a heartbeat on its control
-	// stream. 0 means 1 s.
+	// HeartbeatInterval is how often a client sends a heartbeat on each of its secondary
+	// paths (which the secondary's QUIC stack acknowledges), and checks that path's liveness.
+	// The primary path carries no heartbeat: like a quic-go connection, it stays up while the
+	// application uses it or QUIC.KeepAlivePeriod asks for keep-alives, and ends after
+	// QUIC.MaxIdleTimeout otherwise. 0 means 1 s.
 	HeartbeatInterval time.Duration
 
-	// PathTimeout is how long a path may stay silent (no heartbeat, no data) before it is DEAD;
-	// it is checked at every heartbeat, so a dead path is found within PathTimeout plus one
-	// HeartbeatInterval. It must exceed HeartbeatInterval. 0 means 5 s.
+	// PathTimeout is how long a client's secondary path may go without receiving a single QUIC
+	// packet (acknowledgements and retransmissions included) before the client marks it DEAD;
+	// it is checked at every heartbeat, so a dead secondary is found within PathTimeout plus
+	// one HeartbeatInterval, while a lossy one that still delivers some packets lives. It does
+	// not apply to the primary path, nor to a server's own path: those end with QUIC's idle
+	// timeout (QUIC.MaxIdleTimeout, quic-go's default 30 s), and the session with an error
+	// for which errors.As(err, new(*quic.IdleTimeoutError)) holds. It must exceed
+	// HeartbeatInterval. 0 means 5 s.
 	PathTimeout time.Duration
 
 	// MaxPaths bounds the paths of a session, the primary included, on the primary (AddPath

@@ -1,9 +1,7 @@
 package kwik
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -31,6 +29,7 @@ type controlWriter struct {
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
 	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
+	heartbeat     bool // the watchdog asks for a heartbeat
 	overflow      bool
 	closed        bool
 
@@ -126,6 +125,14 @@ func (w *controlWriter) queueMaxStreamData(id, max uint64) {
 	notify(w.wake)
 }
 
+// queueHeartbeat asks for a heartbeat (see path.watch).
+func (w *controlWriter) queueHeartbeat() {
+	w.mu.Lock()
+	w.heartbeat = true
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
 func (w *controlWriter) queueMaxStreams(max uint64) {
 	w.mu.Lock()
 	if max > w.maxStreams {
@@ -158,26 +165,23 @@ func (w *controlWriter) run() {
 	)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
-	conf := w.p.sess.conf
-	heartbeat := time.NewTicker(conf.HeartbeatInterval)
-	defer heartbeat.Stop()
 	var (
 		hb  pb.Heartbeat
 		hbF = &pb.ControlFrame{Payload: &pb.ControlFrame_Heartbeat{Heartbeat: &hb}}
 	)
 	for {
-		sendAcks, sendHeartbeat := false, false
+		sendAcks := false
 		select {
 		case <-w.wake:
 		case <-ackTimer.C:
 			ackArmed = false
 			sendAcks = true
-		case <-heartbeat.C:
-			sendHeartbeat = true
 		case <-w.p.ctx.Done():
 			return
 		}
 		w.mu.Lock()
+		sendHeartbeat := w.heartbeat
+		w.heartbeat = false
 		frames, w.frames = w.frames, frames[:0]
 		written := w.written
 		w.written = nil
@@ -292,22 +296,15 @@ func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
 	return wire.AppendControlFrame(w.buf, f)
 }
 
-// readControl reads the path's control stream until the connection ends. It is also the
-// path's watchdog: the peer sends a heartbeat every HeartbeatInterval, so a control stream
-// silent for PathTimeout means a dead path. (The check is here, not in the writer, because a
-// write may be held up by the very path that died.)
+// readControl reads the path's control stream until the connection ends. It sets no deadline:
+// a path's liveness is QUIC's business (its idle timeout), and on a client's secondary path
+// the watchdog's (path.watch).
 func (p *path) readControl() {
 	defer p.sess.wg.Done()
 	var f pb.ControlFrame
-	timeout := p.sess.conf.PathTimeout
 	for {
-		_ = p.ctrlStream.SetReadDeadline(time.Now().Add(timeout))
 		body, err := p.ctrlReader.Next()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				silent := time.Since(time.Unix(0, p.lastActive.Load())).Round(time.Millisecond)
-				err = &Error{Code: CodePathDead, Message: fmt.Sprintf("path %s silent for %v", p.id, silent)}
-			}
 			p.fail(err)
 			return
 		}

@@ -26,18 +26,22 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
-	defer cancel()
+	// The QUIC handshake is bounded as in quic-go: by ctx and QUIC.HandshakeIdleTimeout, which
+	// a lossy link does not exhaust as long as packets get through. HandshakeTimeout bounds
+	// KWIK's authentication only (one round trip on the new connection).
 	conn, err := quic.DialAddr(ctx, addr, tc, c.QUIC)
 	if err != nil {
 		return nil, err
 	}
-	a, err := clientAuthenticate(ctx, conn, c, &pb.AuthenticationRequest{})
+	authCtx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
+	defer cancel()
+	a, err := clientAuthenticate(authCtx, conn, c, &pb.AuthenticationRequest{})
 	if err != nil {
 		closeConnWith(conn, err)
 		return nil, err
 	}
-	sess := newSession(RoleClient, a.sessionID, c)
+	// The session's context carries ctx's values, as a quic-go connection's does.
+	sess := newSession(context.WithoutCancel(ctx), RoleClient, a.sessionID, c)
 	sess.tlsConf = tc
 	sess.start(newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer))
 	return sess, nil
@@ -133,13 +137,13 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	var sess *session
 	var pathID string
 	if req.SessionId == "" && len(req.Credentials) == 0 && req.PathId == "" {
-		sess = newSession(RolePrimary, randomID(16), conf)
+		sess = newSession(context.WithoutCancel(conn.Context()), RolePrimary, randomID(16), conf)
 		pathID = randomID(8)
 	} else {
 		if err := verifyJoin(conf, replay, req); err != nil {
 			return refuse(CodeAuthFailed, err.Error())
 		}
-		sess = newSession(RoleSecondary, req.SessionId, conf)
+		sess = newSession(context.WithoutCancel(conn.Context()), RoleSecondary, req.SessionId, conf)
 		pathID = req.PathId
 	}
 	resp := &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: &pb.AuthenticationResponse{

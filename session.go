@@ -106,10 +106,12 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 	return pp, nil
 }
 
-func newSession(role Role, id string, conf *Config) *session {
+// newSession returns a session whose context derives from parent: it carries parent's values
+// (the Dial context's on a client, the QUIC connection's on a server), not its cancellation.
+func newSession(parent context.Context, role Role, id string, conf *Config) *session {
 	s := &session{role: role, id: id, conf: conf, createdAt: time.Now()}
 	s.log = conf.Logger.With("session", id, "role", role.String())
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.ctx, s.cancel = context.WithCancelCause(parent)
 	s.graceful = make(chan struct{})
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
@@ -222,9 +224,17 @@ func (s *session) closeLocal(err error) {
 	s.shutdown(ke, kwikCodeBase+ApplicationErrorCode(ke.Code), ke.Message)
 }
 
-// closeRemote closes the session because the peer closed it (or the connection died).
+// closeRemote closes the session because the peer closed it (or the connection died). When
+// the essential path timed out (QUIC's idle timeout), the session ends with that error, and the
+// client tells its secondaries KWIK_PATH_DEAD with the reason.
 func (s *session) closeRemote(err error) {
-	s.shutdown(closeError(err), 0, "")
+	err = closeError(err)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.shutdown(err, kwikCodeBase+ApplicationErrorCode(CodePathDead), "the primary path: "+err.Error())
+		return
+	}
+	s.shutdown(err, 0, "")
 }
 
 func (s *session) CloseWithError(code ApplicationErrorCode, msg string) error {
