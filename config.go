@@ -193,6 +193,21 @@ const (
 	maxStreamReceiveWindow      = 1 << 30
 )
 
+// defaultIdleTimeout is quic-go's MaxIdleTimeout when the QUIC config leaves it zero.
+const defaultIdleTimeout = 30 * time.Second
+
+// answerTimeout bounds a server's wait for the client's answer to a request (RemovePath,
+// SendRawData): an honest client answers unless the path dies, which QUIC finds within its idle
+// timeout, so the session's end, with QUIC's error, comes first; past it the request fails with
+// KWIK_PATH_DEAD (a client that does not answer). c is populated.
+func (c *Config) answerTimeout() time.Duration {
+	idle := c.QUIC.MaxIdleTimeout
+	if idle <= 0 {
+		idle = defaultIdleTimeout
+	}
+	return idle + c.PathTimeout
+}
+
 // initialStreamWindow is the credit every stream starts with (see MaxSessionReceiveWindow).
 // c is populated.
 func (c *Config) initialStreamWindow() uint64 {

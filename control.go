@@ -28,7 +28,7 @@ type controlWriter struct {
 	creates       []*stream       // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    uint64
-	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
+	rawBytes      int  // relayed data queued, bounded by Config.MaxPendingRawData
 	heartbeat     bool // the watchdog asks for a heartbeat
 	overflow      bool
 	closed        bool

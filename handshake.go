@@ -88,7 +88,7 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 		if code == 0 {
 			code = CodeAuthFailed
 		}
-		return nil, &Error{Code: code, Message: resp.ErrorMessage, Remote: true}
+		return nil, kwikError(code, resp.ErrorMessage, true)
 	}
 	if !validID(resp.SessionId, 16) || !validID(resp.PathId, 8) {
 		return nil, &Error{Code: CodeInvalidFrame, Message: "malformed session or path ID"}
@@ -105,7 +105,9 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 
 // serverHandshake authenticates a new connection: a client opening a session (this server
 // becomes its primary), or a client joining this server to a session as a secondary.
-func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache) (*session, error) {
+// full reports whether the listener's accept queue is full: the server then refuses the
+// session (KWIK_CONNECTION_REFUSED) rather than hold it.
+func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache, full func() bool) (*session, error) {
 	cs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -133,6 +135,9 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	peer, err := parsePeerParams(req.Params)
 	if err != nil {
 		return refuse(CodeInvalidFrame, err.Error())
+	}
+	if full() {
+		return refuse(CodeConnectionRefused, errServerBusy.Message)
 	}
 	var sess *session
 	var pathID string

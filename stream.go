@@ -534,7 +534,7 @@ func (s *stream) endSend(cause error) {
 		s.path.pool.release(rs)
 	}
 	if cause == nil {
-		cause = context.Canceled
+		cause = quic.ErrStreamClosed // as in quic-go: context.Cause after Close
 	}
 	s.cancelCtx(cause)
 }
