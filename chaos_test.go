@@ -805,7 +805,6 @@ func isIdleTimeout(err error) bool {
 	return errors.As(err, &idle)
 }
 
-
 // isPathEnd: a secondary's session ends with its path, dead or removed.
 func isPathEnd(err error) bool {
 	var ke *Error

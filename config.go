@@ -20,9 +20,18 @@ const protocolVersion = 1
 // Config configures a KWIK session. The zero value (or nil) is valid: every field documents
 // its default. It is taken by Dial and Listen and must not be changed afterwards.
 type Config struct {
-	// QUIC is passed to quic-go for every path. nil means quic-go's defaults. KWIK fills
-	// MaxIncomingUniStreams when it is zero (to MaxRealStreams), since its data travels on
-	// unidirectional streams; everything else is left as given.
+	// QUIC is passed to quic-go for every path. nil means quic-go's defaults. Its settings of
+	// the application's streams apply to KWIK's logical streams, where KWIK's own field is
+	// zero: MaxIncomingStreams and MaxIncomingUniStreams (the logical stream limits),
+	// MaxStreamReceiveWindow (StreamReceiveWindow), MaxConnectionReceiveWindow
+	// (MaxSessionReceiveWindow) and InitialStreamReceiveWindow (the window every logical stream
+	// starts with); quic-go keeps its defaults for the real QUIC streams that carry them (at
+	// most MaxRealStreams unidirectional ones per path, and a control stream). Settings KWIK
+	// cannot honour are refused by Dial and Listen with an error that names them:
+	// InitialConnectionReceiveWindow, negative stream limits, RequireStreamCreditRelease,
+	// EnableStreamResetPartialDelivery and GetConfigForClient. The rest (timeouts, keep-alives,
+	// datagrams, versions, packet sizes, tracer...) applies to every path's connection as in
+	// quic-go; Allow0RTT has no effect, since KWIK neither dials nor listens for 0-RTT.
 	QUIC *quic.Config
 
 	// StreamsPerRealStream is how many logical streams share one real QUIC stream before the
@@ -33,9 +42,14 @@ type Config struct {
 	// streams share the least loaded ones. 0 means 64.
 	MaxRealStreams int
 
-	// MaxIncomingStreams is how many logical streams the peer may have open at once towards
-	// this side; OpenStreamSync on the peer waits beyond it. 0 means 100 (as quic-go).
+	// MaxIncomingStreams is how many bidirectional logical streams the peer may have open at
+	// once towards this side; OpenStreamSync on the peer waits beyond it. 0 means
+	// QUIC.MaxIncomingStreams, or 100 (as quic-go).
 	MaxIncomingStreams int
+
+	// MaxIncomingUniStreams is the same for unidirectional logical streams (OpenUniStream).
+	// 0 means QUIC.MaxIncomingUniStreams, or 100 (as quic-go).
+	MaxIncomingUniStreams int
 
 	// StreamReceiveWindow is the most receive credit one logical stream keeps ahead of this
 	// side's Read, and so the most memory one stream holds. A stream starts with a small
@@ -134,6 +148,10 @@ type Config struct {
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.
 	PathRetry RetryPolicy
+
+	// initialWindow is QUIC.InitialStreamReceiveWindow: the window every logical stream starts
+	// with, when set (see initialStreamWindow).
+	initialWindow uint64
 }
 
 // RetryPolicy is how a client rejoins a secondary path that died (never one the primary
@@ -211,6 +229,9 @@ func (c *Config) answerTimeout() time.Duration {
 // initialStreamWindow is the credit every stream starts with (see MaxSessionReceiveWindow).
 // c is populated.
 func (c *Config) initialStreamWindow() uint64 {
+	if c.initialWindow > 0 {
+		return min(c.initialWindow, uint64(c.StreamReceiveWindow))
+	}
 	w := max(c.MaxSessionReceiveWindow/c.MaxIncomingStreams, minInitialStreamWindow)
 	return uint64(min(c.StreamReceiveWindow, w))
 }
@@ -220,6 +241,10 @@ func (c *Config) populate() (*Config, error) {
 	var conf Config
 	if c != nil {
 		conf = *c
+	}
+	q, err := conf.takeQUICStreamSettings()
+	if err != nil {
+		return nil, err
 	}
 	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
 		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 ||
@@ -237,7 +262,14 @@ func (c *Config) populate() (*Config, error) {
 	if conf.MaxIncomingStreams == 0 {
 		conf.MaxIncomingStreams = defaultMaxIncomingStreams
 	}
-	if conf.StreamReceiveWindow == 0 {
+	if conf.MaxIncomingUniStreams < 0 {
+		return nil, errors.New("kwik: negative MaxIncomingUniStreams")
+	}
+	if conf.MaxIncomingUniStreams == 0 {
+		conf.MaxIncomingUniStreams = defaultMaxIncomingStreams
+	}
+	streamWindowDefault := conf.StreamReceiveWindow == 0
+	if streamWindowDefault {
 		conf.StreamReceiveWindow = defaultStreamReceiveWindow
 	}
 	if conf.StreamReceiveWindow > maxStreamReceiveWindow {
@@ -248,6 +280,9 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.MaxSessionReceiveWindow == 0 {
 		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 2*conf.StreamReceiveWindow)
+	}
+	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow && streamWindowDefault {
+		conf.StreamReceiveWindow = conf.MaxSessionReceiveWindow // a session budget set alone
 	}
 	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow {
 		return nil, fmt.Errorf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow)
@@ -306,18 +341,57 @@ func (c *Config) populate() (*Config, error) {
 	if conf.Logger == nil {
 		conf.Logger = slog.New(slog.DiscardHandler)
 	}
-	var q quic.Config
-	if conf.QUIC != nil {
-		q = *conf.QUIC
-	}
-	if q.MaxIncomingUniStreams == 0 {
-		q.MaxIncomingUniStreams = int64(conf.MaxRealStreams)
-	}
-	if q.MaxIncomingUniStreams < 0 {
-		return nil, errors.New("kwik: QUIC.MaxIncomingUniStreams must allow KWIK's data streams")
-	}
-	conf.QUIC = &q
+	// KWIK's data travels on real unidirectional streams, at most MaxRealStreams per path.
+	q.MaxIncomingUniStreams = int64(conf.MaxRealStreams)
+	conf.QUIC = q
 	return &conf, nil
+}
+
+// takeQUICStreamSettings moves the QUIC settings of the application's streams to KWIK's
+// fields for logical streams (see Config.QUIC), refuses those KWIK cannot honour, and returns
+// the QUIC config for the real connections, which keep quic-go's defaults for them.
+func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
+	var q quic.Config
+	if c.QUIC != nil {
+		q = *c.QUIC
+	}
+	switch {
+	case q.InitialConnectionReceiveWindow != 0:
+		return nil, errors.New("kwik: QUIC.InitialConnectionReceiveWindow is not supported: a session's streams share MaxSessionReceiveWindow (or QUIC.MaxConnectionReceiveWindow), lent as they read")
+	case q.RequireStreamCreditRelease:
+		return nil, errors.New("kwik: QUIC.RequireStreamCreditRelease is not supported: a logical stream's credit is released when both its halves end")
+	case q.EnableStreamResetPartialDelivery:
+		return nil, errors.New("kwik: QUIC.EnableStreamResetPartialDelivery is not supported by logical streams")
+	case q.GetConfigForClient != nil:
+		return nil, errors.New("kwik: QUIC.GetConfigForClient is not supported: a listener's Config applies to every session")
+	case q.MaxIncomingStreams < 0 || q.MaxIncomingUniStreams < 0:
+		return nil, errors.New("kwik: negative QUIC.MaxIncomingStreams or MaxIncomingUniStreams is not supported: set a limit of 1 or more")
+	}
+	take := func(name string, kwik *int, v uint64) error {
+		if v == 0 {
+			return nil
+		}
+		if v > 1<<40 {
+			v = 1 << 40
+		}
+		if *kwik != 0 && uint64(*kwik) != v {
+			return fmt.Errorf("kwik: QUIC.%s (%d) and Config's own setting (%d) differ: set one", name, v, *kwik)
+		}
+		*kwik = int(v)
+		return nil
+	}
+	if err := errors.Join(
+		take("MaxIncomingStreams", &c.MaxIncomingStreams, uint64(q.MaxIncomingStreams)),
+		take("MaxIncomingUniStreams", &c.MaxIncomingUniStreams, uint64(q.MaxIncomingUniStreams)),
+		take("MaxStreamReceiveWindow", &c.StreamReceiveWindow, q.MaxStreamReceiveWindow),
+		take("MaxConnectionReceiveWindow", &c.MaxSessionReceiveWindow, q.MaxConnectionReceiveWindow),
+	); err != nil {
+		return nil, err
+	}
+	c.initialWindow = q.InitialStreamReceiveWindow
+	q.MaxIncomingStreams, q.MaxIncomingUniStreams = 0, 0
+	q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow, q.MaxConnectionReceiveWindow = 0, 0, 0
+	return &q, nil
 }
 
 // tlsConfig returns the TLS config to use: the caller's, with KWIK's ALPN when it names none.

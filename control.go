@@ -27,7 +27,7 @@ type controlWriter struct {
 	written       []chan struct{} // closed once the frames queued before them are written
 	creates       []*stream       // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
-	maxStreams    uint64
+	maxStreams    [2]uint64 // by direction
 	rawBytes      int  // relayed data queued, bounded by Config.MaxPendingRawData
 	heartbeat     bool // the watchdog asks for a heartbeat
 	overflow      bool
@@ -133,10 +133,10 @@ func (w *controlWriter) queueHeartbeat() {
 	notify(w.wake)
 }
 
-func (w *controlWriter) queueMaxStreams(max uint64) {
+func (w *controlWriter) queueMaxStreams(max uint64, dir int) {
 	w.mu.Lock()
-	if max > w.maxStreams {
-		w.maxStreams = max
+	if max > w.maxStreams[dir] {
+		w.maxStreams[dir] = max
 	}
 	w.mu.Unlock()
 	notify(w.wake)
@@ -149,7 +149,7 @@ func (w *controlWriter) run() {
 		frames     []*pb.ControlFrame
 		creates    []*stream
 		credit     = make(map[uint64]uint64)
-		maxStreams uint64
+		maxStreams [2]uint64
 		ackTimer   = time.NewTimer(time.Hour)
 		ackArmed   bool
 		// Reused for the coalesced frames, which are the steady-state traffic.
@@ -189,7 +189,7 @@ func (w *controlWriter) run() {
 		overflow := w.overflow
 		creates, w.creates = w.creates, creates[:0]
 		credit, w.maxStreamData = w.maxStreamData, credit
-		maxStreams, w.maxStreams = w.maxStreams, 0
+		maxStreams, w.maxStreams = w.maxStreams, [2]uint64{}
 		w.mu.Unlock()
 
 		if overflow {
@@ -225,9 +225,11 @@ func (w *controlWriter) run() {
 			hb.Sequence++
 			w.buf, err = w.append(hbF)
 		}
-		if maxStreams > 0 && err == nil {
-			ms.Maximum = maxStreams
-			w.buf, err = w.append(msF)
+		for dir, max := range maxStreams {
+			if max > 0 && err == nil {
+				ms.Maximum, ms.Unidirectional = max, dir == dirUni
+				w.buf, err = w.append(msF)
+			}
 		}
 		w.p.acks.mu.Lock()
 		pending := w.p.acks.pending
@@ -350,7 +352,11 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 		}
 	case *pb.ControlFrame_MaxStreams:
 		if streamsAllowed {
-			sess.streams.handleMaxStreams(m.MaxStreams.Maximum)
+			dir := dirBidi
+			if m.MaxStreams.Unidirectional {
+				dir = dirUni
+			}
+			sess.streams.handleMaxStreams(m.MaxStreams.Maximum, dir)
 			return nil
 		}
 	case *pb.ControlFrame_StreamReset:

@@ -140,6 +140,9 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 		t.Fatal("no session accepted")
 	}
 	defer serverConn.Close()
+	// Both sides receive packets after this (the data, its acknowledgement), and QUIC's idle
+	// timer starts at the last one: no session may end before start + idleTimeout.
+	start := time.Now()
 	str, err := serverConn.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -147,7 +150,6 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 	if _, err := str.Write([]byte("foobar")); err != nil {
 		t.Fatal(err)
 	}
-	serverStart := time.Now()
 	strIn, err := conn.AcceptStream(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -159,17 +161,16 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 	if _, err := io.ReadFull(strIn, make([]byte, 6)); err != nil {
 		t.Fatal(err)
 	}
-	clientStart := time.Now()
 	cut.Store(true)
 
 	waitDone(t, ctx, "server session", serverConn.Context())
-	if took := time.Since(serverStart); took < idleTimeout {
+	if took := time.Since(start); took < idleTimeout {
 		t.Fatalf("server session ended after %v, before the idle timeout %v", took, idleTimeout)
 	} else {
 		t.Logf("server session timed out after %v (idle timeout %v)", took, idleTimeout)
 	}
 	waitDone(t, ctx, "client session", conn.Context())
-	if took := time.Since(clientStart); took < idleTimeout {
+	if took := time.Since(start); took < idleTimeout {
 		t.Fatalf("client session ended after %v, before the idle timeout %v", took, idleTimeout)
 	} else {
 		t.Logf("client session timed out after %v (idle timeout %v)", took, idleTimeout)
@@ -187,8 +188,12 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 	requireIdleTimeoutError(t, "strOut.Read", err)
 	_, err = conn.OpenStream()
 	requireIdleTimeoutError(t, "OpenStream", err)
+	_, err = conn.OpenUniStream()
+	requireIdleTimeoutError(t, "OpenUniStream", err)
 	_, err = conn.AcceptStream(ctx)
 	requireIdleTimeoutError(t, "AcceptStream", err)
+	_, err = conn.AcceptUniStream(ctx)
+	requireIdleTimeoutError(t, "AcceptUniStream", err)
 }
 
 // The same cut with a secondary in the session: the client and the primary end with QUIC's
@@ -219,7 +224,24 @@ func TestIdleTimeoutCutLinkEverySide(t *testing.T) {
 	}
 	defer primary.Close()
 	_, secondary := addPath(t, primary.(*session), ln1, px1.LocalAddr().String())
+	// A last exchange on the primary path: the client and the primary receive packets after
+	// start, so neither may time out before start + idleTimeout. (The secondary hears the
+	// client's heartbeats until the cut: its idle timer has no such bound here.)
 	start := time.Now()
+	str, err := primary.OpenUniStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := str.Write([]byte("foobar")); err != nil {
+		t.Fatal(err)
+	}
+	in, err := c.AcceptUniStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(in, make([]byte, 6)); err != nil {
+		t.Fatal(err)
+	}
 	cut.Store(true)
 	for _, s := range []struct {
 		name string
@@ -227,7 +249,7 @@ func TestIdleTimeoutCutLinkEverySide(t *testing.T) {
 	}{{"client", c}, {"primary", primary}, {"secondary", secondary}} {
 		waitDone(t, ctx, s.name, s.sess.Context())
 		took := time.Since(start)
-		if took < idleTimeout {
+		if s.sess.Role() != RoleSecondary && took < idleTimeout {
 			t.Fatalf("%s ended after %v, before the idle timeout %v", s.name, took, idleTimeout)
 		}
 		t.Logf("%s timed out after %v", s.name, took)
@@ -240,11 +262,11 @@ func TestIdleTimeoutCutLinkEverySide(t *testing.T) {
 func TestIdleSessionTimesOut(t *testing.T) {
 	const idleTimeout = time.Second
 	conf := &Config{QUIC: &quic.Config{MaxIdleTimeout: idleTimeout}, JoinKey: testJoinKey, HeartbeatInterval: 100 * time.Millisecond, PathTimeout: 500 * time.Millisecond}
+	start := time.Now() // before any packet of the session
 	p := newPair(t, conf, conf)
 	ln1 := listen(t, conf)
 	_, secondary := addPath(t, p.server, ln1, ln1.Addr().String())
 	ctx := testContext(t)
-	start := time.Now()
 	for name, s := range map[string]*session{"client": p.client, "primary": p.server} {
 		waitDone(t, ctx, name, s.Context())
 		requireIdleTimeoutError(t, name, context.Cause(s.Context()))
@@ -273,7 +295,7 @@ func TestKeepAlive(t *testing.T) {
 	case <-time.After(3 * idleTimeout):
 	}
 	ctx := testContext(t)
-	str, err := p.client.OpenStream()
+	str, err := p.client.OpenUniStream()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +303,7 @@ func TestKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	str.Close()
-	in, err := p.server.AcceptStream(ctx)
+	in, err := p.server.AcceptUniStream(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -433,7 +455,7 @@ func lossRun(clientFirst bool, data []byte) error {
 	if !clientFirst {
 		sender, receiver = s, c
 	}
-	str, err := sender.OpenStream()
+	str, err := sender.OpenUniStream()
 	if err != nil {
 		return err
 	}
@@ -445,7 +467,7 @@ func lossRun(clientFirst bool, data []byte) error {
 		}
 		werr <- err
 	}()
-	in, err := receiver.AcceptStream(ctx)
+	in, err := receiver.AcceptUniStream(ctx)
 	if err != nil {
 		return fmt.Errorf("accept: %w", err)
 	}
