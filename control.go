@@ -28,8 +28,8 @@ type controlWriter struct {
 	creates       []*stream       // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    [2]uint64 // by direction
-	rawBytes      int  // relayed data queued, bounded by Config.MaxPendingRawData
-	heartbeat     bool // the watchdog asks for a heartbeat
+	rawBytes      int       // relayed data queued, bounded by Config.MaxPendingRawData
+	heartbeat     bool      // the watchdog asks for a heartbeat
 	overflow      bool
 	closed        bool
 

@@ -68,7 +68,7 @@ type peerParams struct {
 	windowMax      uint64 // the credit the peer keeps ahead of its reads, at most
 	maxStreams     uint64 // bidirectional logical streams this side may open at first
 	maxUniStreams  uint64 // unidirectional ones
-	zstd           bool // accepts compressed DataPackets
+	zstd           bool   // accepts compressed DataPackets
 }
 
 func (c *Config) params() *pb.TransportParameters {
