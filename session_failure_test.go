@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -203,4 +204,42 @@ func TestDeadPrimary(t *testing.T) {
 		requireIdleTimeoutError(t, name, err)
 	}
 	requireIdleTimeoutError(t, "pending Read", <-readErr)
+}
+
+// quic-go fails a connection's streams with its error before it cancels the connection's
+// context: a path whose control stream reports QUIC's idle timeout must end the session with
+// that error, never with KWIK_INVALID_FRAME (which on a secondary also forbids rejoining).
+func TestStreamErrorOfAClosingConnection(t *testing.T) {
+	p := newPair(t, nil, nil)
+	p.client.primary.fail(&quic.IdleTimeoutError{})
+	<-p.client.Context().Done()
+	requireIdleTimeoutError(t, "client session", context.Cause(p.client.Context()))
+}
+
+// Many sessions timing out at once (the race the test above pins down, as it happens): every
+// side of every one ends with QUIC's idle timeout error.
+func TestIdleTimeoutsAreNeverProtocolErrors(t *testing.T) {
+	const sessions = 16
+	conf := &Config{QUIC: &quic.Config{MaxIdleTimeout: time.Second}}
+	ln := listen(t, conf)
+	ctx := testContext(t)
+	var all []Session
+	for range sessions {
+		accepted := acceptOne(ctx, ln)
+		c, err := Dial(ctx, ln.Addr().String(), testTLS.client, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s := <-accepted
+		if s == nil {
+			t.Fatal("no session accepted")
+		}
+		defer s.Close()
+		all = append(all, c, s)
+	}
+	for i, s := range all {
+		waitDone(t, ctx, fmt.Sprintf("session %d", i), s.Context())
+		requireIdleTimeoutError(t, fmt.Sprintf("session %d (%v)", i, s.Role()), context.Cause(s.Context()))
+	}
 }
