@@ -17,11 +17,13 @@ import (
 // path is one QUIC connection of a session with its control stream and data plane.
 //
 // Goroutines, all counted in the session's WaitGroup and all ending when the connection
-// closes (or, for the control writer, when the path's context ends):
+// closes (or, for the control writer and the watchdog, when the path's context ends):
 //   - readControl: reads the control stream and dispatches frames;
-//   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and sends
-//     heartbeats, declaring the path dead when the peer has been silent for PathTimeout;
-//   - acceptData: accepts the peer's data streams and starts a readData for each.
+//   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and the
+//     heartbeats the watchdog asks for;
+//   - acceptData: accepts the peer's data streams and starts a readData for each;
+//   - watch, on a client's secondary paths only: has heartbeats sent and declares the path
+//     dead when its QUIC connection has received nothing for PathTimeout.
 //
 // Sending needs no goroutine: a stream's Write encodes its DataPacket and writes it on a real
 // stream of the pool from the caller's goroutine.
