@@ -20,9 +20,18 @@ const protocolVersion = 1
 // Config configures a KWIK session. The zero value (or nil) is valid: every field documents
 // its default. It is taken by Dial and Listen and must not be changed afterwards.
 type Config struct {
-	// QUIC is passed to quic-go for every path. nil means quic-go's defaults. KWIK fills
-	// MaxIncomingUniStreams when it is zero (to MaxRealStreams), since its data travels on
-	// unidirectional streams; everything else is left as given.
+	// QUIC is passed to quic-go for every path. nil means quic-go's defaults. Its settings of
+	// the application's streams apply to KWIK's logical streams, where KWIK's own field is
+	// zero: MaxIncomingStreams and MaxIncomingUniStreams (the logical stream limits),
+	// MaxStreamReceiveWindow (StreamReceiveWindow), MaxConnectionReceiveWindow
+	// (MaxSessionReceiveWindow) and InitialStreamReceiveWindow (the window every logical stream
+	// starts with); quic-go keeps its defaults for the real QUIC streams that carry them (at
+	// most MaxRealStreams unidirectional ones per path, and a control stream). Settings KWIK
+	// cannot honour are refused by Dial and Listen with an error that names them:
+	// InitialConnectionReceiveWindow, negative stream limits, RequireStreamCreditRelease,
+	// EnableStreamResetPartialDelivery and GetConfigForClient. The rest (timeouts, keep-alives,
+	// datagrams, versions, packet sizes, tracer...) applies to every path's connection as in
+	// quic-go; Allow0RTT has no effect, since KWIK neither dials nor listens for 0-RTT.
 	QUIC *quic.Config
 
 	// StreamsPerRealStream is how many logical streams share one real QUIC stream before the
@@ -33,9 +42,14 @@ type Config struct {
 	// streams share the least loaded ones. 0 means 64.
 	MaxRealStreams int
 
-	// MaxIncomingStreams is how many logical streams the peer may have open at once towards
-	// this side; OpenStreamSync on the peer waits beyond it. 0 means 100 (as quic-go).
+	// MaxIncomingStreams is how many bidirectional logical streams the peer may have open at
+	// once towards this side; OpenStreamSync on the peer waits beyond it. 0 means
+	// QUIC.MaxIncomingStreams, or 100 (as quic-go).
 	MaxIncomingStreams int
+
+	// MaxIncomingUniStreams is the same for unidirectional logical streams (OpenUniStream).
+	// 0 means QUIC.MaxIncomingUniStreams, or 100 (as quic-go).
+	MaxIncomingUniStreams int
 
 	// StreamReceiveWindow is the most receive credit one logical stream keeps ahead of this
 	// side's Read, and so the most memory one stream holds. A stream starts with a small
@@ -65,8 +79,11 @@ type Config struct {
 	// It must be between 4 KiB and 16 MiB.
 	MaxMessageSize int
 
-	// HandshakeTimeout bounds the QUIC handshake plus KWIK's authentication, for the primary
-	// path and for every secondary path the client joins. 0 means 10 s.
+	// HandshakeTimeout bounds KWIK's authentication on a new connection: on Dial, from the
+	// end of the QUIC handshake (which, as in quic-go, only Dial's context and
+	// QUIC.HandshakeIdleTimeout bound) to the primary's answer; on a server, from accepting
+	// the QUIC connection to the client's authentication. It also bounds each secondary path
+	// the client joins, QUIC handshake included. 0 means 10 s.
 	HandshakeTimeout time.Duration
 
 	// JoinKey is the secret a primary and its secondaries share: the primary signs join tokens
@@ -78,13 +95,21 @@ type Config struct {
 	// 0 means 15 s.
 	JoinTokenTTL time.Duration
 
-	// HeartbeatInterval is how often each side of a path sends a heartbeat on its control
-	// stream. 0 means 1 s.
+	// HeartbeatInterval is how often a client sends a heartbeat on each of its secondary
+	// paths (which the secondary's QUIC stack acknowledges), and checks that path's liveness.
+	// The primary path carries no heartbeat: like a quic-go connection, it stays up while the
+	// application uses it or QUIC.KeepAlivePeriod asks for keep-alives, and ends after
+	// QUIC.MaxIdleTimeout otherwise. 0 means 1 s.
 	HeartbeatInterval time.Duration
 
-	// PathTimeout is how long a path may stay silent (no heartbeat, no data) before it is DEAD;
-	// it is checked at every heartbeat, so a dead path is found within PathTimeout plus one
-	// HeartbeatInterval. It must exceed HeartbeatInterval. 0 means 5 s.
+	// PathTimeout is how long a client's secondary path may go without receiving a single QUIC
+	// packet (acknowledgements and retransmissions included) before the client marks it DEAD;
+	// it is checked at every heartbeat, so a dead secondary is found within PathTimeout plus
+	// one HeartbeatInterval, while a lossy one that still delivers some packets lives. It does
+	// not apply to the primary path, nor to a server's own path: those end with QUIC's idle
+	// timeout (QUIC.MaxIdleTimeout, quic-go's default 30 s), and the session with an error
+	// for which errors.As(err, new(*quic.IdleTimeoutError)) holds. It must exceed
+	// HeartbeatInterval. 0 means 5 s.
 	PathTimeout time.Duration
 
 	// MaxPaths bounds the paths of a session, the primary included, on the primary (AddPath
@@ -123,6 +148,10 @@ type Config struct {
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.
 	PathRetry RetryPolicy
+
+	// initialWindow is QUIC.InitialStreamReceiveWindow: the window every logical stream starts
+	// with, when set (see initialStreamWindow).
+	initialWindow uint64
 }
 
 // RetryPolicy is how a client rejoins a secondary path that died (never one the primary
@@ -182,9 +211,27 @@ const (
 	maxStreamReceiveWindow      = 1 << 30
 )
 
+// defaultIdleTimeout is quic-go's MaxIdleTimeout when the QUIC config leaves it zero.
+const defaultIdleTimeout = 30 * time.Second
+
+// answerTimeout bounds a server's wait for the client's answer to a request (RemovePath,
+// SendRawData): an honest client answers unless the path dies, which QUIC finds within its idle
+// timeout, so the session's end, with QUIC's error, comes first; past it the request fails with
+// KWIK_PATH_DEAD (a client that does not answer). c is populated.
+func (c *Config) answerTimeout() time.Duration {
+	idle := c.QUIC.MaxIdleTimeout
+	if idle <= 0 {
+		idle = defaultIdleTimeout
+	}
+	return idle + c.PathTimeout
+}
+
 // initialStreamWindow is the credit every stream starts with (see MaxSessionReceiveWindow).
 // c is populated.
 func (c *Config) initialStreamWindow() uint64 {
+	if c.initialWindow > 0 {
+		return min(c.initialWindow, uint64(c.StreamReceiveWindow))
+	}
 	w := max(c.MaxSessionReceiveWindow/c.MaxIncomingStreams, minInitialStreamWindow)
 	return uint64(min(c.StreamReceiveWindow, w))
 }
@@ -194,6 +241,10 @@ func (c *Config) populate() (*Config, error) {
 	var conf Config
 	if c != nil {
 		conf = *c
+	}
+	q, err := conf.takeQUICStreamSettings()
+	if err != nil {
+		return nil, err
 	}
 	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
 		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 ||
@@ -211,7 +262,14 @@ func (c *Config) populate() (*Config, error) {
 	if conf.MaxIncomingStreams == 0 {
 		conf.MaxIncomingStreams = defaultMaxIncomingStreams
 	}
-	if conf.StreamReceiveWindow == 0 {
+	if conf.MaxIncomingUniStreams < 0 {
+		return nil, errors.New("kwik: negative MaxIncomingUniStreams")
+	}
+	if conf.MaxIncomingUniStreams == 0 {
+		conf.MaxIncomingUniStreams = defaultMaxIncomingStreams
+	}
+	streamWindowDefault := conf.StreamReceiveWindow == 0
+	if streamWindowDefault {
 		conf.StreamReceiveWindow = defaultStreamReceiveWindow
 	}
 	if conf.StreamReceiveWindow > maxStreamReceiveWindow {
@@ -222,6 +280,9 @@ func (c *Config) populate() (*Config, error) {
 	}
 	if conf.MaxSessionReceiveWindow == 0 {
 		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 2*conf.StreamReceiveWindow)
+	}
+	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow && streamWindowDefault {
+		conf.StreamReceiveWindow = conf.MaxSessionReceiveWindow // a session budget set alone
 	}
 	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow {
 		return nil, fmt.Errorf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow)
@@ -280,18 +341,57 @@ func (c *Config) populate() (*Config, error) {
 	if conf.Logger == nil {
 		conf.Logger = slog.New(slog.DiscardHandler)
 	}
-	var q quic.Config
-	if conf.QUIC != nil {
-		q = *conf.QUIC
-	}
-	if q.MaxIncomingUniStreams == 0 {
-		q.MaxIncomingUniStreams = int64(conf.MaxRealStreams)
-	}
-	if q.MaxIncomingUniStreams < 0 {
-		return nil, errors.New("kwik: QUIC.MaxIncomingUniStreams must allow KWIK's data streams")
-	}
-	conf.QUIC = &q
+	// KWIK's data travels on real unidirectional streams, at most MaxRealStreams per path.
+	q.MaxIncomingUniStreams = int64(conf.MaxRealStreams)
+	conf.QUIC = q
 	return &conf, nil
+}
+
+// takeQUICStreamSettings moves the QUIC settings of the application's streams to KWIK's
+// fields for logical streams (see Config.QUIC), refuses those KWIK cannot honour, and returns
+// the QUIC config for the real connections, which keep quic-go's defaults for them.
+func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
+	var q quic.Config
+	if c.QUIC != nil {
+		q = *c.QUIC
+	}
+	switch {
+	case q.InitialConnectionReceiveWindow != 0:
+		return nil, errors.New("kwik: QUIC.InitialConnectionReceiveWindow is not supported: a session's streams share MaxSessionReceiveWindow (or QUIC.MaxConnectionReceiveWindow), lent as they read")
+	case q.RequireStreamCreditRelease:
+		return nil, errors.New("kwik: QUIC.RequireStreamCreditRelease is not supported: a logical stream's credit is released when both its halves end")
+	case q.EnableStreamResetPartialDelivery:
+		return nil, errors.New("kwik: QUIC.EnableStreamResetPartialDelivery is not supported by logical streams")
+	case q.GetConfigForClient != nil:
+		return nil, errors.New("kwik: QUIC.GetConfigForClient is not supported: a listener's Config applies to every session")
+	case q.MaxIncomingStreams < 0 || q.MaxIncomingUniStreams < 0:
+		return nil, errors.New("kwik: negative QUIC.MaxIncomingStreams or MaxIncomingUniStreams is not supported: set a limit of 1 or more")
+	}
+	take := func(name string, kwik *int, v uint64) error {
+		if v == 0 {
+			return nil
+		}
+		if v > 1<<40 {
+			v = 1 << 40
+		}
+		if *kwik != 0 && uint64(*kwik) != v {
+			return fmt.Errorf("kwik: QUIC.%s (%d) and Config's own setting (%d) differ: set one", name, v, *kwik)
+		}
+		*kwik = int(v)
+		return nil
+	}
+	if err := errors.Join(
+		take("MaxIncomingStreams", &c.MaxIncomingStreams, uint64(q.MaxIncomingStreams)),
+		take("MaxIncomingUniStreams", &c.MaxIncomingUniStreams, uint64(q.MaxIncomingUniStreams)),
+		take("MaxStreamReceiveWindow", &c.StreamReceiveWindow, q.MaxStreamReceiveWindow),
+		take("MaxConnectionReceiveWindow", &c.MaxSessionReceiveWindow, q.MaxConnectionReceiveWindow),
+	); err != nil {
+		return nil, err
+	}
+	c.initialWindow = q.InitialStreamReceiveWindow
+	q.MaxIncomingStreams, q.MaxIncomingUniStreams = 0, 0
+	q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow, q.MaxConnectionReceiveWindow = 0, 0, 0
+	return &q, nil
 }
 
 // tlsConfig returns the TLS config to use: the caller's, with KWIK's ALPN when it names none.

@@ -1,9 +1,7 @@
 package kwik
 
 import (
-	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"time"
 
@@ -29,8 +27,9 @@ type controlWriter struct {
 	written       []chan struct{} // closed once the frames queued before them are written
 	creates       []*stream       // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
-	maxStreams    uint64
-	rawBytes      int // relayed data queued, bounded by Config.MaxPendingRawData
+	maxStreams    [2]uint64 // by direction
+	rawBytes      int       // relayed data queued, bounded by Config.MaxPendingRawData
+	heartbeat     bool      // the watchdog asks for a heartbeat
 	overflow      bool
 	closed        bool
 
@@ -126,10 +125,18 @@ func (w *controlWriter) queueMaxStreamData(id, max uint64) {
 	notify(w.wake)
 }
 
-func (w *controlWriter) queueMaxStreams(max uint64) {
+// queueHeartbeat asks for a heartbeat (see path.watch).
+func (w *controlWriter) queueHeartbeat() {
 	w.mu.Lock()
-	if max > w.maxStreams {
-		w.maxStreams = max
+	w.heartbeat = true
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+func (w *controlWriter) queueMaxStreams(max uint64, dir int) {
+	w.mu.Lock()
+	if max > w.maxStreams[dir] {
+		w.maxStreams[dir] = max
 	}
 	w.mu.Unlock()
 	notify(w.wake)
@@ -142,7 +149,7 @@ func (w *controlWriter) run() {
 		frames     []*pb.ControlFrame
 		creates    []*stream
 		credit     = make(map[uint64]uint64)
-		maxStreams uint64
+		maxStreams [2]uint64
 		ackTimer   = time.NewTimer(time.Hour)
 		ackArmed   bool
 		// Reused for the coalesced frames, which are the steady-state traffic.
@@ -158,26 +165,23 @@ func (w *controlWriter) run() {
 	)
 	ackTimer.Stop()
 	defer ackTimer.Stop()
-	conf := w.p.sess.conf
-	heartbeat := time.NewTicker(conf.HeartbeatInterval)
-	defer heartbeat.Stop()
 	var (
 		hb  pb.Heartbeat
 		hbF = &pb.ControlFrame{Payload: &pb.ControlFrame_Heartbeat{Heartbeat: &hb}}
 	)
 	for {
-		sendAcks, sendHeartbeat := false, false
+		sendAcks := false
 		select {
 		case <-w.wake:
 		case <-ackTimer.C:
 			ackArmed = false
 			sendAcks = true
-		case <-heartbeat.C:
-			sendHeartbeat = true
 		case <-w.p.ctx.Done():
 			return
 		}
 		w.mu.Lock()
+		sendHeartbeat := w.heartbeat
+		w.heartbeat = false
 		frames, w.frames = w.frames, frames[:0]
 		written := w.written
 		w.written = nil
@@ -185,7 +189,7 @@ func (w *controlWriter) run() {
 		overflow := w.overflow
 		creates, w.creates = w.creates, creates[:0]
 		credit, w.maxStreamData = w.maxStreamData, credit
-		maxStreams, w.maxStreams = w.maxStreams, 0
+		maxStreams, w.maxStreams = w.maxStreams, [2]uint64{}
 		w.mu.Unlock()
 
 		if overflow {
@@ -221,9 +225,11 @@ func (w *controlWriter) run() {
 			hb.Sequence++
 			w.buf, err = w.append(hbF)
 		}
-		if maxStreams > 0 && err == nil {
-			ms.Maximum = maxStreams
-			w.buf, err = w.append(msF)
+		for dir, max := range maxStreams {
+			if max > 0 && err == nil {
+				ms.Maximum, ms.Unidirectional = max, dir == dirUni
+				w.buf, err = w.append(msF)
+			}
 		}
 		w.p.acks.mu.Lock()
 		pending := w.p.acks.pending
@@ -292,22 +298,15 @@ func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
 	return wire.AppendControlFrame(w.buf, f)
 }
 
-// readControl reads the path's control stream until the connection ends. It is also the
-// path's watchdog: the peer sends a heartbeat every HeartbeatInterval, so a control stream
-// silent for PathTimeout means a dead path. (The check is here, not in the writer, because a
-// write may be held up by the very path that died.)
+// readControl reads the path's control stream until the connection ends. It sets no deadline:
+// a path's liveness is QUIC's business (its idle timeout), and on a client's secondary path
+// the watchdog's (path.watch).
 func (p *path) readControl() {
 	defer p.sess.wg.Done()
 	var f pb.ControlFrame
-	timeout := p.sess.conf.PathTimeout
 	for {
-		_ = p.ctrlStream.SetReadDeadline(time.Now().Add(timeout))
 		body, err := p.ctrlReader.Next()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				silent := time.Since(time.Unix(0, p.lastActive.Load())).Round(time.Millisecond)
-				err = &Error{Code: CodePathDead, Message: fmt.Sprintf("path %s silent for %v", p.id, silent)}
-			}
 			p.fail(err)
 			return
 		}
@@ -353,7 +352,11 @@ func (p *path) handleControl(f *pb.ControlFrame) error {
 		}
 	case *pb.ControlFrame_MaxStreams:
 		if streamsAllowed {
-			sess.streams.handleMaxStreams(m.MaxStreams.Maximum)
+			dir := dirBidi
+			if m.MaxStreams.Unidirectional {
+				dir = dirUni
+			}
+			sess.streams.handleMaxStreams(m.MaxStreams.Maximum, dir)
 			return nil
 		}
 	case *pb.ControlFrame_StreamReset:

@@ -30,7 +30,9 @@
 // to it (weighted by what each delivered), up to Config.StreamReceiveWindow (16 MiB); all the
 // session's streams together stay within Config.MaxSessionReceiveWindow (32 MiB) plus their
 // small initial windows. The defaults fill several 100 Mbit/s paths 100 ms away. Opening a
-// stream costs no round trip.
+// stream costs no round trip. Unidirectional streams (OpenUniStream, AcceptUniStream) and
+// datagrams (SendDatagram, ReceiveDatagram, on the primary path when QUIC.EnableDatagrams is
+// set on both sides) are there as in quic-go; stream IDs are numbered as quic-go numbers them.
 //
 // # Cancellation
 //
@@ -47,10 +49,14 @@
 // Config.JoinKey, a key the primary and its secondaries share. The secondary's Listener.Accept
 // then returns a session whose Role is RoleSecondary and whose ID is the client's session ID.
 // Every side lists the session's paths with GetActivePaths, GetDeadPaths and GetAllPaths.
-// Heartbeats on every path's control stream detect a silent path within Config.PathTimeout
-// plus one Config.HeartbeatInterval: a dead secondary path dies alone (the primary is told,
-// and operations naming it fail with ErrPathDead); a dead primary path ends the session on
-// every side. RemovePath closes a secondary cleanly. SendRawData relays bytes through the
+// Liveness rests on QUIC's loss recovery. The primary path behaves as a quic-go connection: it
+// ends after QUIC.MaxIdleTimeout without traffic (unless QUIC.KeepAlivePeriod asks for
+// keep-alives), or when its link is cut, and the session then ends on every side with an error
+// for which errors.As(err, new(*quic.IdleTimeoutError)) holds (a secondary hears
+// KWIK_PATH_DEAD from the client). A client watches each secondary path with heartbeats and
+// marks it DEAD once its QUIC connection has received nothing for Config.PathTimeout: a dead
+// secondary path dies alone (the primary is told, and operations naming it fail with
+// ErrPathDead). RemovePath closes a secondary cleanly. SendRawData relays bytes through the
 // client to any server of the session, which reads them with ReceiveRawData.
 //
 // A client rejoins a secondary path that died (silent, or its connection failed) as

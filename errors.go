@@ -23,6 +23,9 @@ const (
 	CodeFlowControl        ErrorCode = 8  // KWIK_FLOW_CONTROL: data beyond the granted credit
 	CodeInternal           ErrorCode = 9  // KWIK_INTERNAL
 	CodePathRemoved        ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
+	// KWIK_CONNECTION_REFUSED: the server's accept queue is full, or it is closing. The client
+	// reports it as quic-go does: a *quic.TransportError with code quic.ConnectionRefused.
+	CodeConnectionRefused ErrorCode = 11
 )
 
 var codeNames = map[ErrorCode]string{
@@ -36,6 +39,7 @@ var codeNames = map[ErrorCode]string{
 	CodeFlowControl:        "KWIK_FLOW_CONTROL",
 	CodeInternal:           "KWIK_INTERNAL",
 	CodePathRemoved:        "KWIK_PATH_REMOVED",
+	CodeConnectionRefused:  "KWIK_CONNECTION_REFUSED",
 }
 
 // String returns the code's protocol name, such as KWIK_INVALID_FRAME.
@@ -98,13 +102,15 @@ var ErrNotImplemented = errors.New("kwik: not implemented yet")
 // ErrServerClosed is returned by Listener.Accept after Close.
 var ErrServerClosed = quic.ErrServerClosed
 
-// ErrStreamLimit is returned by OpenStream when the peer allows no more concurrent streams;
-// OpenStreamSync waits instead. It is quic-go's StreamLimitReachedError, so that errors.As
-// checks written for quic-go keep working.
-var ErrStreamLimit error = quic.StreamLimitReachedError{}
+// ErrStreamLimit is returned by OpenStream (and OpenUniStream) when the peer allows no more
+// concurrent streams; OpenStreamSync waits instead. It is a *quic.StreamLimitReachedError, as
+// quic-go returns, so that errors.As(err, new(*quic.StreamLimitReachedError)) checks written
+// for quic-go keep working.
+var ErrStreamLimit error = &quic.StreamLimitReachedError{}
 
-// ErrWriteAfterClose is returned by Write after Close.
-var ErrWriteAfterClose = errors.New("kwik: write on closed stream")
+// ErrWriteAfterClose is returned by Write after Close, and is the cause of a stream's context
+// once Close was called: quic-go's ErrStreamClosed.
+var ErrWriteAfterClose = quic.ErrStreamClosed
 
 // ApplicationError is the error a session's operations return after CloseWithError, on both sides
 // (Remote tells which side closed). It is quic-go's own type, so existing error handling keeps working.
@@ -136,7 +142,16 @@ var errDeadline error = deadlineError{}
 func closeError(err error) error {
 	var appErr *quic.ApplicationError
 	if errors.As(err, &appErr) && appErr.ErrorCode >= kwikCodeBase && appErr.ErrorCode < kwikCodeBase+256 {
-		return &Error{Code: ErrorCode(appErr.ErrorCode - kwikCodeBase), Message: appErr.ErrorMessage, Remote: appErr.Remote}
+		return kwikError(ErrorCode(appErr.ErrorCode-kwikCodeBase), appErr.ErrorMessage, appErr.Remote)
 	}
 	return err
+}
+
+// kwikError is the error for a KWIK code: an *Error, except for KWIK_CONNECTION_REFUSED, which
+// is reported as quic-go reports a refused connection.
+func kwikError(code ErrorCode, msg string, remote bool) error {
+	if code == CodeConnectionRefused {
+		return &quic.TransportError{Remote: remote, ErrorCode: quic.ConnectionRefused, ErrorMessage: msg}
+	}
+	return &Error{Code: code, Message: msg, Remote: remote}
 }

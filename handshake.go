@@ -26,18 +26,22 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
-	defer cancel()
+	// The QUIC handshake is bounded as in quic-go: by ctx and QUIC.HandshakeIdleTimeout, which
+	// a lossy link does not exhaust as long as packets get through. HandshakeTimeout bounds
+	// KWIK's authentication only (one round trip on the new connection).
 	conn, err := quic.DialAddr(ctx, addr, tc, c.QUIC)
 	if err != nil {
 		return nil, err
 	}
-	a, err := clientAuthenticate(ctx, conn, c, &pb.AuthenticationRequest{})
+	authCtx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
+	defer cancel()
+	a, err := clientAuthenticate(authCtx, conn, c, &pb.AuthenticationRequest{})
 	if err != nil {
 		closeConnWith(conn, err)
 		return nil, err
 	}
-	sess := newSession(RoleClient, a.sessionID, c)
+	// The session's context carries ctx's values, as a quic-go connection's does.
+	sess := newSession(context.WithoutCancel(ctx), RoleClient, a.sessionID, c)
 	sess.tlsConf = tc
 	sess.start(newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer))
 	return sess, nil
@@ -84,7 +88,7 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 		if code == 0 {
 			code = CodeAuthFailed
 		}
-		return nil, &Error{Code: code, Message: resp.ErrorMessage, Remote: true}
+		return nil, kwikError(code, resp.ErrorMessage, true)
 	}
 	if !validID(resp.SessionId, 16) || !validID(resp.PathId, 8) {
 		return nil, &Error{Code: CodeInvalidFrame, Message: "malformed session or path ID"}
@@ -101,7 +105,9 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 
 // serverHandshake authenticates a new connection: a client opening a session (this server
 // becomes its primary), or a client joining this server to a session as a secondary.
-func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache) (*session, error) {
+// full reports whether the listener's accept queue is full: the server then refuses the
+// session (KWIK_CONNECTION_REFUSED) rather than hold it.
+func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache, full func() bool) (*session, error) {
 	cs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -130,16 +136,19 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	if err != nil {
 		return refuse(CodeInvalidFrame, err.Error())
 	}
+	if full() {
+		return refuse(CodeConnectionRefused, errServerBusy.Message)
+	}
 	var sess *session
 	var pathID string
 	if req.SessionId == "" && len(req.Credentials) == 0 && req.PathId == "" {
-		sess = newSession(RolePrimary, randomID(16), conf)
+		sess = newSession(context.WithoutCancel(conn.Context()), RolePrimary, randomID(16), conf)
 		pathID = randomID(8)
 	} else {
 		if err := verifyJoin(conf, replay, req); err != nil {
 			return refuse(CodeAuthFailed, err.Error())
 		}
-		sess = newSession(RoleSecondary, req.SessionId, conf)
+		sess = newSession(context.WithoutCancel(conn.Context()), RoleSecondary, req.SessionId, conf)
 		pathID = req.PathId
 	}
 	resp := &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: &pb.AuthenticationResponse{

@@ -599,7 +599,7 @@ var clientAttacks = []clientAttack{
 		return v
 	}},
 	{name: "data for a stream beyond the limit", want: ErrStreamCreateFailed, attack: func(t *testing.T, h *rawPeer, v *session, _ *sessionRouter) *session {
-		h.data(t, h.packet(frame(2*defaultMaxIncomingStreams, 0, []byte("x"), false)))
+		h.data(t, h.packet(frame(4*defaultMaxIncomingStreams, 0, []byte("x"), false)))
 		return v
 	}},
 	{name: "data beyond the stream credit", want: ErrFlowControl, attack: func(t *testing.T, h *rawPeer, v *session, _ *sessionRouter) *session {
@@ -795,7 +795,7 @@ var clientAttacks = []clientAttack{
 		// like any other: here it names a stream beyond the limit.
 		name: "data before authentication, then authentication", preAuth: true, want: ErrStreamCreateFailed,
 		attack: func(t *testing.T, h *rawPeer, _ *session, r *sessionRouter) *session {
-			h.data(t, h.packet(frame(2*defaultMaxIncomingStreams, 0, []byte("early"), false)))
+			h.data(t, h.packet(frame(4*defaultMaxIncomingStreams, 0, []byte("early"), false)))
 			h.openControl(t)
 			// (No waiting for the answer: the session may end before the peer reads it.)
 			h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{Version: protocolVersion}}})
@@ -929,7 +929,7 @@ var primaryAttacks = []primaryAttack{
 		h.data(t, h.packet(frame(0, 0, []byte("x"), false)))
 	}},
 	{name: "data for a stream beyond the limit", want: ErrStreamCreateFailed, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
-		h.data(t, h.packet(frame(2*defaultMaxIncomingStreams+1, 0, []byte("x"), false)))
+		h.data(t, h.packet(frame(4*defaultMaxIncomingStreams+1, 0, []byte("x"), false)))
 	}},
 	{name: "data beyond the stream credit", want: ErrFlowControl, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
 		h.data(t, h.packet(frame(1, defaultStreamReceiveWindow, []byte("x"), false)))
@@ -948,7 +948,7 @@ var primaryAttacks = []primaryAttack{
 		// checked like any other.
 		name: "data before authentication", want: ErrStreamCreateFailed,
 		early: func(t *testing.T, h *rawPeer) {
-			h.data(t, h.packet(frame(2*defaultMaxIncomingStreams+1, 0, []byte("early"), false)))
+			h.data(t, h.packet(frame(4*defaultMaxIncomingStreams+1, 0, []byte("early"), false)))
 		},
 	},
 	{

@@ -84,8 +84,8 @@ func TestHostileResetFloodStaysWithinLimit(t *testing.T) {
 	var fs []*pb.ControlFrame
 	for i := uint64(0); i < 1000; i++ {
 		fs = append(fs,
-			&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: 2 * i}}},
-			&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: 2 * i}}})
+			&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: 4 * i}}},
+			&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: 4 * i}}})
 	}
 	h.send(t, fs...)
 	if err := h.waitClosed(t); !errors.Is(err, ErrStreamCreateFailed) {
@@ -94,8 +94,8 @@ func TestHostileResetFloodStaysWithinLimit(t *testing.T) {
 	m := h.srv.streams
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(m.accept) > 100 || m.maxRemote != 100 {
-		t.Fatalf("accept queue %d, limit %d: credit returned for streams nobody accepted", len(m.accept), m.maxRemote)
+	if len(m.kinds[dirBidi].accept) > 100 || m.kinds[dirBidi].maxRemote != 100 {
+		t.Fatalf("accept queue %d, limit %d: credit returned for streams nobody accepted", len(m.kinds[dirBidi].accept), m.kinds[dirBidi].maxRemote)
 	}
 }
 
@@ -176,7 +176,7 @@ func TestFragmentedStreamRejected(t *testing.T) {
 func TestOpenStreamSyncWakesAllWaiters(t *testing.T) {
 	p := newPair(t, nil, nil)
 	p.client.streams.mu.Lock()
-	p.client.streams.maxLocal = 0
+	p.client.streams.kinds[dirBidi].maxLocal = 0
 	p.client.streams.mu.Unlock()
 	ctx := testContext(t)
 	var wg sync.WaitGroup
@@ -189,7 +189,7 @@ func TestOpenStreamSyncWakesAllWaiters(t *testing.T) {
 			errs <- err
 		}()
 	}
-	p.client.streams.handleMaxStreams(3)
+	p.client.streams.handleMaxStreams(3, dirBidi)
 	wg.Wait()
 	close(errs)
 	for err := range errs {

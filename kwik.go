@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // Role is the part a side plays in a session.
@@ -87,6 +89,27 @@ type Session interface {
 	OpenStream() (Stream, error)
 	// AcceptStream returns the next stream the peer opened.
 	AcceptStream(ctx context.Context) (Stream, error)
+	// OpenUniStream opens a unidirectional logical stream (this side sends, the peer
+	// receives), or fails with ErrStreamLimit when the peer allows no more.
+	OpenUniStream() (SendStream, error)
+	// OpenUniStreamSync opens a unidirectional logical stream, waiting while the peer allows
+	// no more.
+	OpenUniStreamSync(ctx context.Context) (SendStream, error)
+	// AcceptUniStream returns the next unidirectional stream the peer opened.
+	AcceptUniStream(ctx context.Context) (ReceiveStream, error)
+
+	// SendDatagram sends an unreliable datagram (RFC 9221) on the primary path, when both
+	// sides enabled QUIC.EnableDatagrams; it fails as quic-go's does otherwise, or with a
+	// *quic.DatagramTooLargeError. Datagrams never travel through secondaries.
+	SendDatagram(payload []byte) error
+	// ReceiveDatagram returns the next datagram received on the primary path.
+	ReceiveDatagram(ctx context.Context) ([]byte, error)
+	// ConnectionState is the primary path's QUIC connection state: TLS (ALPN, peer
+	// certificates...), datagram support.
+	ConnectionState() quic.ConnectionState
+	// HandshakeComplete is closed once the handshake is complete: a session returned by Dial
+	// or Accept has completed it (QUIC's and KWIK's), so it is always closed.
+	HandshakeComplete() <-chan struct{}
 
 	// AddPath asks the client to join the server at address (primary only; elsewhere ErrNotPrimary).
 	AddPath(address string) error
@@ -117,6 +140,32 @@ type Session interface {
 	CloseWithError(code ApplicationErrorCode, msg string) error
 	// Close is CloseWithError(0, "").
 	Close() error
+}
+
+// SendStream is a unidirectional logical stream opened by this side (OpenUniStream): the send
+// half of a Stream, as quic-go's SendStream.
+type SendStream interface {
+	io.WriteCloser // Close sends the fin: the peer's Read returns io.EOF after the data
+	// CancelWrite abandons the stream; the peer's Read fails with a *StreamError carrying code.
+	CancelWrite(code StreamErrorCode)
+	// SetWriteDeadline makes a blocked Write fail with a net.Error whose Timeout is true.
+	SetWriteDeadline(t time.Time) error
+	// Context is canceled once the stream is closed or canceled, or the session ends.
+	Context() context.Context
+	StreamID() uint64 // the logical stream ID, as quic-go numbers streams
+	PathID() string   // the path the stream lives on
+}
+
+// ReceiveStream is a unidirectional logical stream the peer opened (AcceptUniStream): the
+// receive half of a Stream, as quic-go's ReceiveStream.
+type ReceiveStream interface {
+	io.Reader
+	// CancelRead abandons the stream; the peer's Write fails with a *StreamError carrying code.
+	CancelRead(code StreamErrorCode)
+	// SetReadDeadline makes a blocked Read fail with a net.Error whose Timeout is true.
+	SetReadDeadline(t time.Time) error
+	StreamID() uint64 // the logical stream ID, as quic-go numbers streams
+	PathID() string   // the path the stream lives on
 }
 
 // Stream is a logical KWIK stream. As in QUIC, it is bidirectional and Close closes only the

@@ -12,17 +12,24 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// acceptQueueLen bounds the sessions authenticated but not yet returned by Accept; past it
-// new sessions are refused rather than held.
-const acceptQueueLen = 64
+// acceptQueueLen bounds the sessions authenticated but not yet returned by Accept, as quic-go's
+// MaxAcceptQueueSize bounds its connections: past it a new session is refused, and the client's
+// Dial fails with a *quic.TransportError CONNECTION_REFUSED, as quic-go's does.
+const acceptQueueLen = 32
 
 // replayCacheSize bounds the join tokens a listener remembers; past it (a flood of valid joins
 // within one token lifetime) joins are refused rather than risk accepting a replay.
 const replayCacheSize = 1 << 16
 
 // Listener accepts KWIK sessions: new sessions from clients (this server is their primary)
-// and joins of this server to clients' sessions as a secondary, alike. Closing it
-// stops accepting; sessions already accepted keep running until they close (as in quic-go).
+// and joins of this server to clients' sessions as a secondary, alike. Closing it stops
+// accepting; sessions already authenticated may still be returned by Accept, and sessions
+// keep running until they close (as in quic-go).
+//
+// The accept loop hands each QUIC connection to a handshake goroutine of its own; a session
+// that authenticates goes to the queue, where Accept takes it. Close cancels the loop and the
+// handshakes in progress, waits for them, and then closes done: from then on Accept drains the
+// queue and returns ErrServerClosed once it is empty.
 type Listener struct {
 	ql   *quic.Listener
 	conf *Config
@@ -30,6 +37,8 @@ type Listener struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the accept loop and the handshakes in progress
+	once   sync.Once
+	done   chan struct{} // closed by Close once no handshake can queue a session any more
 	queue  chan *session
 	replay *jointoken.ReplayCache // join tokens used, shared by every join on this listener
 }
@@ -48,7 +57,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen), replay: jointoken.NewReplayCache(replayCacheSize)}
+	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), replay: jointoken.NewReplayCache(replayCacheSize)}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -67,13 +76,20 @@ func (l *Listener) acceptLoop() {
 	}
 }
 
+// errServerBusy is what a server answers an authentication with when its accept queue is full.
+var errServerBusy = &Error{Code: CodeConnectionRefused, Message: "server busy: accept queue full"}
+
 func (l *Listener) handshake(conn *quic.Conn) {
 	defer l.wg.Done()
 	ctx, cancel := context.WithTimeout(l.ctx, l.conf.HandshakeTimeout)
 	defer cancel()
-	sess, err := serverHandshake(ctx, conn, l.conf, l.replay)
+	full := func() bool { return len(l.queue) == cap(l.queue) }
+	sess, err := serverHandshake(ctx, conn, l.conf, l.replay, full)
 	if err != nil {
-		if l.ctx.Err() == nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		switch {
+		case l.ctx.Err() != nil:
+			err = &Error{Code: CodeConnectionRefused, Message: "server closed"}
+		case errors.Is(context.Cause(ctx), context.DeadlineExceeded):
 			// The peer did not authenticate in time: its failure, not the server's.
 			err = &Error{Code: CodeAuthFailed, Message: "no authentication within the handshake timeout"}
 		}
@@ -83,17 +99,24 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	select {
 	case l.queue <- sess:
 	default:
-		sess.closeLocal(&Error{Code: CodeInternal, Message: "server busy: accept queue full"})
+		// Filled since the check in serverHandshake, by concurrent handshakes.
+		sess.closeLocal(errServerBusy)
 	}
 }
 
-// Accept returns the next authenticated session.
+// Accept returns the next authenticated session. After Close it returns the sessions still
+// queued, then ErrServerClosed.
 func (l *Listener) Accept(ctx context.Context) (Session, error) {
 	select {
 	case s := <-l.queue:
 		return s, nil
-	case <-l.ctx.Done():
-		return nil, ErrServerClosed
+	case <-l.done:
+		select {
+		case s := <-l.queue:
+			return s, nil
+		default:
+			return nil, ErrServerClosed
+		}
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -102,21 +125,19 @@ func (l *Listener) Accept(ctx context.Context) (Session, error) {
 // Addr returns the local UDP address.
 func (l *Listener) Addr() net.Addr { return l.ql.Addr() }
 
-// Close stops accepting. Sessions waiting in the accept queue are closed; sessions already
-// returned by Accept keep running.
+// Close stops accepting: authentications in progress are refused (the client's Dial fails
+// with CONNECTION_REFUSED), sessions already authenticated stay in the queue for Accept, which
+// returns ErrServerClosed once it is empty, and sessions keep running until they close, as in
+// quic-go. A session left in the queue lives until its peer closes it or it times out.
 func (l *Listener) Close() error {
-	l.cancel()
-	err := l.ql.Close()
-	l.wg.Wait()
-	for {
-		select {
-		case s := <-l.queue:
-			s.closeLocal(&Error{Code: CodeInternal, Message: "listener closed"})
-			s.wg.Wait()
-		default:
-			return err
-		}
-	}
+	var err error
+	l.once.Do(func() {
+		l.cancel()
+		err = l.ql.Close()
+		l.wg.Wait()
+		close(l.done)
+	})
+	return err
 }
 
 // ListenAddr is Listen under quic-go's name, so that porting code is a change of import.

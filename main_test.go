@@ -45,7 +45,7 @@ func newPair(t testing.TB, clientConf, serverConf *Config) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { closeListener(ln) })
 	ctx := testContext(t)
 	type res struct {
 		s   Session

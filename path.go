@@ -3,6 +3,7 @@ package kwik
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -16,11 +17,13 @@ import (
 // path is one QUIC connection of a session with its control stream and data plane.
 //
 // Goroutines, all counted in the session's WaitGroup and all ending when the connection
-// closes (or, for the control writer, when the path's context ends):
+// closes (or, for the control writer and the watchdog, when the path's context ends):
 //   - readControl: reads the control stream and dispatches frames;
-//   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and sends
-//     heartbeats, declaring the path dead when the peer has been silent for PathTimeout;
-//   - acceptData: accepts the peer's data streams and starts a readData for each.
+//   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and the
+//     heartbeats the watchdog asks for;
+//   - acceptData: accepts the peer's data streams and starts a readData for each;
+//   - watch, on a client's secondary paths only: has heartbeats sent and declares the path
+//     dead when its QUIC connection has received nothing for PathTimeout.
 //
 // Sending needs no goroutine: a stream's Write encodes its DataPacket and writes it on a real
 // stream of the pool from the caller's goroutine.
@@ -93,6 +96,42 @@ func (p *path) start() {
 	go p.readControl()
 	go p.ctrl.run()
 	go p.acceptData()
+	if !p.essential {
+		p.sess.wg.Add(1)
+		go p.watch()
+	}
+}
+
+// watch is the watchdog of a client's secondary path, the only kind of path KWIK watches
+// itself: every HeartbeatInterval it has a heartbeat sent, which the secondary's QUIC stack
+// acknowledges, and it declares the path DEAD once QUIC has received nothing at all (no
+// acknowledgement, no retransmission, no data) for PathTimeout. Liveness thus rests on QUIC's
+// loss recovery, not on one control frame arriving: a lossy path keeps delivering some packets
+// and lives. Every other path (the primary path, and each server's own) ends when its QUIC
+// connection does: its MaxIdleTimeout, kept at bay by QUIC.KeepAlivePeriod if the application
+// asks for keep-alives, as in quic-go. No heartbeat keeps such a path, or the session, busy.
+func (p *path) watch() {
+	defer p.sess.wg.Done()
+	conf := p.sess.conf
+	t := time.NewTicker(conf.HeartbeatInterval)
+	defer t.Stop()
+	received := p.conn.ConnectionStats().PacketsReceived
+	progress := time.Now()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		if n := p.conn.ConnectionStats().PacketsReceived; n != received {
+			received, progress = n, now
+		} else if silent := now.Sub(progress); silent >= conf.PathTimeout {
+			p.fail(&Error{Code: CodePathDead, Message: fmt.Sprintf("path %s: no QUIC packet received for %v", p.id, silent.Round(time.Millisecond))})
+			return
+		}
+		p.ctrl.queueHeartbeat()
+	}
 }
 
 func (p *path) acceptData() {
@@ -178,13 +217,12 @@ func (p *path) fail(err error) {
 	if p.ctx.Err() != nil {
 		return // the path or the session is already closing
 	}
-	if p.conn.Context().Err() != nil {
-		err = closeError(context.Cause(p.conn.Context()))
+	if cerr := connClosed(p.conn, err); cerr != nil {
 		if !p.essential {
-			p.sess.pathDied(p, err)
+			p.sess.pathDied(p, cerr)
 			return
 		}
-		p.sess.closeRemote(err)
+		p.sess.closeRemote(cerr)
 		return
 	}
 	var tooLarge *wire.MessageTooLargeError
@@ -196,15 +234,6 @@ func (p *path) fail(err error) {
 	case errors.Is(err, wire.ErrMalformed), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
 		err = &Error{Code: CodeInvalidFrame, Message: err.Error()}
 	default:
-		var appErr *quic.ApplicationError
-		if errors.As(err, &appErr) {
-			if !p.essential {
-				p.sess.pathDied(p, closeError(err))
-				return
-			}
-			p.sess.closeRemote(err)
-			return
-		}
 		err = &Error{Code: CodeInvalidFrame, Message: err.Error()}
 	}
 	if !p.essential {
@@ -212,6 +241,30 @@ func (p *path) fail(err error) {
 		return
 	}
 	p.sess.closeLocal(err)
+}
+
+// connClosed returns what ended the connection, if err (from one of its streams) says that it
+// ended: quic-go fails the streams with the connection's error before it cancels the
+// connection's context, so the stream's error may be the first sign. An idle timeout, say, must
+// end the session as one (a net.Error whose Timeout is true), never as a protocol violation.
+// A SessionClose frame (an *ApplicationError from handleControl) counts as the peer's close.
+func connClosed(conn *quic.Conn, err error) error {
+	if conn.Context().Err() != nil {
+		return closeError(context.Cause(conn.Context()))
+	}
+	var (
+		appErr       *quic.ApplicationError
+		transportErr *quic.TransportError
+		idle         *quic.IdleTimeoutError
+		handshake    *quic.HandshakeTimeoutError
+		reset        *quic.StatelessResetError
+		version      *quic.VersionNegotiationError
+	)
+	if errors.As(err, &appErr) || errors.As(err, &transportErr) || errors.As(err, &idle) ||
+		errors.As(err, &handshake) || errors.As(err, &reset) || errors.As(err, &version) {
+		return closeError(err)
+	}
+	return nil
 }
 
 // writeFailed is told of a failed write on one of the path's data streams. If the connection

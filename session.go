@@ -15,6 +15,7 @@ import (
 
 	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // session is every role's Session. A client session holds one path per server (the primary
@@ -65,14 +66,16 @@ type peerParams struct {
 	maxFrameData   int
 	streamWindow   uint64 // initial credit of every stream
 	windowMax      uint64 // the credit the peer keeps ahead of its reads, at most
-	maxStreams     uint64
-	zstd           bool // accepts compressed DataPackets
+	maxStreams     uint64 // bidirectional logical streams this side may open at first
+	maxUniStreams  uint64 // unidirectional ones
+	zstd           bool   // accepts compressed DataPackets
 }
 
 func (c *Config) params() *pb.TransportParameters {
 	return &pb.TransportParameters{
 		MaxMessageSize:         uint64(c.MaxMessageSize),
 		MaxIncomingStreams:     uint64(c.MaxIncomingStreams),
+		MaxIncomingUniStreams:  uint64(c.MaxIncomingUniStreams),
 		StreamReceiveWindow:    c.initialStreamWindow(),
 		MaxStreamReceiveWindow: uint64(c.StreamReceiveWindow),
 		Compression:            compressionFlags(c.Compression),
@@ -84,6 +87,7 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 		maxMessageSize: defaultMaxMessageSize,
 		streamWindow:   defaultStreamReceiveWindow,
 		maxStreams:     defaultMaxIncomingStreams,
+		maxUniStreams:  defaultMaxIncomingStreams,
 	}
 	if tp != nil {
 		if tp.MaxMessageSize != 0 {
@@ -98,6 +102,9 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 		if tp.MaxIncomingStreams != 0 {
 			pp.maxStreams = min(tp.MaxIncomingStreams, 1<<40)
 		}
+		if tp.MaxIncomingUniStreams != 0 {
+			pp.maxUniStreams = min(tp.MaxIncomingUniStreams, 1<<40)
+		}
 		pp.zstd = tp.Compression&compressZstd != 0
 		pp.windowMax = min(tp.MaxStreamReceiveWindow, maxStreamReceiveWindow)
 	}
@@ -106,10 +113,12 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 	return pp, nil
 }
 
-func newSession(role Role, id string, conf *Config) *session {
+// newSession returns a session whose context derives from parent: it carries parent's values
+// (the Dial context's on a client, the QUIC connection's on a server), not its cancellation.
+func newSession(parent context.Context, role Role, id string, conf *Config) *session {
 	s := &session{role: role, id: id, conf: conf, createdAt: time.Now()}
 	s.log = conf.Logger.With("session", id, "role", role.String())
-	s.ctx, s.cancel = context.WithCancelCause(context.Background())
+	s.ctx, s.cancel = context.WithCancelCause(parent)
 	s.graceful = make(chan struct{})
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
@@ -128,7 +137,7 @@ func newSession(role Role, id string, conf *Config) *session {
 func (s *session) start(first *path) {
 	s.log.Info("kwik: session started", "path", first.id, "remote", first.conn.RemoteAddr().String())
 	s.primary = first
-	s.streams = newStreamsMap(s, s.role == RoleClient, first.peer.maxStreams)
+	s.streams = newStreamsMap(s, s.role == RoleClient, first.peer)
 	rec := &pathRecord{id: first.id, address: first.address, primary: s.role != RoleSecondary, status: PathActive, createdAt: first.createdAt, p: first}
 	s.paths.records = append(s.paths.records, rec)
 	s.paths.byID[first.id] = rec
@@ -222,9 +231,17 @@ func (s *session) closeLocal(err error) {
 	s.shutdown(ke, kwikCodeBase+ApplicationErrorCode(ke.Code), ke.Message)
 }
 
-// closeRemote closes the session because the peer closed it (or the connection died).
+// closeRemote closes the session because the peer closed it (or the connection died). When
+// the essential path timed out (QUIC's idle timeout), the session ends with that error, and the
+// client tells its secondaries KWIK_PATH_DEAD with the reason.
 func (s *session) closeRemote(err error) {
-	s.shutdown(closeError(err), 0, "")
+	err = closeError(err)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		s.shutdown(err, kwikCodeBase+ApplicationErrorCode(CodePathDead), "the primary path: "+err.Error())
+		return
+	}
+	s.shutdown(err, 0, "")
 }
 
 func (s *session) CloseWithError(code ApplicationErrorCode, msg string) error {
@@ -250,7 +267,7 @@ func (s *session) OpenStream() (Stream, error) {
 	if s.role == RoleSecondary {
 		return nil, errSecondaryOpens
 	}
-	st, err := s.streams.open(context.Background(), false)
+	st, err := s.streams.open(context.Background(), false, dirBidi)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +278,7 @@ func (s *session) OpenStreamSync(ctx context.Context) (Stream, error) {
 	if s.role == RoleSecondary {
 		return nil, errSecondaryOpens
 	}
-	st, err := s.streams.open(ctx, true)
+	st, err := s.streams.open(ctx, true, dirBidi)
 	if err != nil {
 		return nil, err
 	}
@@ -277,12 +294,90 @@ func (s *session) AcceptStream(ctx context.Context) (Stream, error) {
 		}
 		return ds, nil
 	}
-	st, err := s.streams.acceptStream(ctx)
+	st, err := s.streams.acceptStream(ctx, dirBidi)
 	if err != nil {
 		return nil, err
 	}
 	return st, nil
 }
+
+// errSecondaryUni is what a secondary's uni-stream calls return: logical streams live between
+// the client and the primary.
+var errSecondaryUni = fmt.Errorf("kwik: a secondary server has no unidirectional streams: %w", ErrNotPrimary)
+
+func (s *session) OpenUniStream() (SendStream, error) {
+	if s.role == RoleSecondary {
+		return nil, errSecondaryUni
+	}
+	st, err := s.streams.open(context.Background(), false, dirUni)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (s *session) OpenUniStreamSync(ctx context.Context) (SendStream, error) {
+	if s.role == RoleSecondary {
+		return nil, errSecondaryUni
+	}
+	st, err := s.streams.open(ctx, true, dirUni)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+func (s *session) AcceptUniStream(ctx context.Context) (ReceiveStream, error) {
+	if s.role == RoleSecondary {
+		return nil, errSecondaryUni
+	}
+	st, err := s.streams.acceptStream(ctx, dirUni)
+	if err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// SendDatagram sends p as a QUIC datagram on the primary path (on a secondary, on its own path
+// to the client, which receives datagrams from the primary path only).
+func (s *session) SendDatagram(p []byte) error {
+	if err := s.ctx.Err(); err != nil {
+		return s.closeErr()
+	}
+	err := s.primary.conn.SendDatagram(p)
+	if err != nil && s.primary.conn.Context().Err() != nil {
+		return s.sessionErr(err)
+	}
+	return err
+}
+
+// ReceiveDatagram returns the next datagram of the primary path.
+func (s *session) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	b, err := s.primary.conn.ReceiveDatagram(ctx)
+	if err != nil && ctx.Err() == nil {
+		return nil, s.sessionErr(err)
+	}
+	return b, err
+}
+
+// sessionErr is the error to report for a failure of the primary path's connection: the
+// session's close error once it has one (the connection's end closes the session).
+func (s *session) sessionErr(err error) error {
+	if s.ctx.Err() != nil {
+		return s.closeErr()
+	}
+	if cerr := connClosed(s.primary.conn, err); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+func (s *session) ConnectionState() quic.ConnectionState { return s.primary.conn.ConnectionState() }
+
+// handshakeDone is closed: a session exists only once its handshake is complete.
+var handshakeDone = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+func (s *session) HandshakeComplete() <-chan struct{} { return handshakeDone }
 
 func (s *session) ID() string               { return s.id }
 func (s *session) Role() Role               { return s.role }

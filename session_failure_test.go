@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/netsim"
+	"github.com/quic-go/quic-go"
 )
 
 // relay puts the server behind ln behind a netsim link and returns it.
@@ -107,7 +109,10 @@ func TestDeadSecondary(t *testing.T) {
 	stop := make(chan struct{})
 	st := startStreamer(t, p.server, p.client, stop)
 
-	ln1, ln2 := listen(t, serverConf()), listen(t, serverConf())
+	// The secondary's own path ends with its QUIC idle timeout once cut off.
+	sconf := serverConf()
+	sconf.QUIC = &quic.Config{MaxIdleTimeout: 2 * time.Second}
+	ln1, ln2 := listen(t, sconf), listen(t, serverConf())
 	r1 := relay(t, ln1, netsim.Config{})
 	id1, s1 := addPath(t, p.server, ln1, r1.Addr().String())
 	id2, _ := addPath(t, p.server, ln2, ln2.Addr().String())
@@ -144,11 +149,9 @@ func TestDeadSecondary(t *testing.T) {
 			t.Fatalf("the %s lists the removed dead path as %v", side, pi.Status)
 		}
 	}
-	// The secondary, cut off too, ends its session on its own.
+	// The secondary, cut off too, ends its session on its own, with QUIC's idle timeout.
 	<-s1.Context().Done()
-	if err := context.Cause(s1.Context()); !errors.Is(err, ErrPathDead) {
-		t.Fatalf("the blackholed secondary ended with %v", err)
-	}
+	requireIdleTimeoutError(t, "the blackholed secondary", context.Cause(s1.Context()))
 	// Remove the other; add a third; the stream on the primary path never noticed.
 	if err := p.server.RemovePath(id2); err != nil {
 		t.Fatal(err)
@@ -164,11 +167,15 @@ func TestDeadSecondary(t *testing.T) {
 	}
 }
 
-// A blackholed primary ends the session on the client and on every secondary.
+// A blackholed primary ends the session on the client and the primary with QUIC's idle
+// timeout error, and the client tells every secondary KWIK_PATH_DEAD.
 func TestDeadPrimary(t *testing.T) {
-	ln := listen(t, serverConf())
+	idle := &quic.Config{MaxIdleTimeout: 2 * time.Second}
+	pconf, cconf := serverConf(), clientConf()
+	pconf.QUIC, cconf.QUIC = idle, idle
+	ln := listen(t, pconf)
 	r := relay(t, ln, netsim.Config{})
-	client, primary := dialVia(t, ln, r, clientConf())
+	client, primary := dialVia(t, ln, r, cconf)
 	ln1, ln2 := listen(t, serverConf()), listen(t, serverConf())
 	_, s1 := addPath(t, primary, ln1, ln1.Addr().String())
 	_, s2 := addPath(t, primary, ln2, ln2.Addr().String())
@@ -187,11 +194,52 @@ func TestDeadPrimary(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("%s session still open", name)
 		}
-		if err := context.Cause(s.Context()); !errors.Is(err, ErrPathDead) {
-			t.Fatalf("%s session ended with %v, want KWIK_PATH_DEAD", name, err)
+		err := context.Cause(s.Context())
+		if s.role == RoleSecondary {
+			if !errors.Is(err, ErrPathDead) {
+				t.Fatalf("%s session ended with %v, want KWIK_PATH_DEAD", name, err)
+			}
+			continue
 		}
+		requireIdleTimeoutError(t, name, err)
 	}
-	if err := <-readErr; !errors.Is(err, ErrPathDead) {
-		t.Fatalf("pending Read: %v", err)
+	requireIdleTimeoutError(t, "pending Read", <-readErr)
+}
+
+// quic-go fails a connection's streams with its error before it cancels the connection's
+// context: a path whose control stream reports QUIC's idle timeout must end the session with
+// that error, never with KWIK_INVALID_FRAME (which on a secondary also forbids rejoining).
+func TestStreamErrorOfAClosingConnection(t *testing.T) {
+	p := newPair(t, nil, nil)
+	p.client.primary.fail(&quic.IdleTimeoutError{})
+	<-p.client.Context().Done()
+	requireIdleTimeoutError(t, "client session", context.Cause(p.client.Context()))
+}
+
+// Many sessions timing out at once (the race the test above pins down, as it happens): every
+// side of every one ends with QUIC's idle timeout error.
+func TestIdleTimeoutsAreNeverProtocolErrors(t *testing.T) {
+	const sessions = 16
+	conf := &Config{QUIC: &quic.Config{MaxIdleTimeout: time.Second}}
+	ln := listen(t, conf)
+	ctx := testContext(t)
+	var all []Session
+	for range sessions {
+		accepted := acceptOne(ctx, ln)
+		c, err := Dial(ctx, ln.Addr().String(), testTLS.client, conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		s := <-accepted
+		if s == nil {
+			t.Fatal("no session accepted")
+		}
+		defer s.Close()
+		all = append(all, c, s)
+	}
+	for i, s := range all {
+		waitDone(t, ctx, fmt.Sprintf("session %d", i), s.Context())
+		requireIdleTimeoutError(t, fmt.Sprintf("session %d (%v)", i, s.Role()), context.Cause(s.Context()))
 	}
 }

@@ -177,7 +177,7 @@ func (s *session) RemovePath(pathID string) error {
 		s.paths.mu.Unlock()
 	}()
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_RemovePathRequest{RemovePathRequest: &pb.RemovePathRequest{PathId: pathID}}})
-	timer := time.NewTimer(s.conf.PathTimeout + s.conf.HeartbeatInterval)
+	timer := time.NewTimer(s.conf.answerTimeout())
 	defer timer.Stop()
 	select {
 	case resp := <-ch:

@@ -30,8 +30,21 @@ func listen(t testing.TB, conf *Config) *Listener {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	t.Cleanup(func() { closeListener(ln) })
 	return ln
+}
+
+// closeListener closes ln and the sessions still in its accept queue (Accept returns them
+// after Close, as quic-go's does).
+func closeListener(ln *Listener) {
+	ln.Close()
+	for {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		s.Close()
+	}
 }
 
 // addPath has the primary add the server behind ln, reached at addr, and returns the path's

@@ -83,7 +83,7 @@ func (s *session) SendRawData(data []byte, pathID string) error {
 	if !s.primary.ctrl.queueRaw(&pb.RawPacketTransmission{Data: bytes.Clone(data), TargetPathId: pathID, Id: id}, s.conf.MaxPendingRawData) {
 		return &Error{Code: CodeInternal, Message: "raw data queue full"}
 	}
-	timer := time.NewTimer(s.conf.PathTimeout + s.conf.HeartbeatInterval)
+	timer := time.NewTimer(s.conf.answerTimeout())
 	defer timer.Stop()
 	select {
 	case err := <-ch:

@@ -3,6 +3,7 @@ package kwik
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -27,6 +28,10 @@ type stream struct {
 
 	ctx       context.Context // canceled when the send side ends
 	cancelCtx context.CancelCauseFunc
+
+	// A unidirectional stream has one half: sendOnly if this side opened it, recvOnly if the
+	// peer did.
+	sendOnly, recvOnly bool
 
 	recv struct {
 		mu        sync.Mutex
@@ -74,7 +79,10 @@ type stream struct {
 	recvFinished, sendFinished bool
 }
 
-func newStream(id uint64, sess *session, p *path) *stream {
+// newStream returns stream id, opened by this side if local. A unidirectional stream is born
+// with the half it lacks already ended (and, for its completion, finished: the caller holds
+// the streamsMap's mutex).
+func newStream(id uint64, sess *session, p *path, local bool) *stream {
 	s := &stream{
 		id:         id,
 		sess:       sess,
@@ -86,6 +94,18 @@ func newStream(id uint64, sess *session, p *path) *stream {
 	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, creditLoop(p), time.Now())
 	s.recv.loan = loan{c: &sess.credit, s: s}
 	s.send.maxOffset = p.peer.streamWindow
+	if streamDir(id) == dirUni {
+		if local {
+			s.sendOnly = true
+			s.recv.err = fmt.Errorf("kwik: stream %d is send-only", id)
+			s.recv.done, s.recv.completed, s.recvFinished = true, true, true
+		} else {
+			s.recvOnly = true
+			s.send.err = fmt.Errorf("kwik: stream %d is receive-only", id)
+			s.send.done, s.send.completed, s.sendFinished = true, true, true
+			s.cancelCtx(s.send.err) // a receive stream has no context of its own
+		}
+	}
 	return s
 }
 
@@ -204,6 +224,9 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	end := off + uint64(len(b))
 	if end < off {
 		return &Error{Code: CodeInvalidFrame, Message: "offset overflow"}
+	}
+	if s.sendOnly {
+		return &Error{Code: CodeInvalidFrame, Message: "data on a stream the peer may not send on"}
 	}
 	s.recv.mu.Lock()
 	if s.recv.done {
@@ -558,7 +581,7 @@ func (s *stream) endSend(cause error) {
 		s.path.pool.release(rs)
 	}
 	if cause == nil {
-		cause = context.Canceled
+		cause = quic.ErrStreamClosed // as in quic-go: context.Cause after Close
 	}
 	s.cancelCtx(cause)
 }

@@ -5,16 +5,22 @@ import (
 	"sync"
 )
 
-// streamsMap owns the session's logical streams: ID allocation, the peer's stream limit, the
-// accept queue and completion. Stream IDs are numbered as in QUIC: the client opens even IDs,
-// servers odd ones (id = 2*n + parity), and opening stream n implicitly opens every lower one
-// of the same side, so either order of "first frame" and STREAM_CREATE_NOTIFICATION works.
-type streamsMap struct {
-	sess        *session
-	localParity uint64
+// Stream IDs are numbered as in QUIC (RFC 9000, 2.1): bit 0 is the initiator (0 the client, 1
+// a server), bit 1 the direction (0 bidirectional, 1 unidirectional), and id = 4*n + those
+// bits, n counting the streams of that type from 0. Opening stream n of a type implicitly
+// opens every lower one of that type, so either order of "first frame" and
+// STREAM_CREATE_NOTIFICATION works.
+const (
+	dirBidi = 0
+	dirUni  = 1
+)
 
-	mu      sync.Mutex
-	streams map[uint64]*stream
+// streamDir returns dirBidi or dirUni for a stream ID.
+func streamDir(id uint64) int { return int(id>>1) & 1 }
+
+// streamKind is the state of one direction's streams: IDs, limits and the accept queue.
+// Guarded by streamsMap.mu, except the signal channels.
+type streamKind struct {
 	// Streams this side opens.
 	nextLocal uint64 // next stream number to open
 	maxLocal  uint64 // the peer lets us open numbers below this
@@ -22,29 +28,46 @@ type streamsMap struct {
 	nextRemote uint64 // numbers below this were opened
 	maxRemote  uint64 // we let the peer open numbers below this
 	accept     []*stream
-	closeErr   error
 
 	openSignal   chan struct{} // cap 1: maxLocal grew or session closed
 	acceptSignal chan struct{} // cap 1: accept queue grew
 }
 
-func newStreamsMap(sess *session, isClient bool, peerMaxStreams uint64) *streamsMap {
-	m := &streamsMap{
-		sess:         sess,
-		streams:      make(map[uint64]*stream),
-		maxLocal:     peerMaxStreams,
-		maxRemote:    uint64(sess.conf.MaxIncomingStreams),
-		openSignal:   make(chan struct{}, 1),
-		acceptSignal: make(chan struct{}, 1),
-	}
+// streamsMap owns the session's logical streams: ID allocation, the peer's stream limits, the
+// accept queues and completion, for bidirectional and unidirectional streams alike.
+type streamsMap struct {
+	sess  *session
+	local uint64 // the initiator bit of this side's streams
+
+	mu       sync.Mutex
+	streams  map[uint64]*stream
+	kinds    [2]streamKind // by direction
+	closeErr error
+}
+
+func newStreamsMap(sess *session, isClient bool, peer peerParams) *streamsMap {
+	m := &streamsMap{sess: sess, streams: make(map[uint64]*stream)}
 	if !isClient {
-		m.localParity = 1
+		m.local = 1
+	}
+	m.kinds[dirBidi].maxLocal, m.kinds[dirBidi].maxRemote = peer.maxStreams, uint64(sess.conf.MaxIncomingStreams)
+	m.kinds[dirUni].maxLocal, m.kinds[dirUni].maxRemote = peer.maxUniStreams, uint64(sess.conf.MaxIncomingUniStreams)
+	for i := range m.kinds {
+		m.kinds[i].openSignal = make(chan struct{}, 1)
+		m.kinds[i].acceptSignal = make(chan struct{}, 1)
 	}
 	return m
 }
 
-// open opens the next local stream, or returns ErrStreamLimit (block=false) / waits (block=true).
-func (m *streamsMap) open(ctx context.Context, block bool) (*stream, error) {
+// streamID is the ID of stream number n of the given direction and initiator.
+func streamID(n uint64, dir int, initiator uint64) uint64 {
+	return 4*n + 2*uint64(dir) + initiator
+}
+
+// open opens the next local stream of direction dir, or returns ErrStreamLimit (block=false)
+// / waits (block=true).
+func (m *streamsMap) open(ctx context.Context, block bool, dir int) (*stream, error) {
+	k := &m.kinds[dir]
 	for {
 		m.mu.Lock()
 		if m.closeErr != nil {
@@ -52,13 +75,13 @@ func (m *streamsMap) open(ctx context.Context, block bool) (*stream, error) {
 			m.mu.Unlock()
 			return nil, err
 		}
-		if m.nextLocal < m.maxLocal {
-			id := m.nextLocal*2 + m.localParity
-			m.nextLocal++
-			s := newStream(id, m.sess, m.sess.primary)
+		if k.nextLocal < k.maxLocal {
+			id := streamID(k.nextLocal, dir, m.local)
+			k.nextLocal++
+			s := newStream(id, m.sess, m.sess.primary, true)
 			m.streams[id] = s
-			if m.nextLocal < m.maxLocal {
-				notify(m.openSignal) // one MaxStreams may let several waiters through
+			if k.nextLocal < k.maxLocal {
+				notify(k.openSignal) // one MaxStreams may let several waiters through
 			}
 			m.mu.Unlock()
 			m.sess.primary.ctrl.queueCreate(s)
@@ -69,7 +92,7 @@ func (m *streamsMap) open(ctx context.Context, block bool) (*stream, error) {
 			return nil, ErrStreamLimit
 		}
 		select {
-		case <-m.openSignal:
+		case <-k.openSignal:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-m.sess.ctx.Done():
@@ -90,26 +113,27 @@ func (m *streamsMap) get(id uint64) (*stream, error) {
 	if m.closeErr != nil {
 		return nil, nil
 	}
-	n := id / 2
-	if id%2 == m.localParity {
-		if n >= m.nextLocal {
+	dir, n := streamDir(id), id/4
+	k := &m.kinds[dir]
+	if id&1 == m.local {
+		if n >= k.nextLocal {
 			return nil, &Error{Code: CodeInvalidFrame, Message: "frame for a stream this side never opened"}
 		}
 		return nil, nil
 	}
-	if n < m.nextRemote {
+	if n < k.nextRemote {
 		return nil, nil
 	}
-	if n >= m.maxRemote {
+	if n >= k.maxRemote {
 		return nil, &Error{Code: CodeStreamCreateFailed, Message: "peer exceeded its stream limit"}
 	}
-	for ; m.nextRemote <= n; m.nextRemote++ {
-		sid := m.nextRemote*2 + (1 - m.localParity)
-		s := newStream(sid, m.sess, m.sess.primary)
+	for ; k.nextRemote <= n; k.nextRemote++ {
+		sid := streamID(k.nextRemote, dir, 1-m.local)
+		s := newStream(sid, m.sess, m.sess.primary, false)
 		m.streams[sid] = s
-		m.accept = append(m.accept, s)
+		k.accept = append(k.accept, s)
 	}
-	notify(m.acceptSignal)
+	notify(k.acceptSignal)
 	return m.streams[id], nil
 }
 
@@ -122,17 +146,20 @@ func (m *streamsMap) lookup(id uint64) (*stream, error) {
 	if s, ok := m.streams[id]; ok {
 		return s, nil
 	}
-	next := m.nextRemote
-	if id%2 == m.localParity {
-		next = m.nextLocal
+	k := &m.kinds[streamDir(id)]
+	next := k.nextRemote
+	if id&1 == m.local {
+		next = k.nextLocal
 	}
-	if id/2 < next {
+	if id/4 < next {
 		return nil, nil
 	}
 	return nil, &Error{Code: CodeOffsetMismatch, Message: "data from a secondary for a stream that does not exist"}
 }
 
-func (m *streamsMap) acceptStream(ctx context.Context) (*stream, error) {
+// acceptStream returns the next stream of direction dir the peer opened.
+func (m *streamsMap) acceptStream(ctx context.Context, dir int) (*stream, error) {
+	k := &m.kinds[dir]
 	for {
 		m.mu.Lock()
 		if m.closeErr != nil {
@@ -140,19 +167,19 @@ func (m *streamsMap) acceptStream(ctx context.Context) (*stream, error) {
 			m.mu.Unlock()
 			return nil, err
 		}
-		if len(m.accept) > 0 {
-			s := m.accept[0]
-			m.accept[0] = nil
-			m.accept = m.accept[1:]
-			if len(m.accept) > 0 {
-				notify(m.acceptSignal)
+		if len(k.accept) > 0 {
+			s := k.accept[0]
+			k.accept[0] = nil
+			k.accept = k.accept[1:]
+			if len(k.accept) > 0 {
+				notify(k.acceptSignal)
 			}
 			m.mu.Unlock()
 			return s, nil
 		}
 		m.mu.Unlock()
 		select {
-		case <-m.acceptSignal:
+		case <-k.acceptSignal:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-m.sess.ctx.Done():
@@ -162,7 +189,7 @@ func (m *streamsMap) acceptStream(ctx context.Context) (*stream, error) {
 }
 
 // finished records that one half of s ended. When both have, the stream is forgotten and,
-// if the peer opened it, the peer may open one more.
+// if the peer opened it, the peer may open one more of its type.
 func (m *streamsMap) finished(s *stream, recv, send bool) {
 	m.mu.Lock()
 	if recv {
@@ -181,23 +208,27 @@ func (m *streamsMap) finished(s *stream, recv, send bool) {
 	}
 	delete(m.streams, s.id)
 	var grant uint64
-	if s.id%2 != m.localParity && m.closeErr == nil {
-		m.maxRemote++
-		grant = m.maxRemote
+	dir := streamDir(s.id)
+	if s.id&1 != m.local && m.closeErr == nil {
+		k := &m.kinds[dir]
+		k.maxRemote++
+		grant = k.maxRemote
 	}
 	m.mu.Unlock()
 	if grant > 0 {
-		m.sess.primary.ctrl.queueMaxStreams(grant)
+		m.sess.primary.ctrl.queueMaxStreams(grant, dir)
 	}
 }
 
-func (m *streamsMap) handleMaxStreams(max uint64) {
+// handleMaxStreams is the peer's MaxStreams for direction dir.
+func (m *streamsMap) handleMaxStreams(max uint64, dir int) {
+	k := &m.kinds[dir]
 	m.mu.Lock()
-	if max > m.maxLocal {
-		m.maxLocal = max
+	if max > k.maxLocal {
+		k.maxLocal = max
 	}
 	m.mu.Unlock()
-	notify(m.openSignal)
+	notify(k.openSignal)
 }
 
 // closeAll ends every stream with err when the session closes.

@@ -85,7 +85,7 @@ func runDemo(ctx context.Context, o demoOptions) error {
 		if err != nil {
 			return err
 		}
-		defer ln.Close()
+		defer closeListener(ln)
 		rl, err := netsim.NewRelay("127.0.0.1:0", ln.Addr().String(), netsim.Config{Up: link, Down: link})
 		if err != nil {
 			return err

@@ -97,7 +97,7 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
-	defer ln.Close()
+	defer closeListener(ln)
 	role := "secondary"
 	if o.primary {
 		role = "primary"
@@ -284,4 +284,17 @@ func (s *fileServer) open(name string) (*os.File, int64, error) {
 		return nil, 0, fmt.Errorf("%s: not a regular file", name)
 	}
 	return f, fi.Size(), nil
+}
+
+// closeListener closes ln and the sessions still in its accept queue, which would otherwise
+// live until their peers close them or time out (as quic-go's queued connections do).
+func closeListener(ln *kwik.Listener) {
+	ln.Close()
+	for {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		s.Close()
+	}
 }

@@ -151,10 +151,23 @@ func (s *server) serve(ctx context.Context) error {
 
 func (s *server) close() {
 	if s.primary != nil {
-		s.primary.Close()
+		closeListener(s.primary)
 	}
 	for _, sec := range s.secondaries {
-		sec.ln.Close()
+		closeListener(sec.ln)
+	}
+}
+
+// closeListener closes ln and the sessions still in its accept queue: as with quic-go, Accept
+// returns them after Close, and they would otherwise live until their clients close them.
+func closeListener(ln *kwik.Listener) {
+	ln.Close()
+	for {
+		sess, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		sess.Close()
 	}
 }
 

@@ -91,7 +91,7 @@ func Batching(ctx context.Context, conf BatchingConfig) (BatchingResult, error) 
 		if err != nil {
 			return res, err
 		}
-		cl.add(func() { kln.Close() })
+		cl.add(func() { closeListener(kln) })
 		kc, ks, err := dialKWIK(ctx, kln, kln.Addr().String(), clientTLS, kconf, &cl)
 		if err != nil {
 			return res, err

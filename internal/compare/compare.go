@@ -77,6 +77,19 @@ func dialKWIK(ctx context.Context, ln *kwik.Listener, addr string, clientTLS *tl
 	return client, a.s, nil
 }
 
+// closeListener closes ln and the sessions still in its accept queue (rejoins of secondaries,
+// say), which would otherwise live until their peers close them or time out.
+func closeListener(ln *kwik.Listener) {
+	ln.Close()
+	for {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		s.Close()
+	}
+}
+
 // closers undoes a setup, last step first.
 type closers []func()
 

@@ -166,7 +166,7 @@ func kwikThroughLink(ctx context.Context, serverTLS, clientTLS *tls.Config, link
 	if err != nil {
 		return 0, 0, err
 	}
-	defer ln.Close()
+	defer closeListener(ln)
 	session := func(s kwik.Session) endpoint {
 		return endpoint{kwikConn{s}, s.Context(), func() uint64 { return s.Stats().Paths[0].QUIC.BytesSent }, func() { s.Close() }}
 	}

@@ -59,7 +59,7 @@ func NewLoopback(ctx context.Context, maxStreams int) (_ *Loopback, err error) {
 	if err != nil {
 		return nil, err
 	}
-	l.closers.add(func() { kln.Close() })
+	l.closers.add(func() { closeListener(kln) })
 	kc, ks, err := dialKWIK(ctx, kln, kln.Addr().String(), clientTLS, kconf, &l.closers)
 	if err != nil {
 		return nil, err

@@ -373,7 +373,7 @@ func kwikServer(tlsConf *tls.Config, conf *kwik.Config, link netsim.Config, cl *
 	if err != nil {
 		return nil, nil, err
 	}
-	cl.add(func() { ln.Close() })
+	cl.add(func() { closeListener(ln) })
 	r, err := netsim.NewRelay("127.0.0.1:0", ln.Addr().String(), link)
 	if err != nil {
 		return nil, nil, err

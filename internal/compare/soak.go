@@ -274,12 +274,12 @@ func soakKWIK(ctx context.Context, conf SoakConfig, resource []byte, serverTLS, 
 	if err != nil {
 		return side, 0, err
 	}
-	defer primary.Close()
+	defer closeListener(primary)
 	secondary, err := kwik.Listen("127.0.0.1:0", serverTLS, kconf)
 	if err != nil {
 		return side, 0, err
 	}
-	defer secondary.Close()
+	defer closeListener(secondary)
 	srvCtx, cancel := context.WithCancel(ctx)
 	var serving sync.WaitGroup
 	defer serving.Wait()

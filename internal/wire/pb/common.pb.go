@@ -95,6 +95,7 @@ const (
 	ErrorCode_FLOW_CONTROL         ErrorCode = 8  // KWIK_FLOW_CONTROL: data beyond the credit the receiver granted
 	ErrorCode_INTERNAL             ErrorCode = 9  // KWIK_INTERNAL
 	ErrorCode_PATH_REMOVED         ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
+	ErrorCode_CONNECTION_REFUSED   ErrorCode = 11 // KWIK_CONNECTION_REFUSED: accept queue full, or the server is closing
 )
 
 // Enum value maps for ErrorCode.
@@ -111,6 +112,7 @@ var (
 		8:  "FLOW_CONTROL",
 		9:  "INTERNAL",
 		10: "PATH_REMOVED",
+		11: "CONNECTION_REFUSED",
 	}
 	ErrorCode_value = map[string]int32{
 		"NO_ERROR":             0,
@@ -124,6 +126,7 @@ var (
 		"FLOW_CONTROL":         8,
 		"INTERNAL":             9,
 		"PATH_REMOVED":         10,
+		"CONNECTION_REFUSED":   11,
 	}
 )
 
@@ -336,7 +339,7 @@ const file_common_proto_rawDesc = "" +
 	"\n" +
 	"CONNECTING\x10\x02\x12\x11\n" +
 	"\rDISCONNECTING\x10\x03\x12\v\n" +
-	"\aREMOVED\x10\x04*\xd7\x01\n" +
+	"\aREMOVED\x10\x04*\xef\x01\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\x12\n" +
 	"\x0ePATH_NOT_FOUND\x10\x01\x12\r\n" +
@@ -349,7 +352,8 @@ const file_common_proto_rawDesc = "" +
 	"\fFLOW_CONTROL\x10\b\x12\f\n" +
 	"\bINTERNAL\x10\t\x12\x10\n" +
 	"\fPATH_REMOVED\x10\n" +
-	"B*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\x12\x16\n" +
+	"\x12CONNECTION_REFUSED\x10\vB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once

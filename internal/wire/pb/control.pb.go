@@ -469,6 +469,7 @@ type TransportParameters struct {
 	StreamReceiveWindow    uint64                 `protobuf:"varint,3,opt,name=stream_receive_window,json=streamReceiveWindow,proto3" json:"stream_receive_window,omitempty"`            // initial send credit for every logical stream
 	Compression            uint32                 `protobuf:"varint,4,opt,name=compression,proto3" json:"compression,omitempty"`                                                         // bit 0: accepts zstd-compressed DataPackets (DataPacket.compressed)
 	MaxStreamReceiveWindow uint64                 `protobuf:"varint,5,opt,name=max_stream_receive_window,json=maxStreamReceiveWindow,proto3" json:"max_stream_receive_window,omitempty"` // the credit a stream may grow to ahead of the reads (0: stream_receive_window)
+	MaxIncomingUniStreams  uint64                 `protobuf:"varint,6,opt,name=max_incoming_uni_streams,json=maxIncomingUniStreams,proto3" json:"max_incoming_uni_streams,omitempty"`    // unidirectional logical streams the other side may open at first (0: 100)
 	unknownFields          protoimpl.UnknownFields
 	sizeCache              protoimpl.SizeCache
 }
@@ -534,6 +535,13 @@ func (x *TransportParameters) GetCompression() uint32 {
 func (x *TransportParameters) GetMaxStreamReceiveWindow() uint64 {
 	if x != nil {
 		return x.MaxStreamReceiveWindow
+	}
+	return 0
+}
+
+func (x *TransportParameters) GetMaxIncomingUniStreams() uint64 {
+	if x != nil {
+		return x.MaxIncomingUniStreams
 	}
 	return 0
 }
@@ -1518,10 +1526,11 @@ func (x *MaxStreamData) GetMaximum() uint64 {
 
 // MaxStreams: the other side may open logical streams numbered below maximum (cumulative).
 type MaxStreams struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Maximum       uint64                 `protobuf:"varint,1,opt,name=maximum,proto3" json:"maximum,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Maximum        uint64                 `protobuf:"varint,1,opt,name=maximum,proto3" json:"maximum,omitempty"`
+	Unidirectional bool                   `protobuf:"varint,2,opt,name=unidirectional,proto3" json:"unidirectional,omitempty"` // the limit of unidirectional streams (else bidirectional)
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *MaxStreams) Reset() {
@@ -1559,6 +1568,13 @@ func (x *MaxStreams) GetMaximum() uint64 {
 		return x.Maximum
 	}
 	return 0
+}
+
+func (x *MaxStreams) GetUnidirectional() bool {
+	if x != nil {
+		return x.Unidirectional
+	}
+	return false
 }
 
 type SessionClose struct {
@@ -1958,13 +1974,14 @@ const file_control_proto_rawDesc = "" +
 	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatus\x12N\n" +
 	"\x12path_token_request\x18\x1f \x01(\v2\x1e.kwik.control.PathTokenRequestH\x00R\x10pathTokenRequest\x12Q\n" +
 	"\x13path_token_response\x18  \x01(\v2\x1f.kwik.control.PathTokenResponseH\x00R\x11pathTokenResponseB\t\n" +
-	"\apayload\"\x82\x02\n" +
+	"\apayload\"\xbb\x02\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
 	"\x14max_incoming_streams\x18\x02 \x01(\x04R\x12maxIncomingStreams\x122\n" +
 	"\x15stream_receive_window\x18\x03 \x01(\x04R\x13streamReceiveWindow\x12 \n" +
 	"\vcompression\x18\x04 \x01(\rR\vcompression\x129\n" +
-	"\x19max_stream_receive_window\x18\x05 \x01(\x04R\x16maxStreamReceiveWindow\"\xc6\x01\n" +
+	"\x19max_stream_receive_window\x18\x05 \x01(\x04R\x16maxStreamReceiveWindow\x127\n" +
+	"\x18max_incoming_uni_streams\x18\x06 \x01(\x04R\x15maxIncomingUniStreams\"\xc6\x01\n" +
 	"\x15AuthenticationRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12 \n" +
@@ -2041,10 +2058,11 @@ const file_control_proto_rawDesc = "" +
 	"error_code\x18\x02 \x01(\x04R\terrorCode\"U\n" +
 	"\rMaxStreamData\x12*\n" +
 	"\x11logical_stream_id\x18\x01 \x01(\x04R\x0flogicalStreamId\x12\x18\n" +
-	"\amaximum\x18\x02 \x01(\x04R\amaximum\"&\n" +
+	"\amaximum\x18\x02 \x01(\x04R\amaximum\"N\n" +
 	"\n" +
 	"MaxStreams\x12\x18\n" +
-	"\amaximum\x18\x01 \x01(\x04R\amaximum\"E\n" +
+	"\amaximum\x18\x01 \x01(\x04R\amaximum\x12&\n" +
+	"\x0eunidirectional\x18\x02 \x01(\bR\x0eunidirectional\"E\n" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
