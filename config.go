@@ -74,9 +74,23 @@ type Config struct {
 	// nil: the primary cannot add paths and the server accepts no joins.
 	JoinKey []byte
 
-	// JoinTokenTTL is how long a join token stays valid (and in the secondary's replay cache).
-	// 0 means 15 s.
+	// JoinTokenTTL is how long a join token stays valid. 0 means 15 s.
 	JoinTokenTTL time.Duration
+
+	// ListenerRole, for Listen, says which sessions the listener accepts: ListenAny (the zero
+	// value) new sessions, in which this server is the primary, and joins as a secondary alike;
+	// ListenPrimary new sessions only; ListenSecondary joins only (it needs JoinKey). A
+	// secondary should listen with ListenSecondary: otherwise anyone may open a session with it
+	// directly, past its primary, and ask it for what it serves. Refused sessions fail their
+	// handshake with KWIK_AUTH_FAILED.
+	ListenerRole ListenerRole
+
+	// JoinAddresses, on a secondary, are the addresses under which its primaries add it
+	// (AddPath's argument, the address clients dial, which may be a relay's or a NAT's). A join
+	// token binds that address; a secondary with JoinAddresses refuses tokens issued for any
+	// other, so that a client cannot take a token meant for one secondary to another. Empty:
+	// tokens for any address are taken.
+	JoinAddresses []string
 
 	// HeartbeatInterval is how often each side of a path sends a heartbeat on its control
 	// stream. 0 means 1 s.
@@ -201,6 +215,12 @@ func (c *Config) populate() (*Config, error) {
 		conf.MaxPendingRawData < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
 		conf.PathRetry.TryTimeout < 0 {
 		return nil, errors.New("kwik: negative value in Config")
+	}
+	if conf.ListenerRole < ListenAny || conf.ListenerRole > ListenSecondary {
+		return nil, fmt.Errorf("kwik: unknown ListenerRole %d", int(conf.ListenerRole))
+	}
+	if conf.ListenerRole == ListenSecondary && len(conf.JoinKey) == 0 {
+		return nil, errors.New("kwik: a secondary-only listener needs Config.JoinKey")
 	}
 	if conf.StreamsPerRealStream == 0 {
 		conf.StreamsPerRealStream = defaultStreamsPerRealStream

@@ -7,8 +7,6 @@ import (
 	"net"
 	"sync"
 
-	"github.com/kwik-go/kwik/internal/jointoken"
-
 	"github.com/quic-go/quic-go"
 )
 
@@ -16,12 +14,9 @@ import (
 // new sessions are refused rather than held.
 const acceptQueueLen = 64
 
-// replayCacheSize bounds the join tokens a listener remembers; past it (a flood of valid joins
-// within one token lifetime) joins are refused rather than risk accepting a replay.
-const replayCacheSize = 1 << 16
-
 // Listener accepts KWIK sessions: new sessions from clients (this server is their primary)
-// and joins of this server to clients' sessions as a secondary, alike. Closing it
+// and joins of this server to clients' sessions as a secondary, as Config.ListenerRole says
+// (both by default). A secondary checks Session.Role before serving. Closing it
 // stops accepting; sessions already accepted keep running until they close (as in quic-go).
 type Listener struct {
 	ql   *quic.Listener
@@ -31,7 +26,7 @@ type Listener struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the accept loop and the handshakes in progress
 	queue  chan *session
-	replay *jointoken.ReplayCache // join tokens used, shared by every join on this listener
+	joins  *joinGuard // join tokens and delegations taken, per session and path
 }
 
 // Listen listens for KWIK sessions on the UDP address addr. conf may be nil.
@@ -48,7 +43,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen), replay: jointoken.NewReplayCache(replayCacheSize)}
+	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen), joins: newJoinGuard()}
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -71,7 +66,7 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	defer l.wg.Done()
 	ctx, cancel := context.WithTimeout(l.ctx, l.conf.HandshakeTimeout)
 	defer cancel()
-	sess, err := serverHandshake(ctx, conn, l.conf, l.replay)
+	sess, err := serverHandshake(ctx, conn, l.conf, l.joins)
 	if err != nil {
 		if l.ctx.Err() == nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 			// The peer did not authenticate in time: its failure, not the server's.

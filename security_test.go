@@ -29,7 +29,7 @@ func rawJoin(t *testing.T, addr string, sessionID, pathID string, token []byte) 
 	h := dialRaw(t, addr)
 	h.openControl(t)
 	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
-		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token,
+		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token, TargetAddress: addr,
 	}}})
 	// The listener closes a refused join right after answering, and QUIC may drop the answer
 	// with the connection: the close, which carries the same code, is what must be there.
@@ -59,8 +59,10 @@ func joinWith(t *testing.T, s *session, ln *Listener, pathID string, token []byt
 	return s.dialSecondary(testContext(t), rec, token, PathConnecting)
 }
 
-func issue(t *testing.T, key []byte, sessionID, pathID string, ttl time.Duration) []byte {
-	tok, err := jointoken.Issue(key, sessionID, pathID, time.Now().Add(ttl))
+// issue mints a token as a primary would, for the secondary the client reaches at target.
+func issue(t *testing.T, key []byte, sessionID, pathID, target string, ttl time.Duration) []byte {
+	now := time.Now()
+	tok, err := jointoken.Issue(key, sessionID, pathID, target, now, now.Add(ttl))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func TestJoinAnotherClientsSession(t *testing.T) {
 	sec := listen(t, serverConf())
 
 	pathA := randomID(8)
-	tokA := issue(t, testJoinKey, a.ID(), pathA, 10*time.Second)
+	tokA := issue(t, testJoinKey, a.ID(), pathA, sec.Addr().String(), 10*time.Second)
 	if err := joinWith(t, a, sec, pathA, tokA); err != nil {
 		t.Fatalf("A's own join: %v", err)
 	}
@@ -95,12 +97,12 @@ func TestJoinAnotherClientsSession(t *testing.T) {
 	}{
 		{"A's session ID alone", sec.Addr().String(), a.ID(), randomID(8), nil},
 		{"A's session ID in place of a token", sec.Addr().String(), a.ID(), randomID(8), []byte(a.ID())},
-		{"A's session ID with B's own token", sec.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, 10*time.Second)},
-		{"B's session ID with a token for A", sec.Addr().String(), b.ID(), otherA, issue(t, testJoinKey, a.ID(), otherA, 10*time.Second)},
+		{"A's session ID with B's own token", sec.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, sec.Addr().String(), 10*time.Second)},
+		{"B's session ID with a token for A", sec.Addr().String(), b.ID(), otherA, issue(t, testJoinKey, a.ID(), otherA, sec.Addr().String(), 10*time.Second)},
 		{"A's token, replayed from another connection", sec.Addr().String(), a.ID(), pathA, tokA},
 		{"A's token, for another of A's paths", sec.Addr().String(), a.ID(), otherA, tokA},
 		{"A's session ID at A's primary", ln.Addr().String(), a.ID(), randomID(8), nil},
-		{"A's session ID at A's primary, with B's token", ln.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, 10*time.Second)},
+		{"A's session ID at A's primary, with B's token", ln.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, sec.Addr().String(), 10*time.Second)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if rawJoin(t, tc.addr, tc.sessionID, tc.pathID, tc.token) {
@@ -126,7 +128,7 @@ func TestJoinTokenMisuse(t *testing.T) {
 	sec := listen(t, serverConf())
 	sid := p.client.ID()
 
-	used, usedPath := issue(t, testJoinKey, sid, "00000000000000aa", 10*time.Second), "00000000000000aa"
+	used, usedPath := issue(t, testJoinKey, sid, "00000000000000aa", sec.Addr().String(), 10*time.Second), "00000000000000aa"
 	if !rawJoin(t, sec.Addr().String(), sid, usedPath, used) {
 		t.Fatal("valid join refused")
 	}
@@ -136,10 +138,10 @@ func TestJoinTokenMisuse(t *testing.T) {
 	}
 	s.Close() // the token stays used after the session it opened is gone
 
-	valid := issue(t, testJoinKey, sid, "00000000000000bb", 10*time.Second)
+	valid := issue(t, testJoinKey, sid, "00000000000000bb", sec.Addr().String(), 10*time.Second)
 	withExpiry := func(tok []byte, d time.Duration) []byte {
 		out := bytes.Clone(tok)
-		binary.BigEndian.PutUint64(out, uint64(time.Now().Add(d).UnixNano()))
+		binary.BigEndian.PutUint64(out[8:], uint64(time.Now().Add(d).UnixNano())) // the expiry follows the issue time
 		return out
 	}
 	for _, tc := range []struct {
@@ -153,9 +155,9 @@ func TestJoinTokenMisuse(t *testing.T) {
 		{"expiry moved into the past", sid, "00000000000000bb", withExpiry(valid, -time.Minute)},
 		{"truncated", sid, "00000000000000bb", valid[:len(valid)-1]},
 		{"a byte appended", sid, "00000000000000bb", append(bytes.Clone(valid), 0)},
-		{"signed with another key", sid, "00000000000000dd", issue(t, []byte("another key"), sid, "00000000000000dd", 10*time.Second)},
-		{"for a malformed session ID", "not a session ID", "00000000000000ee", issue(t, testJoinKey, "not a session ID", "00000000000000ee", 10*time.Second)},
-		{"for a malformed path ID", sid, "path", issue(t, testJoinKey, sid, "path", 10*time.Second)},
+		{"signed with another key", sid, "00000000000000dd", issue(t, []byte("another key"), sid, "00000000000000dd", sec.Addr().String(), 10*time.Second)},
+		{"for a malformed session ID", "not a session ID", "00000000000000ee", issue(t, testJoinKey, "not a session ID", "00000000000000ee", sec.Addr().String(), 10*time.Second)},
+		{"for a malformed path ID", sid, "path", issue(t, testJoinKey, sid, "path", sec.Addr().String(), 10*time.Second)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if rawJoin(t, sec.Addr().String(), tc.sessionID, tc.pathID, tc.token) {

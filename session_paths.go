@@ -19,8 +19,9 @@ type pathRecord struct {
 	status      PathStatus
 	reason      string // why it is dead or removed
 	createdAt   time.Time
-	changedAt   time.Time // last status change: LastActive for paths without a connection here
-	p           *path     // the connection, on the side that has one
+	changedAt   time.Time  // last status change: LastActive for paths without a connection here
+	p           *path      // the connection, on the side that has one
+	tokens      tokenLimit // primary: the rejoin tokens given for the path
 }
 
 func (r *pathRecord) setStatus(st PathStatus, reason string) {
@@ -91,7 +92,8 @@ func (s *session) AddPath(address string) error {
 		return errors.New("kwik: AddPath: empty address")
 	}
 	id := randomID(8)
-	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, time.Now().Add(s.conf.JoinTokenTTL))
+	now := time.Now()
+	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, address, now, now.Add(s.conf.JoinTokenTTL))
 	if err != nil {
 		return err
 	}
@@ -226,6 +228,7 @@ func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
 	switch n.Status {
 	case pb.PathStatus_DEAD:
 		if r.status == PathActive || r.status == PathConnecting {
+			r.tokens.died()
 			r.setStatus(PathDead, n.Reason)
 			s.log.Info("kwik: the client reports a dead path", "path", n.PathId, "reason", n.Reason)
 		}
@@ -328,7 +331,7 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 		return err
 	}
 	p, err := clientAuthenticate(ctx, conn, s.conf, &pb.AuthenticationRequest{
-		SessionId: s.id, Credentials: token, PathId: rec.id,
+		SessionId: s.id, Credentials: token, PathId: rec.id, TargetAddress: rec.address,
 	})
 	if err == nil && (p.sessionID != s.id || p.pathID != rec.id) {
 		err = &Error{Code: CodeAuthFailed, Message: "the secondary answered for another session or path"}
@@ -525,17 +528,28 @@ func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, erro
 // as dead, and refuses any other (removed, unknown, alive, the primary's own).
 func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
 	resp := &pb.PathTokenResponse{PathId: echoID(req.PathId)}
+	now := time.Now()
 	s.paths.mu.Lock()
 	r := s.paths.byID[req.PathId]
 	ok := r != nil && !r.primary && r.status == PathDead
+	var limited error
+	var address string
+	if ok {
+		// A client may declare a live path dead to get tokens: a bounded number per death,
+		// and per path, spaced by a growing wait (trust.go).
+		limited = r.tokens.allow(now)
+		address = r.address
+	}
 	s.paths.mu.Unlock()
 	var err error
-	if ok && len(s.conf.JoinKey) > 0 {
-		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, time.Now().Add(s.conf.JoinTokenTTL))
+	if ok && limited == nil && len(s.conf.JoinKey) > 0 {
+		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, address, now, now.Add(s.conf.JoinTokenTTL))
 	}
 	switch {
 	case !ok:
 		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodePathNotFound), "no dead path "+echoID(req.PathId)+" to rejoin"
+	case limited != nil:
+		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeAuthFailed), "token refused: "+limited.Error()
 	case err != nil || len(resp.JoinToken) == 0:
 		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeInternal), "cannot issue a token"
 	}

@@ -139,12 +139,12 @@ func TestJoinRejectedToken(t *testing.T) {
 	ln := listen(t, serverConf())
 	sid := p.client.ID()
 	now := time.Now()
-	valid, _ := jointoken.Issue(testJoinKey, sid, "0011223344556677", now.Add(10*time.Second))
-	expired, _ := jointoken.Issue(testJoinKey, sid, "0011223344556678", now.Add(-time.Second))
+	valid, _ := jointoken.Issue(testJoinKey, sid, "0011223344556677", ln.Addr().String(), now, now.Add(10*time.Second))
+	expired, _ := jointoken.Issue(testJoinKey, sid, "0011223344556678", ln.Addr().String(), now, now.Add(-time.Second))
 	forged := bytes.Clone(valid)
 	forged[20] ^= 0xff
-	otherSession, _ := jointoken.Issue(testJoinKey, randomID(16), "0011223344556679", now.Add(10*time.Second))
-	tooLong, _ := jointoken.Issue(testJoinKey, sid, "001122334455667a", now.Add(time.Hour))
+	otherSession, _ := jointoken.Issue(testJoinKey, randomID(16), "0011223344556679", ln.Addr().String(), now, now.Add(10*time.Second))
+	tooLong, _ := jointoken.Issue(testJoinKey, sid, "001122334455667a", ln.Addr().String(), now, now.Add(time.Hour))
 	join := func(token []byte, pathID string) error {
 		ctx := testContext(t)
 		rec := &pathRecord{id: pathID, address: ln.Addr().String(), status: PathConnecting}
