@@ -14,10 +14,16 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"runtime"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/kwik-go/kwik/internal/jointoken"
+	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
 )
 
@@ -26,10 +32,16 @@ import (
 // how the listener closed the connection.
 func rawJoin(t *testing.T, addr string, sessionID, pathID string, token []byte) bool {
 	t.Helper()
+	return rawJoinAs(t, addr, addr, sessionID, pathID, token)
+}
+
+// rawJoinAs is rawJoin naming target as the address the primary asked the client to join.
+func rawJoinAs(t *testing.T, addr, target string, sessionID, pathID string, token []byte) bool {
+	t.Helper()
 	h := dialRaw(t, addr)
 	h.openControl(t)
 	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
-		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token, TargetAddress: addr,
+		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token, TargetAddress: target,
 	}}})
 	// The listener closes a refused join right after answering, and QUIC may drop the answer
 	// with the connection: the close, which carries the same code, is what must be there.
@@ -216,5 +228,368 @@ func TestDelegationPastRangeEnd(t *testing.T) {
 	}
 	if ms.p.client.Context().Err() != nil {
 		t.Fatal("the session ended")
+	}
+}
+
+// ---- issue 13: trust boundaries ----
+
+// A secondary-only listener opens no session for a client that dials it (finding 1: anyone
+// could read a replica past its primary), and a primary-only one takes no join, even with a
+// genuine token.
+func TestListenerRolesRefuseOtherSessions(t *testing.T) {
+	sec := listen(t, secondaryOnlyConf())
+	_, err := Dial(testContext(t), sec.Addr().String(), testTLS.client, clientConf())
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("a client opened a session with a secondary-only listener: %v", err)
+	}
+	pconf := serverConf()
+	pconf.ListenerRole = ListenPrimary
+	prim := listen(t, pconf)
+	c, _ := dialListener(t, prim, clientConf()) // a primary-only listener serves clients
+	addr := prim.Addr().String()
+	if rawJoin(t, addr, c.ID(), "00000000000000a1", issue(t, testJoinKey, c.ID(), "00000000000000a1", addr, 10*time.Second)) {
+		t.Fatal("a primary-only listener took a join")
+	}
+	noSession(t, sec)
+	noSession(t, prim)
+	// And the secondary still takes genuine joins.
+	if _, s := joinRaw(t, sec, randomID(16), randomID(8)); s.Role() != RoleSecondary {
+		t.Fatalf("joined as %v", s.Role())
+	}
+	if _, err := Listen("127.0.0.1:0", testTLS.server, &Config{ListenerRole: ListenSecondary}); err == nil {
+		t.Fatal("a secondary-only listener without a join key")
+	}
+}
+
+// A client cannot make a secondary act on a delegation the primary did not sign (findings 2
+// and 3): no MAC, another key's, a genuine one with the request, range or stream changed, one
+// made for another path. Each ends the client's path at once with KWIK_AUTH_FAILED, before
+// anything is surfaced or held.
+func TestForgedDelegationEndsThePath(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	genuine := func(sid, pid string) *pb.DelegationAssign {
+		return signedAssign(sid, pid, 7, 1, 1000, 500, []byte("file=a range=1"))
+	}
+	for _, tc := range []struct {
+		name   string
+		forge  func(sid, pid string) *pb.DelegationAssign
+		reason string
+	}{
+		{"no MAC", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Auth = nil
+			return m
+		}, ""},
+		{"another key's MAC", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Auth = delegationMAC(delegationKey([]byte("another key")), sid, pid, m.DelegationId, m.LogicalStreamId, m.Offset, m.Length, m.Request, m.Expiry)
+			return m
+		}, ""},
+		{"request changed", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Request = []byte("file=secret range=1")
+			return m
+		}, ""},
+		{"offset changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Offset++; return m }, ""},
+		{"length changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Length *= 1000; return m }, ""},
+		{"stream changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.LogicalStreamId += 2; return m }, ""},
+		{"expiry extended", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Expiry += 1e12; return m }, ""},
+		{"another path's", func(sid, pid string) *pb.DelegationAssign { return genuine(sid, randomID(8)) }, ""},
+		{"another session's", func(sid, pid string) *pb.DelegationAssign { return genuine(randomID(16), pid) }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sid, pid := randomID(16), randomID(8)
+			h, s := joinRaw(t, ln, sid, pid)
+			h.send(assignFrame(tc.forge(sid, pid)))
+			if err := endedWith(t, s); !detected(err, ErrAuthFailed) {
+				t.Fatalf("the secondary ended with %v, want KWIK_AUTH_FAILED", err)
+			}
+			if err := h.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+				t.Fatalf("the client's path closed with %v", err)
+			}
+			if _, err := s.AcceptStream(boundContext(t)); err == nil {
+				t.Fatal("the forged delegation surfaced")
+			}
+		})
+	}
+	// The genuine assignment surfaces, with credit no further than its range.
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	m := genuine(sid, pid)
+	m.MaxOffset = 1 << 60
+	h.send(assignFrame(m))
+	st, err := s.AcceptStream(boundContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := io.ReadAll(st)
+	if string(req) != "file=a range=1" {
+		t.Fatalf("request %q", req)
+	}
+	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &pb.MaxStreamData{LogicalStreamId: 1, Maximum: 1 << 61}}})
+	h.send(heartbeat())
+	h.next(t, func(f *pb.ControlFrame) bool { return f.GetHeartbeat() != nil }) // the credit was handled before
+	ds := st.(*delegatedStream)
+	ds.send.mu.Lock()
+	credit := ds.send.maxOffset
+	ds.send.mu.Unlock()
+	if credit != 1500 {
+		t.Fatalf("credit %d, want the range's end 1500", credit)
+	}
+}
+
+// A client cannot replay a genuine delegation to have a secondary serve a range twice (or
+// more): not on the same path, nor in a later join of the path (finding 3: duplicates).
+func TestReplayedDelegationEndsThePath(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	first, second := signedAssign(sid, pid, 3, 1, 0, 100, nil), signedAssign(sid, pid, 4, 1, 100, 100, nil)
+	h.send(assignFrame(first), assignFrame(second))
+	for range 2 {
+		st, err := s.AcceptStream(boundContext(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	h.send(assignFrame(first))
+	if err := endedWith(t, s); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("replay on the same path: the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+	// The client rejoins the path with a fresh token from its primary, and replays there.
+	h2, s2 := joinRaw(t, ln, sid, pid)
+	h2.send(assignFrame(second))
+	if err := endedWith(t, s2); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("replay into a rejoin: the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+}
+
+// However many delegations arrive, genuine ones included, a secondary session holds at most
+// maxSecondaryDelegations of them (finding 2: 22,000 frames took a secondary to 1.3 GiB); one
+// more ends the path with KWIK_INVALID_FRAME. Its primary never sends that many.
+func TestDelegationCapIsAViolation(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	var b []byte
+	for i := range maxSecondaryDelegations + 1 {
+		b = append(b, frames(assignFrame(signedAssign(sid, pid, uint64(i), 1, uint64(i)*10, 10, nil)))...)
+	}
+	h.write(b)
+	if err := endedWith(t, s); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+	s.secondary.mu.Lock()
+	held := s.secondary.held
+	s.secondary.mu.Unlock()
+	if held != maxSecondaryDelegations {
+		t.Fatalf("held %d delegations, want the cap %d", held, maxSecondaryDelegations)
+	}
+	// The primary's side of the bound: Delegate refuses the delegation past it.
+	var d primaryDelegations
+	d.outstanding = make(map[string]outstanding)
+	for range maxSecondaryDelegations {
+		if err := d.reserve("p", 16); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.reserve("p", 16); err == nil {
+		t.Fatal("the primary delegates past what the secondary holds")
+	}
+	d.release("p", 16)
+	if err := d.reserve("p", 16); err != nil {
+		t.Fatalf("after one resolved: %v", err)
+	}
+}
+
+// A join token is bound to the secondary it was issued for (finding 4): a secondary that
+// knows its addresses refuses a token for another, whatever address the client claims; a
+// primary-only listener refuses every join.
+func TestJoinTokenBoundToItsSecondary(t *testing.T) {
+	confA, confB := secondaryOnlyConf(), secondaryOnlyConf()
+	a, b := listen(t, confA), listen(t, confB)
+	// Their addresses are known once they listen: the configuration is read per join.
+	confA.JoinAddresses = []string{a.Addr().String()}
+	a.conf.JoinAddresses = confA.JoinAddresses
+	b.conf.JoinAddresses = []string{b.Addr().String()}
+	sid := randomID(16)
+	forA := issue(t, testJoinKey, sid, "00000000000000a2", a.Addr().String(), 10*time.Second)
+	// At B, naming A's address (the MAC verifies, the address is not B's), or B's (the MAC
+	// does not verify).
+	for _, target := range []string{a.Addr().String(), b.Addr().String()} {
+		h := dialRaw(t, b.Addr().String())
+		h.openControl(t)
+		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
+			Version: protocolVersion, SessionId: sid, PathId: "00000000000000a2", Credentials: forA, TargetAddress: target,
+		}}})
+		if err := h.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+			t.Fatalf("B took A's token naming %s: %v", target, err)
+		}
+	}
+	noSession(t, b)
+	if !rawJoin(t, a.Addr().String(), sid, "00000000000000a2", forA) {
+		t.Fatal("A refused its own token")
+	}
+}
+
+// A token issued before a secondary started is refused (finding 4: the replay cache was lost
+// with a restart, so used tokens replayed).
+func TestJoinTokenFromBeforeRestartRefused(t *testing.T) {
+	conf := secondaryOnlyConf()
+	ln := listen(t, conf)
+	addr := ln.Addr().String()
+	sid := randomID(16)
+	tok := issue(t, testJoinKey, sid, "00000000000000a3", addr, 10*time.Second)
+	if !rawJoin(t, addr, sid, "00000000000000a3", tok) {
+		t.Fatal("genuine join refused")
+	}
+	s, err := ln.Accept(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// The secondary restarts (a new process: here a new listener, on another port, that the
+	// client reaches under the same address through a relay or a NAT).
+	restarted := listen(t, conf)
+	raddr := restarted.Addr().String()
+	if rawJoinAs(t, raddr, addr, sid, "00000000000000a3", tok) {
+		t.Fatal("a token used before the restart was taken again")
+	}
+	noSession(t, restarted)
+	// A token issued since works.
+	if !rawJoinAs(t, raddr, addr, sid, "00000000000000a3", issue(t, testJoinKey, sid, "00000000000000a3", addr, 10*time.Second)) {
+		t.Fatal("a fresh token refused after the restart")
+	}
+	s, err = restarted.Accept(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
+// Join state is kept per session and path (finding 4: 65,536 live tokens filled one cache and
+// honest joins failed): one session's joins fill its own quota, not the listener's.
+func TestJoinStateBoundedPerSession(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	g := ln.joins
+	now := time.Now()
+	tok := func() jointoken.Token { return jointoken.Token{Issued: now, Expiry: now.Add(10 * time.Second)} }
+	hog := randomID(16)
+	for i := range joinGuardMaxPerSession {
+		e, err := g.use(hog, fmt.Sprintf("%016x", i), tok(), now)
+		if err != nil {
+			t.Fatalf("join %d: %v", i, err)
+		}
+		e.release()
+	}
+	if _, err := g.use(hog, "ffffffffffffffff", tok(), now); err == nil {
+		t.Fatal("one session kept join state past its quota")
+	}
+	// Another session joins over the real network.
+	if _, s := joinRaw(t, ln, randomID(16), randomID(8)); s.Context().Err() != nil {
+		t.Fatal("the honest join's session ended")
+	}
+	// Once the hog's tokens expired, its quota is free again.
+	if _, err := g.use(hog, "ffffffffffffffff", tok(), now.Add(time.Minute)); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+}
+
+// A client that declares its path dead over and over gets a bounded number of rejoin tokens,
+// spaced by a growing wait (finding 4: 2,000 tokens in 8 ms).
+func TestRejoinTokensLimited(t *testing.T) {
+	p := newPair(t, clientConf(), serverConf())
+	sec := listen(t, secondaryOnlyConf())
+	pathID, _ := addPath(t, p.server, sec, sec.Addr().String())
+	given := 0
+	ask := func() bool {
+		ch := make(chan *pb.PathTokenResponse, 1)
+		p.client.paths.mu.Lock()
+		p.client.paths.tokens[pathID] = ch
+		p.client.paths.mu.Unlock()
+		p.client.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenRequest{PathTokenRequest: &pb.PathTokenRequest{PathId: pathID}}})
+		select {
+		case r := <-ch:
+			if len(r.JoinToken) > 0 {
+				given++
+				return true
+			}
+			return false
+		case <-boundContext(t).Done():
+			t.Fatal("no answer")
+		}
+		return false
+	}
+	status := func(st pb.PathStatus) {
+		p.client.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{PathId: pathID, Status: st}}})
+	}
+	status(pb.PathStatus_DEAD)
+	if !ask() {
+		t.Fatal("no token for the first rejoin after a death")
+	}
+	for range 50 { // at once: the backoff refuses them
+		ask()
+	}
+	if given != 1 {
+		t.Fatalf("%d tokens at once after one death, want 1", given)
+	}
+	// Death after death (each announced, then a rejoin claimed), a token each, up to the
+	// path's total.
+	for range 2 * tokensPerPath {
+		status(pb.PathStatus_ACTIVE)
+		status(pb.PathStatus_DEAD)
+		ask()
+	}
+	if given != tokensPerPath {
+		t.Fatalf("%d tokens in all, want %d", given, tokensPerPath)
+	}
+}
+
+// A zstd frame decodes to at most the receiver's own message limit, and nothing is allocated
+// for more (finding 7: 518 bytes became 16 MiB; 134 KB sent made a primary allocate 21 GiB):
+// a frame must state its content size, within the limit, and decoding stops at that size.
+func TestZstdBombBoundedByOwnLimit(t *testing.T) {
+	const limit = 64 << 10
+	big := make([]byte, 8<<20)
+	withSize := zstdEncoder().EncodeAll(big, nil)
+	// The same frame claiming a content size within the limit: its blocks decode to more.
+	var h zstd.Header
+	if err := h.Decode(withSize); err != nil || !h.HasFCS {
+		t.Fatalf("header %+v: %v", h, err)
+	}
+	lying := bytes.Clone(withSize)
+	fcs := lying[h.HeaderSize-4 : h.HeaderSize] // 4 bytes for a size of 8 MiB
+	if binary.LittleEndian.Uint32(fcs) != uint32(len(big)) {
+		t.Fatalf("content size field not where expected: %x", fcs)
+	}
+	binary.LittleEndian.PutUint32(fcs, limit-1)
+	// A stream frame, which states no content size.
+	var stream bytes.Buffer
+	w, _ := zstd.NewWriter(&stream, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	w.Write(big)
+	w.Close()
+	for name, z := range map[string][]byte{"content size above the limit": withSize, "content size understated": lying, "no content size": stream.Bytes()} {
+		t.Run(name, func(t *testing.T) {
+			var ms0, ms1 runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms0)
+			_, err := decompress(z, nil, limit, new(wire.DataPacket))
+			runtime.ReadMemStats(&ms1)
+			if !errors.Is(err, ErrInvalidFrame) {
+				t.Fatalf("decompress: %v, want KWIK_INVALID_FRAME", err)
+			}
+			// The decoder's own state aside (allocated once per process, and not per frame),
+			// what one frame costs stays within a few times the limit.
+			if got := ms1.TotalAlloc - ms0.TotalAlloc; got > 4*limit+(1<<20) {
+				t.Fatalf("decompressing allocated %d bytes for a limit of %d", got, limit)
+			}
+		})
+	}
+	// A genuine packet within the limit decodes.
+	plain := wire.AppendDataPacket(nil, &wire.DataPacket{Frames: []wire.DataFrame{{StreamID: 1, Data: bytes.Repeat([]byte("a log line\n"), limit/24)}}})
+	var into wire.DataPacket
+	if _, err := decompress(zstdEncoder().EncodeAll(plain, nil), nil, limit, &into); err != nil || len(into.Frames) != 1 {
+		t.Fatalf("genuine packet: %v", err)
 	}
 }
