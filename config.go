@@ -129,10 +129,19 @@ type Config struct {
 	DisableBatching bool
 
 	// AllowPath, on a client, vets every address a primary asks it to join (AddPath): an error
-	// refuses the join, and the primary's AddPath fails with KWIK_AUTH_FAILED and that reason.
-	// nil allows any address, which lets a primary make its clients dial wherever it likes. It
-	// runs on the session's control reader: it must not block.
+	// refuses the join, and the primary's AddPath fails with KWIK_AUTH_FAILED, without the
+	// reason (the client's PathInfo.Reason keeps it). nil allows any address, which lets a
+	// primary make its clients dial wherever it likes, their own networks included: a client
+	// facing primaries it does not control should set it (kwik get refuses loopback,
+	// link-local and private addresses unless told otherwise). It runs on the join's own
+	// goroutine before the dial, within HandshakeTimeout: it may resolve the address. Whatever
+	// the outcome, the primary learns only a code and a generic reason, never the dial's error.
 	AllowPath func(address string) error
+
+	// PathTLS, on a client, gives the TLS configuration for joining the secondary at address
+	// (as the primary named it), from the one passed to Dial: to trust each server by its own
+	// certificate, for instance. nil uses Dial's for every path.
+	PathTLS func(address string, base *tls.Config) *tls.Config
 
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.

@@ -264,12 +264,6 @@ func (s *session) join(req *pb.AddPathRequest) {
 		fail(CodeInvalidFrame, "target address too long")
 		return
 	}
-	if s.conf.AllowPath != nil {
-		if err := s.conf.AllowPath(req.TargetAddress); err != nil {
-			fail(CodeAuthFailed, "the client does not join "+req.TargetAddress+": "+err.Error())
-			return
-		}
-	}
 	s.paths.mu.Lock()
 	if s.paths.byID[req.PathId] != nil {
 		s.paths.mu.Unlock()
@@ -301,7 +295,16 @@ func (s *session) join(req *pb.AddPathRequest) {
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
-		err := s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
+		var err error
+		if s.conf.AllowPath != nil {
+			// Here, not on the control reader: a policy may resolve the address.
+			if perr := s.conf.AllowPath(req.TargetAddress); perr != nil {
+				err = &Error{Code: CodeAuthFailed, Message: "the client's policy refuses " + req.TargetAddress + ": " + perr.Error()}
+			}
+		}
+		if err == nil {
+			err = s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
+		}
 		cancel()
 		if err == nil {
 			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
@@ -314,19 +317,39 @@ func (s *session) join(req *pb.AddPathRequest) {
 			rec.setStatus(PathDead, err.Error())
 		}
 		s.paths.mu.Unlock()
-		code := CodeInternal
-		var ke *Error
-		if errors.As(err, &ke) {
-			code = ke.Code
-		}
-		fail(code, err.Error())
+		s.log.Info("kwik: join failed", "path", rec.id, "address", rec.address, "err", err)
+		fail(joinFailure(err))
 	}()
+}
+
+// joinFailure is what a failed join tells the primary: a code and a generic reason, never the
+// dial's own error, lest a primary use its clients to scan their networks (which ports are
+// open, which certificate names and protocols answer). The client's PathInfo keeps the detail.
+func joinFailure(err error) (ErrorCode, string) {
+	var ke *Error
+	if errors.As(err, &ke) {
+		switch ke.Code {
+		case CodeAuthFailed:
+			return CodeAuthFailed, "the join was refused"
+		case CodeInvalidFrame, CodePacketTooLarge:
+			return CodeInvalidFrame, "the secondary broke the protocol"
+		}
+	}
+	return CodePathDead, "the client could not join the secondary"
 }
 
 // dialSecondary opens and authenticates the path to a secondary: a new path in state from
 // (PathConnecting), or a dead one being rejoined (PathDead), which keeps its counters.
 func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []byte, from PathStatus) error {
-	conn, err := quic.DialAddr(ctx, rec.address, s.tlsConf, s.conf.QUIC)
+	tc := s.tlsConf
+	if s.conf.PathTLS != nil {
+		c, err := tlsConfig(s.conf.PathTLS(rec.address, s.tlsConf.Clone()))
+		if err != nil {
+			return err
+		}
+		tc = c
+	}
+	conn, err := quic.DialAddr(ctx, rec.address, tc, s.conf.QUIC)
 	if err != nil {
 		return err
 	}
