@@ -88,8 +88,9 @@ type Config struct {
 	// JoinAddresses, on a secondary, are the addresses under which its primaries add it
 	// (AddPath's argument, the address clients dial, which may be a relay's or a NAT's). A join
 	// token binds that address; a secondary with JoinAddresses refuses tokens issued for any
-	// other, so that a client cannot take a token meant for one secondary to another. Empty:
-	// tokens for any address are taken.
+	// other, so that a client cannot take a token meant for one secondary to another (the
+	// listener's own address, as Listener.Addr gives it, is always one of them). Empty: tokens
+	// for any address are taken.
 	JoinAddresses []string
 
 	// HeartbeatInterval is how often each side of a path sends a heartbeat on its control

@@ -176,7 +176,7 @@ func verifyJoin(conf *Config, joins *joinGuard, req *pb.AuthenticationRequest) (
 	if !validID(req.SessionId, 16) || !validID(req.PathId, 8) {
 		return nil, errors.New("malformed session or path ID")
 	}
-	if !targetAllowed(conf.JoinAddresses, req.TargetAddress) {
+	if !targetAllowed(conf.JoinAddresses, joins.self, req.TargetAddress) {
 		return nil, errors.New("join token issued for another server")
 	}
 	now := time.Now()

@@ -44,6 +44,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 		return nil, err
 	}
 	l := &Listener{ql: ql, conf: c, queue: make(chan *session, acceptQueueLen), joins: newJoinGuard()}
+	l.joins.self = ql.Addr().String()
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()

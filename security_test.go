@@ -407,12 +407,12 @@ func TestDelegationCapIsAViolation(t *testing.T) {
 // knows its addresses refuses a token for another, whatever address the client claims; a
 // primary-only listener refuses every join.
 func TestJoinTokenBoundToItsSecondary(t *testing.T) {
+	// Each knows itself by its own address (a relay's, say, in a deployment; its own here,
+	// which counts whatever the list).
 	confA, confB := secondaryOnlyConf(), secondaryOnlyConf()
+	confA.JoinAddresses = []string{"relay-a.example:443"}
+	confB.JoinAddresses = []string{"relay-b.example:443"}
 	a, b := listen(t, confA), listen(t, confB)
-	// Their addresses are known once they listen: the configuration is read per join.
-	confA.JoinAddresses = []string{a.Addr().String()}
-	a.conf.JoinAddresses = confA.JoinAddresses
-	b.conf.JoinAddresses = []string{b.Addr().String()}
 	sid := randomID(16)
 	forA := issue(t, testJoinKey, sid, "00000000000000a2", a.Addr().String(), 10*time.Second)
 	// At B, naming A's address (the MAC verifies, the address is not B's), or B's (the MAC

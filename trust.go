@@ -151,6 +151,7 @@ func (s *session) verifyAssign(p *path, m *pb.DelegationAssign) (expired bool, e
 // started: the state of an earlier process is gone, and its tokens with it.
 type joinGuard struct {
 	start time.Time
+	self  string // the listener's own address, always one of its JoinAddresses
 
 	mu        sync.Mutex
 	entries   map[joinKey]*joinEntry
@@ -264,10 +265,10 @@ func checkRole(role ListenerRole, join bool) error {
 	return nil
 }
 
-// targetAllowed says whether a secondary with these join addresses takes a token bound to
-// target: any when it names none.
-func targetAllowed(addrs []string, target string) bool {
-	return len(addrs) == 0 || slices.Contains(addrs, target)
+// targetAllowed says whether a secondary with these join addresses (and its own, self) takes
+// a token bound to target: any when it names none.
+func targetAllowed(addrs []string, self, target string) bool {
+	return len(addrs) == 0 || target == self || slices.Contains(addrs, target)
 }
 
 // ---- primary: tokens and delegations per path ----
