@@ -327,8 +327,11 @@ func TestForgedDelegationEndsThePath(t *testing.T) {
 		t.Fatalf("request %q", req)
 	}
 	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &pb.MaxStreamData{LogicalStreamId: 1, Maximum: 1 << 61}}})
-	h.send(heartbeat())
-	h.next(t, func(f *pb.ControlFrame) bool { return f.GetHeartbeat() != nil }) // the credit was handled before
+	// Raw data after it: once the secondary delivers it, the credit was handled.
+	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: []byte("sync")}}})
+	if _, err := s.ReceiveRawData(boundContext(t)); err != nil {
+		t.Fatal(err)
+	}
 	ds := st.(*delegatedStream)
 	ds.send.mu.Lock()
 	credit := ds.send.maxOffset
@@ -591,5 +594,73 @@ func TestZstdBombBoundedByOwnLimit(t *testing.T) {
 	var into wire.DataPacket
 	if _, err := decompress(zstdEncoder().EncodeAll(plain, nil), nil, limit, &into); err != nil || len(into.Frames) != 1 {
 		t.Fatalf("genuine packet: %v", err)
+	}
+}
+
+// Raw data between servers is what the client says it is (finding 5: the client reads every
+// relayed message and can claim any From); orders sealed with SendOrder are not: the client
+// cannot read them, forge one (even claiming the primary's path), replay one, or redirect one
+// to another secondary.
+func TestOrdersAuthenticatedEndToEnd(t *testing.T) {
+	p := newPair(t, clientConf(), serverConf())
+	s1ln, s2ln := listen(t, serverConf()), listen(t, serverConf())
+	id1, sec1 := addPath(t, p.server, s1ln, s1ln.Addr().String())
+	id2, sec2 := addPath(t, p.server, s2ln, s2ln.Addr().String())
+	ctx := boundContext(t)
+	receive := func(s *session) RawData {
+		t.Helper()
+		rd, err := s.ReceiveRawData(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rd
+	}
+	secret := []byte("prepare object=payroll.db")
+	if err := SendOrder(p.server, secret, id1); err != nil {
+		t.Fatal(err)
+	}
+	sealed := receive(sec1)
+	if bytes.Contains(sealed.Data, secret) {
+		t.Fatal("the order travels in clear through the client")
+	}
+	got, err := OpenOrder(sec1, sealed)
+	if err != nil || !bytes.Equal(got.Data, secret) || got.From != p.server.primary.id {
+		t.Fatalf("genuine order: %q from %s, %v", got.Data, got.From, err)
+	}
+	// The client, which relayed it, replays it; sends it to the other secondary; makes up one
+	// claiming the primary's path; alters one.
+	if err := p.client.SendRawData(sealed.Data, id1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.client.SendRawData(sealed.Data, id2); err != nil {
+		t.Fatal(err)
+	}
+	altered := bytes.Clone(sealed.Data)
+	altered[len(altered)-1] ^= 1
+	if err := p.client.SendRawData(altered, id1); err != nil {
+		t.Fatal(err)
+	}
+	forged := append([]byte{orderVersion, byte(len(p.server.primary.id))}, p.server.primary.id...)
+	forged = append(forged, make([]byte, 8+12+16)...)
+	forged = append(forged, secret...)
+	if err := p.client.SendRawData(forged, id1); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		s    *session
+		what string
+	}{{sec1, "replayed"}, {sec2, "redirected"}, {sec1, "altered"}, {sec1, "forged"}} {
+		rd := receive(c.s)
+		if _, err := OpenOrder(c.s, rd); !errors.Is(err, ErrOrderRejected) {
+			t.Fatalf("%s order opened: %v", c.what, err)
+		}
+	}
+	// Orders flow back too, and the true sender is known whatever the client says.
+	if err := SendOrder(sec2, []byte("ready"), p.server.primary.id); err != nil {
+		t.Fatal(err)
+	}
+	back, err := OpenOrder(p.server, receive(p.server))
+	if err != nil || string(back.Data) != "ready" || back.From != id2 {
+		t.Fatalf("answer %q from %s: %v", back.Data, back.From, err)
 	}
 }

@@ -60,6 +60,8 @@ type session struct {
 
 	delegKey  []byte     // servers: the key of delegation MACs, derived from the join key (trust.go)
 	joinState *joinEntry // secondary: the listener's state of this session's path (trust.go)
+	orderOnce sync.Once
+	order     *orderState // servers: sealed raw data (orders.go)
 }
 
 // peerParams are the limits the peer of a path announced in its handshake.
