@@ -664,3 +664,165 @@ func TestOrdersAuthenticatedEndToEnd(t *testing.T) {
 		t.Fatalf("answer %q from %s: %v", back.Data, back.From, err)
 	}
 }
+
+// floodBounds are the documented costs of a flood (docs/PROTOCOL.md section 15). Both ends of
+// every attacking connection run in this test's process, so the bounds cover the attacker's
+// side too: per attacking session still open, goroutines (KWIK's control reader and writer,
+// quic-go's own, on both ends); per attacking session opened, heap in use (what the secondary
+// may queue for ReceiveRawData, its readers and QUIC state, and the attacker's).
+const (
+	floodGoroutinesPerSession = 12
+	floodHeapPerSession       = defaultMaxPendingRawData + 1<<20
+)
+
+// A secondary under a flood of forged frames of every kind, from clients its primary sent it
+// (valid tokens) and from anyone (no token), keeps its goroutines and memory within
+// floodBounds per attacking session, ends every session that breaks the protocol, and keeps
+// serving an honest session's delegations, byte-exact, during the flood and after it
+// (acceptance 2 of issue 13).
+func TestSecondaryFloodBounded(t *testing.T) {
+	conf := secondaryOnlyConf()
+	conf.HeartbeatInterval, conf.PathTimeout = 100*time.Millisecond, 5*time.Second
+	ln := listen(t, conf)
+	honestConf := &Config{StreamReceiveWindow: 2 << 20, HeartbeatInterval: 100 * time.Millisecond, PathTimeout: 5 * time.Second}
+	pconf := *honestConf
+	pconf.JoinKey = testJoinKey
+	p := newPair(t, honestConf, &pconf)
+	pathID, sec := addPath(t, p.server, ln, ln.Addr().String())
+	serveSecondary(t, sec, nil)
+	download := func() {
+		t.Helper()
+		ms := &multiSource{p: p, ids: []string{pathID}}
+		if failures := ms.download(t, 4<<20, 128<<10); len(failures) > 0 {
+			t.Fatalf("the honest secondary failed %d delegations: %v", len(failures), failures[0])
+		}
+	}
+	download() // warm: the honest session's buffers exist before the baseline
+
+	runtime.GC()
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
+
+	const perKind = 3
+	const n = 2000
+	repeat := func(f *pb.ControlFrame, k int) []byte { return bytes.Repeat(frames(f), k) }
+	type attack struct {
+		name    string
+		flood   func(sid, pid string) []byte
+		survive bool // the flood is allowed, and costs bounded memory
+	}
+	attacks := []attack{
+		{"forged delegations", func(sid, pid string) []byte {
+			return repeat(assignFrame(&pb.DelegationAssign{LogicalStreamId: 1, Length: 1 << 40, MaxOffset: 1 << 62, Request: make([]byte, 1000)}), n)
+		}, false},
+		{"genuine delegations past the cap", func(sid, pid string) []byte {
+			var b []byte
+			for i := range maxSecondaryDelegations + 1 {
+				b = append(b, frames(assignFrame(signedAssign(sid, pid, uint64(i), 1, uint64(i)<<20, 1<<20, nil)))...)
+			}
+			return b
+		}, false},
+		{"credit", func(sid, pid string) []byte {
+			var b []byte
+			for i := range n {
+				b = append(b, frames(&pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &pb.MaxStreamData{LogicalStreamId: uint64(i), Maximum: 1 << 62}}})...)
+			}
+			return b
+		}, true},
+		{"stop sending", func(sid, pid string) []byte {
+			var b []byte
+			for i := range n {
+				b = append(b, frames(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: uint64(i), ErrorCode: 1}}})...)
+			}
+			return b
+		}, true},
+		{"raw data", func(sid, pid string) []byte {
+			return repeat(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: make([]byte, 4096)}}}, n)
+		}, true},
+		{"heartbeats", func(sid, pid string) []byte { return repeat(heartbeat(), n) }, true},
+		{"stream frames", func(sid, pid string) []byte { return repeat(streamCreate(1), n) }, false},
+		{"primary's frames", func(sid, pid string) []byte {
+			return repeat(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{LogicalStreamId: 1, Length: 1}}}, n)
+		}, false},
+		{"garbage", func(sid, pid string) []byte { return bytes.Repeat(garbage, n) }, false},
+		{"oversized message", func(sid, pid string) []byte { return prefix(1 << 30) }, false},
+	}
+	type victim struct {
+		name string
+		h    *rawPeer
+		s    *session
+		want bool
+	}
+	var victims []victim
+	for _, a := range attacks {
+		for range perKind {
+			sid, pid := randomID(16), randomID(8)
+			h, s := joinRaw(t, ln, sid, pid)
+			h.write(a.flood(sid, pid))
+			// A raw message last: delivered (or dropped, for the raw flood) once every frame
+			// before it was handled.
+			h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: []byte("sync")}}})
+			victims = append(victims, victim{a.name, h, s, a.survive})
+		}
+	}
+	// Connections without a token: new sessions and forged joins, refused at the handshake.
+	for range perKind * 4 {
+		h := dialRaw(t, ln.Addr().String())
+		h.openControl(t)
+		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{Version: protocolVersion}}})
+		h2 := dialRaw(t, ln.Addr().String())
+		h2.openControl(t)
+		h2.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
+			Version: protocolVersion, SessionId: randomID(16), PathId: randomID(8), Credentials: make([]byte, 48), TargetAddress: ln.Addr().String(),
+		}}})
+		for _, x := range []*rawPeer{h, h2} {
+			if err := x.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+				t.Fatalf("a join without a token ended with %v", err)
+			}
+		}
+	}
+	// The honest session keeps receiving while the flood is handled.
+	download()
+
+	survivors := 0
+	for _, v := range victims {
+		if !v.want {
+			if err := endedWith(t, v.s); err == nil {
+				t.Fatalf("%s: the session survived", v.name)
+			}
+			continue
+		}
+		survivors++
+		if v.name == "raw data" {
+			waitFor(t, func() bool {
+				v.s.raw.mu.Lock()
+				defer v.s.raw.mu.Unlock()
+				return uint64(len(v.s.raw.queue))+v.s.raw.dropped == n+1
+			})
+			continue
+		}
+		rd, err := v.s.ReceiveRawData(boundContext(t))
+		if err != nil || string(rd.Data) != "sync" {
+			t.Fatalf("%s: %q, %v", v.name, rd.Data, err)
+		}
+	}
+	runtime.GC()
+	runtime.GC() // twice: sync.Pool keeps what it held until the second
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	g1 := runtime.NumGoroutine()
+	heap := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("flood of %d sessions (%d still open): %+d goroutines, %+d KiB heap in use", len(victims), survivors, g1-g0, heap>>10)
+	if g1-g0 > survivors*floodGoroutinesPerSession {
+		t.Errorf("%d more goroutines for %d open attacking sessions, above %d each", g1-g0, survivors, floodGoroutinesPerSession)
+	}
+	if heap > int64(len(victims)*floodHeapPerSession) {
+		t.Errorf("%d more bytes of heap for %d attacking sessions, above %d each", heap, len(victims), floodHeapPerSession)
+	}
+	for _, v := range victims {
+		v.s.Close()
+	}
+	download()
+}
