@@ -1633,7 +1633,6 @@ type DelegateRange struct {
 	Request         []byte                 `protobuf:"bytes,6,opt,name=request,proto3" json:"request,omitempty"` // for the secondary's application
 	Expiry          uint64                 `protobuf:"varint,7,opt,name=expiry,proto3" json:"expiry,omitempty"`  // Unix nanoseconds after which the secondary refuses the assignment
 	Auth            []byte                 `protobuf:"bytes,8,opt,name=auth,proto3" json:"auth,omitempty"`       // the primary's MAC over the assignment (docs/PROTOCOL.md, section 15), for the secondary
-	Digest          []byte                 `protobuf:"bytes,9,opt,name=digest,proto3" json:"digest,omitempty"`   // optional: SHA-256 of the range's bytes; the client releases the range only once it matches
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1720,13 +1719,6 @@ func (x *DelegateRange) GetExpiry() uint64 {
 func (x *DelegateRange) GetAuth() []byte {
 	if x != nil {
 		return x.Auth
-	}
-	return nil
-}
-
-func (x *DelegateRange) GetDigest() []byte {
-	if x != nil {
-		return x.Digest
 	}
 	return nil
 }
@@ -2097,7 +2089,7 @@ const file_control_proto_rawDesc = "" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x87\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xef\x01\n" +
 	"\rDelegateRange\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
@@ -2106,8 +2098,7 @@ const file_control_proto_rawDesc = "" +
 	"\apath_id\x18\x05 \x01(\tR\x06pathId\x12\x18\n" +
 	"\arequest\x18\x06 \x01(\fR\arequest\x12\x16\n" +
 	"\x06expiry\x18\a \x01(\x04R\x06expiry\x12\x12\n" +
-	"\x04auth\x18\b \x01(\fR\x04auth\x12\x16\n" +
-	"\x06digest\x18\t \x01(\fR\x06digest\"\xf8\x01\n" +
+	"\x04auth\x18\b \x01(\fR\x04auth\"\xf8\x01\n" +
 	"\x10DelegationAssign\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
