@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/kwik-go/kwik/internal/jointoken"
 	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // rawJoin presents a join to the listener at addr from a new connection, as any client could,
@@ -825,4 +827,33 @@ func TestSecondaryFloodBounded(t *testing.T) {
 		v.s.Close()
 	}
 	download()
+}
+
+// A primary cannot use its clients as scanners (finding 6): when a join fails, the primary
+// learns a code and a generic reason, not the client's dial error (here a TLS alert naming the
+// protocol the target does not speak), which the client keeps in its own path history.
+func TestJoinFailureRevealsNothing(t *testing.T) {
+	tc := rawTLS(true)
+	tc.NextProtos = []string{"h3"} // a QUIC server that is no KWIK secondary
+	ql, err := quic.ListenAddr("127.0.0.1:0", tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	p := newPair(t, clientConf(), serverConf())
+	err = p.server.AddPath(ql.Addr().String())
+	if err == nil {
+		t.Fatal("joined a server that does not speak KWIK")
+	}
+	all := p.client.GetAllPaths()
+	reason := all[len(all)-1].Reason
+	if !strings.Contains(strings.ToLower(reason), "application protocol") {
+		t.Fatalf("the client's own record lacks the detail: %q", reason)
+	}
+	if strings.Contains(strings.ToLower(err.Error()), "protocol") || strings.Contains(err.Error(), "h3") || strings.Contains(err.Error(), "tls") {
+		t.Fatalf("the primary learned the client's dial error: %v", err)
+	}
+	if !errors.Is(err, ErrPathDead) {
+		t.Fatalf("AddPath: %v, want KWIK_PATH_DEAD", err)
+	}
 }
