@@ -8,6 +8,10 @@ package kwik
 // (before the range), TestSecondaryOutOfPlaceFrames (a stream with no delegation), the
 // delegation cases of TestHostileSecondaries (past the end, fin, beyond credit, another
 // stream, after completion, more written than the range) and TestDelegationPastRangeEnd.
+// Issue 13's trust boundaries (docs/PROTOCOL.md section 15), one test per attack, follow
+// TestDelegationPastRangeEnd: listener roles, forged, replayed and excess delegations, tokens
+// bound to their secondary and their issue time, per-session join state, rejoin token limits,
+// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind.
 
 import (
 	"bytes"
