@@ -137,16 +137,18 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	s.send.mu.Unlock()
 
 	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{}), reqLen: len(request)}
+	m := &pb.DelegateRange{
+		LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
+	}
+	// Queued in the order of their IDs: a secondary takes only increasing ones (trust.go).
 	sess.delegs.mu.Lock()
 	d.id = sess.delegs.next
 	sess.delegs.next++
 	sess.delegs.byID[d.id] = d
-	sess.delegs.mu.Unlock()
-	m := &pb.DelegateRange{
-		DelegationId: d.id, LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
-	}
+	m.DelegationId = d.id
 	sess.signDelegation(m)
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: m}})
+	sess.delegs.mu.Unlock()
 	return d, nil
 }
 

@@ -157,9 +157,12 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *
 		Params:    conf.params(),
 	}}}
 	if err := writeFrame(cs, resp); err != nil {
-		return nil, handshakeError(ctx, conn, err)
+		err = handshakeError(ctx, conn, err)
+		sess.cancel(err) // never started: this releases what it holds (its join state)
+		return nil, err
 	}
 	if !stopWatch() {
+		sess.cancel(context.Cause(ctx))
 		return nil, context.Cause(ctx)
 	}
 	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), sess.role == RolePrimary, true, cs, r, peer))

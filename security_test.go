@@ -22,6 +22,7 @@ import (
 	"io"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -859,5 +860,47 @@ func TestJoinFailureRevealsNothing(t *testing.T) {
 	}
 	if !errors.Is(err, ErrPathDead) {
 		t.Fatalf("AddPath: %v, want KWIK_PATH_DEAD", err)
+	}
+}
+
+// Delegations made at once on several streams reach a secondary in the order of their IDs,
+// which it requires (a replay check): none is taken for a replay and the path stays up.
+func TestConcurrentDelegationsInIDOrder(t *testing.T) {
+	ms := newMultiSource(t, 1, delegationConf)
+	const streams, size, chunk = 4, 1 << 20, 16 << 10
+	ctx := testContext(t)
+	var wg sync.WaitGroup
+	failed := make(chan []*DelegationError, streams)
+	for range streams {
+		wg.Go(func() {
+			st, err := ms.p.server.OpenStreamSync(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			failed <- serveInterleaved(t, st, size, chunk, ms.ids)
+		})
+	}
+	for range streams {
+		cs, err := ms.p.client.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			got, err := io.ReadAll(cs)
+			if err != nil || !bytes.Equal(got, content(0, size)) {
+				t.Errorf("stream %d: %d bytes, %v", cs.StreamID(), len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(failed)
+	for f := range failed {
+		if len(f) > 0 {
+			t.Fatalf("%d delegations failed: %v", len(f), f[0])
+		}
+	}
+	if err := ms.secs[0].Context().Err(); err != nil {
+		t.Fatalf("the secondary's path ended: %v", context.Cause(ms.secs[0].Context()))
 	}
 }
