@@ -45,7 +45,10 @@ var (
 		return e
 	})
 	zstdDecoder = sync.OnceValue(func() *zstd.Decoder {
-		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxMessageSize))
+		// DecodeAll never decodes past cap(dst): decompress sizes dst by the receiver's own
+		// limit, so nothing a peer sends makes it allocate more.
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxMessageSize),
+			zstd.WithDecoderMaxWindow(maxMessageSize), zstd.WithDecodeAllCapLimit(true))
 		if err != nil {
 			panic(err) // only for invalid options
 		}
@@ -79,18 +82,26 @@ func (c *compressor) compress(frames []wire.DataFrame) []byte {
 }
 
 // decompress returns the frames of a compressed packet, decoded into buf (which it may grow),
-// or a KWIK_INVALID_FRAME error. The result holds at most limit bytes.
+// or a KWIK_INVALID_FRAME error. The result holds at most limit bytes, the receiver's own
+// message limit: the frame must state its content size, at most limit (and a window no larger),
+// before anything is allocated, and the decoder writes no more than that size (its cap limit),
+// whatever the frame's blocks decode to.
 func decompress(z []byte, buf []byte, limit int, into *wire.DataPacket) ([]byte, error) {
 	var h zstd.Header
-	if err := h.Decode(z); err != nil || h.HasFCS && h.FrameContentSize > uint64(limit) {
-		return buf, &Error{Code: CodeInvalidFrame, Message: "compressed data packet: bad or oversized zstd frame"}
+	if err := h.Decode(z); err != nil || !h.HasFCS || h.FrameContentSize > uint64(limit) ||
+		h.WindowSize > uint64(max(limit, zstd.MinWindowSize)) || h.HeaderSize <= 0 {
+		return buf, &Error{Code: CodeInvalidFrame, Message: "compressed data packet: bad or oversized zstd frame, or one without its content size"}
 	}
-	out, err := zstdDecoder().DecodeAll(z, buf[:0])
-	if err != nil || len(out) > limit {
-		return buf, &Error{Code: CodeInvalidFrame, Message: "compressed data packet does not decode within the message size"}
+	size := int(h.FrameContentSize)
+	if cap(buf) < size {
+		buf = make([]byte, 0, size)
+	}
+	out, err := zstdDecoder().DecodeAll(z, buf[:0:size])
+	if err != nil || len(out) != size {
+		return buf, &Error{Code: CodeInvalidFrame, Message: "compressed data packet does not decode to its stated size"}
 	}
 	if err := wire.ParseDataPacket(out, into); err != nil || into.PacketID != 0 || len(into.Compressed) != 0 {
-		return out, &Error{Code: CodeInvalidFrame, Message: "compressed data packet holds more than frames"}
+		return buf, &Error{Code: CodeInvalidFrame, Message: "compressed data packet holds more than frames"}
 	}
-	return out, nil
+	return buf, nil
 }

@@ -91,9 +91,24 @@ type Config struct {
 	// nil: the primary cannot add paths and the server accepts no joins.
 	JoinKey []byte
 
-	// JoinTokenTTL is how long a join token stays valid (and in the secondary's replay cache).
-	// 0 means 15 s.
+	// JoinTokenTTL is how long a join token stays valid. 0 means 15 s.
 	JoinTokenTTL time.Duration
+
+	// ListenerRole, for Listen, says which sessions the listener accepts: ListenAny (the zero
+	// value) new sessions, in which this server is the primary, and joins as a secondary alike;
+	// ListenPrimary new sessions only; ListenSecondary joins only (it needs JoinKey). A
+	// secondary should listen with ListenSecondary: otherwise anyone may open a session with it
+	// directly, past its primary, and ask it for what it serves. Refused sessions fail their
+	// handshake with KWIK_AUTH_FAILED.
+	ListenerRole ListenerRole
+
+	// JoinAddresses, on a secondary, are the addresses under which its primaries add it
+	// (AddPath's argument, the address clients dial, which may be a relay's or a NAT's). A join
+	// token binds that address; a secondary with JoinAddresses refuses tokens issued for any
+	// other, so that a client cannot take a token meant for one secondary to another (the
+	// listener's own address, as Listener.Addr gives it, is always one of them). Empty: tokens
+	// for any address are taken.
+	JoinAddresses []string
 
 	// HeartbeatInterval is how often a client sends a heartbeat on each of its secondary
 	// paths (which the secondary's QUIC stack acknowledges), and checks that path's liveness.
@@ -140,10 +155,19 @@ type Config struct {
 	DisableBatching bool
 
 	// AllowPath, on a client, vets every address a primary asks it to join (AddPath): an error
-	// refuses the join, and the primary's AddPath fails with KWIK_AUTH_FAILED and that reason.
-	// nil allows any address, which lets a primary make its clients dial wherever it likes. It
-	// runs on the session's control reader: it must not block.
+	// refuses the join, and the primary's AddPath fails with KWIK_AUTH_FAILED, without the
+	// reason (the client's PathInfo.Reason keeps it). nil allows any address, which lets a
+	// primary make its clients dial wherever it likes, their own networks included: a client
+	// facing primaries it does not control should set it (kwik get refuses loopback,
+	// link-local and private addresses unless told otherwise). It runs on the join's own
+	// goroutine before the dial, within HandshakeTimeout: it may resolve the address. Whatever
+	// the outcome, the primary learns only a code and a generic reason, never the dial's error.
 	AllowPath func(address string) error
+
+	// PathTLS, on a client, gives the TLS configuration for joining the secondary at address
+	// (as the primary named it), from the one passed to Dial: to trust each server by its own
+	// certificate, for instance. nil uses Dial's for every path.
+	PathTLS func(address string, base *tls.Config) *tls.Config
 
 	// PathRetry is how a client rejoins a secondary path that died. The zero value retries
 	// with the defaults RetryPolicy documents.
@@ -252,6 +276,12 @@ func (c *Config) populate() (*Config, error) {
 		conf.MaxPendingRawData < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
 		conf.PathRetry.TryTimeout < 0 {
 		return nil, errors.New("kwik: negative value in Config")
+	}
+	if conf.ListenerRole < ListenAny || conf.ListenerRole > ListenSecondary {
+		return nil, fmt.Errorf("kwik: unknown ListenerRole %d", int(conf.ListenerRole))
+	}
+	if conf.ListenerRole == ListenSecondary && len(conf.JoinKey) == 0 {
+		return nil, errors.New("kwik: a secondary-only listener needs Config.JoinKey")
 	}
 	if conf.StreamsPerRealStream == 0 {
 		conf.StreamsPerRealStream = defaultStreamsPerRealStream

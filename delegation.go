@@ -35,11 +35,12 @@ type Delegation struct {
 	Offset int64  // the range's first byte in the stream
 	Length int64  // the range's length
 
-	id   uint64
-	sess *session
-	st   *stream
-	done chan struct{}
-	err  error // set before done is closed
+	id     uint64
+	sess   *session
+	st     *stream
+	done   chan struct{}
+	err    error // set before done is closed
+	reqLen int   // counted against the path's outstanding requests until resolved
 }
 
 // Done is closed once the outcome is known; Wait then returns it at once.
@@ -86,9 +87,10 @@ func maxDelegationRequest(maxMessageSize int) int { return maxMessageSize - rawO
 // ---- primary ----
 
 type primaryDelegations struct {
-	mu   sync.Mutex
-	next uint64
-	byID map[uint64]*Delegation
+	mu          sync.Mutex
+	next        uint64
+	byID        map[uint64]*Delegation
+	outstanding map[string]outstanding // by path: unresolved delegations, within the secondary's bounds
 }
 
 // Delegate reserves the next length bytes of the stream for the secondary on pathID and sends
@@ -123,20 +125,30 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 		s.send.mu.Unlock()
 		return nil, ErrWriteAfterClose
 	}
+	// The secondary holds a bounded number of delegations (trust.go): past it, it would cut
+	// the path off. Checked before the range is reserved.
+	if err := sess.delegs.reserve(pathID, len(request)); err != nil {
+		s.send.mu.Unlock()
+		return nil, err
+	}
 	off := s.send.offset
 	s.send.offset += uint64(length)
 	s.send.pending++
 	s.send.mu.Unlock()
 
-	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{})}
+	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{}), reqLen: len(request)}
+	m := &pb.DelegateRange{
+		LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
+	}
+	// Queued in the order of their IDs: a secondary takes only increasing ones (trust.go).
 	sess.delegs.mu.Lock()
 	d.id = sess.delegs.next
 	sess.delegs.next++
 	sess.delegs.byID[d.id] = d
+	m.DelegationId = d.id
+	sess.signDelegation(m)
+	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: m}})
 	sess.delegs.mu.Unlock()
-	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
-		DelegationId: d.id, LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
-	}}})
 	return d, nil
 }
 
@@ -164,6 +176,7 @@ func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
 	if d == nil {
 		return nil
 	}
+	sess.delegs.release(d.PathID, d.reqLen)
 	start, end := uint64(d.Offset), uint64(d.Offset+d.Length)
 	failed := !m.Complete
 	missing := min(max(m.MissingOffset, start), end)
@@ -431,6 +444,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	// secondary would drop it, not knowing the delegation yet).
 	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
 		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
+		Expiry: m.Expiry, Auth: m.Auth,
 	}}})
 	st.recv.mu.Unlock()
 	if grant > 0 {
@@ -521,44 +535,63 @@ func (sess *session) failDelegation(d *delegationRecord, code ErrorCode, reason 
 type secondaryDelegations struct {
 	mu       sync.Mutex
 	accept   []*delegatedStream
-	byStream map[uint64][]*delegatedStream // by the client's logical stream ID, for credit
+	byStream map[uint64]map[*delegatedStream]struct{} // by the client's logical stream ID, for credit
+	held     int                                      // delegations pending or accepted and not closed
+	reqBytes int                                      // bytes of their requests
 	signal   chan struct{}
 }
 
-// handleDelegationAssign (secondary) surfaces a delegation as a stream for AcceptStream.
+// handleDelegationAssign (secondary) surfaces a delegation as a stream for AcceptStream, once
+// it has checked that the primary ordered it (trust.go): an assignment the client forged or
+// replayed ends the path, one that expired on the way is refused (the client hears that
+// nothing was written, and the primary refills it).
 func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) error {
 	end := m.Offset + m.Length
 	if m.Length == 0 || end < m.Offset {
 		return &Error{Code: CodeInvalidFrame, Message: "delegated range out of bounds"}
 	}
+	expired, err := sess.verifyAssign(p, m)
+	if err != nil {
+		return err
+	}
+	if expired {
+		p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationDone{DelegationDone: &pb.DelegationDone{DelegationId: m.DelegationId}}})
+		return nil
+	}
 	ds := &delegatedStream{
 		sess: sess, p: p, id: m.DelegationId, streamID: m.LogicalStreamId,
 		off: m.Offset, length: m.Length, request: m.Request, signal: make(chan struct{}, 1),
 	}
-	ds.send.maxOffset = m.MaxOffset
+	// Credit for the range never reaches past it.
+	ds.send.maxOffset = min(m.MaxOffset, end)
 	ds.ctx, ds.cancel = context.WithCancelCause(sess.ctx)
 	sec := &sess.secondary
 	sec.mu.Lock()
-	if len(sec.accept) >= maxPendingDelegations {
+	if sec.held >= maxSecondaryDelegations || sec.reqBytes+len(m.Request) > maxSecondaryRequestBytes {
 		sec.mu.Unlock()
-		return &Error{Code: CodeInternal, Message: "too many delegations waiting for AcceptStream"}
+		return &Error{Code: CodeInvalidFrame, Message: "more delegations than a secondary holds at once"}
 	}
+	sec.held++
+	sec.reqBytes += len(m.Request)
 	sec.accept = append(sec.accept, ds)
-	sec.byStream[ds.streamID] = append(slices.Clip(sec.byStream[ds.streamID]), ds)
+	set := sec.byStream[ds.streamID]
+	if set == nil {
+		set = make(map[*delegatedStream]struct{})
+		sec.byStream[ds.streamID] = set
+	}
+	set[ds] = struct{}{}
 	sec.mu.Unlock()
 	notify(sec.signal)
 	return nil
 }
 
-// handleDelegationCredit (secondary): the client's reader advanced on a stream.
 // handleDelegationStop (secondary): the client no longer wants the stream's delegated ranges
 // (the primary reset it, or the client canceled reading): their Writes fail with the code.
 func (sess *session) handleDelegationStop(m *pb.StopSending) {
 	sec := &sess.secondary
 	sec.mu.Lock()
-	l := sec.byStream[m.LogicalStreamId]
-	sec.mu.Unlock()
-	for _, ds := range l {
+	defer sec.mu.Unlock()
+	for ds := range sec.byStream[m.LogicalStreamId] {
 		err := &StreamError{StreamID: quic.StreamID(ds.streamID), ErrorCode: StreamErrorCode(m.ErrorCode), Remote: true}
 		ds.send.mu.Lock()
 		if ds.send.err == nil {
@@ -582,15 +615,15 @@ func (sess *session) stopDelegations(delegs []*delegationRecord, id uint64, code
 	}
 }
 
+// handleDelegationCredit (secondary): the client's reader advanced on a stream.
 func (sess *session) handleDelegationCredit(streamID, max uint64) {
 	sec := &sess.secondary
 	sec.mu.Lock()
-	l := sec.byStream[streamID]
-	sec.mu.Unlock()
-	for _, ds := range l {
+	defer sec.mu.Unlock()
+	for ds := range sec.byStream[streamID] {
 		ds.send.mu.Lock()
-		if max > ds.send.maxOffset {
-			ds.send.maxOffset = max
+		if m := min(max, ds.off+ds.length); m > ds.send.maxOffset {
+			ds.send.maxOffset = m
 		}
 		ds.send.mu.Unlock()
 		notify(ds.signal)
@@ -625,10 +658,6 @@ func (sess *session) acceptDelegation(ctx context.Context) (*delegatedStream, er
 		}
 	}
 }
-
-// maxPendingDelegations bounds the delegations a secondary holds before its application
-// accepts them; a client assigning more is cut off.
-const maxPendingDelegations = 4096
 
 // errDelegationFull is what a secondary's Write returns past the end of its range.
 var errDelegationFull = &Error{Code: CodeOffsetMismatch, Message: "write past the end of the delegated range"}
@@ -790,12 +819,14 @@ func (ds *delegatedStream) Close() error {
 	}
 	sec := &ds.sess.secondary
 	sec.mu.Lock()
-	l := without(sec.byStream[ds.streamID], ds) // a new slice: credit handlers iterate the old one unlocked
-	if len(l) == 0 {
-		delete(sec.byStream, ds.streamID)
-	} else {
-		sec.byStream[ds.streamID] = l
+	if set := sec.byStream[ds.streamID]; set != nil {
+		delete(set, ds)
+		if len(set) == 0 {
+			delete(sec.byStream, ds.streamID)
+		}
 	}
+	sec.held--
+	sec.reqBytes -= len(ds.request)
 	sec.mu.Unlock()
 	ds.cancel(context.Canceled)
 	notify(ds.signal)

@@ -319,29 +319,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 }
 
 // ServeFanout answers, on a secondary, every delegation made by Fanout with the default
-// request, from src, until the session ends or ctx is canceled.
+// request, from src, until the session ends or ctx is canceled. Its work is bounded
+// (ServeFanoutWorkers, ServeFanoutIdle); on a session whose Role is not RoleSecondary it
+// returns an error at once.
 func ServeFanout(ctx context.Context, sess Session, src io.ReaderAt) error {
-	for {
-		st, err := sess.AcceptStream(ctx)
-		if err != nil {
-			return err
-		}
-		go func() {
-			req, err := io.ReadAll(io.LimitReader(st, 64))
-			if err != nil {
-				st.Close()
-				return
-			}
-			off, n, err := ParseFanoutRequest(req)
-			if err != nil {
-				st.Close()
-				return
-			}
-			// Stream the range in pieces: bounded memory, and the first bytes leave at once.
-			// A short read (a replica smaller than asked) ends the range early: Close then
-			// tells the primary exactly what is missing, and it refills.
-			io.Copy(st, io.NewSectionReader(src, off, n))
-			st.Close()
-		}()
-	}
+	return serveFanout(ctx, sess, ServeFanoutWorkers, func(st Stream) { serveFanoutRange(st, src) })
 }

@@ -107,7 +107,7 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 // becomes its primary), or a client joining this server to a session as a secondary.
 // full reports whether the listener's accept queue is full: the server then refuses the
 // session (KWIK_CONNECTION_REFUSED) rather than hold it.
-func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay *jointoken.ReplayCache, full func() bool) (*session, error) {
+func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *joinGuard, full func() bool) (*session, error) {
 	cs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -141,14 +141,22 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 	}
 	var sess *session
 	var pathID string
-	if req.SessionId == "" && len(req.Credentials) == 0 && req.PathId == "" {
+	join := !(req.SessionId == "" && len(req.Credentials) == 0 && req.PathId == "")
+	if err := checkRole(conf.ListenerRole, join); err != nil {
+		return refuse(CodeAuthFailed, err.Error())
+	}
+	if !join {
 		sess = newSession(context.WithoutCancel(conn.Context()), RolePrimary, randomID(16), conf)
 		pathID = randomID(8)
 	} else {
-		if err := verifyJoin(conf, replay, req); err != nil {
+		entry, err := verifyJoin(conf, joins, req)
+		if err != nil {
 			return refuse(CodeAuthFailed, err.Error())
 		}
 		sess = newSession(context.WithoutCancel(conn.Context()), RoleSecondary, req.SessionId, conf)
+		sess.joinState = entry
+		// The entry outlives the session while what it took is unexpired.
+		context.AfterFunc(sess.ctx, entry.release)
 		pathID = req.PathId
 	}
 	resp := &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: &pb.AuthenticationResponse{
@@ -158,9 +166,12 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 		Params:    conf.params(),
 	}}}
 	if err := writeFrame(cs, resp); err != nil {
-		return nil, handshakeError(ctx, conn, err)
+		err = handshakeError(ctx, conn, err)
+		sess.cancel(err) // never started: this releases what it holds (its join state)
+		return nil, err
 	}
 	if !stopWatch() {
+		sess.cancel(context.Cause(ctx))
 		return nil, context.Cause(ctx)
 	}
 	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), sess.role == RolePrimary, true, cs, r, peer))
@@ -168,23 +179,27 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, replay 
 }
 
 // verifyJoin checks a secondary join: this server must hold the join key, the token must be
-// the key's for that session and path, unexpired and never used before.
-func verifyJoin(conf *Config, replay *jointoken.ReplayCache, req *pb.AuthenticationRequest) error {
+// the key's for that session, path and one of this server's addresses, unexpired, issued
+// after this server started and after any token it took before for that path.
+func verifyJoin(conf *Config, joins *joinGuard, req *pb.AuthenticationRequest) (*joinEntry, error) {
 	if len(conf.JoinKey) == 0 {
-		return errors.New("this server accepts no joins (no join key)")
+		return nil, errors.New("this server accepts no joins (no join key)")
 	}
 	if !validID(req.SessionId, 16) || !validID(req.PathId, 8) {
-		return errors.New("malformed session or path ID")
+		return nil, errors.New("malformed session or path ID")
+	}
+	if !targetAllowed(conf.JoinAddresses, joins.self, req.TargetAddress) {
+		return nil, errors.New("join token issued for another server")
 	}
 	now := time.Now()
-	expiry, err := jointoken.Verify(conf.JoinKey, req.Credentials, req.SessionId, req.PathId, now)
+	tok, err := jointoken.Verify(conf.JoinKey, req.Credentials, req.SessionId, req.PathId, req.TargetAddress, now)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if expiry.After(now.Add(conf.JoinTokenTTL + time.Minute)) {
-		return errors.New("join token valid for longer than this server allows")
+	if tok.Expiry.After(now.Add(conf.JoinTokenTTL + time.Minute)) {
+		return nil, errors.New("join token valid for longer than this server allows")
 	}
-	return replay.Use(req.Credentials, expiry, now)
+	return joins.use(req.SessionId, req.PathId, tok, now)
 }
 
 // watchDeadline makes blocking calls on cs fail once ctx ends. The function it returns stops

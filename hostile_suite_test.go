@@ -1259,7 +1259,7 @@ func joinHostile(t *testing.T, primary *session, early func(h *rawPeer)) (*rawPe
 	added := make(chan error, 1)
 	go func() { added <- primary.AddPath(ql.Addr().String()) }()
 	h, req := acceptRaw(t, ql)
-	if _, err := jointoken.Verify(testJoinKey, req.Credentials, req.SessionId, req.PathId, time.Now()); err != nil || req.SessionId != primary.ID() {
+	if _, err := jointoken.Verify(testJoinKey, req.Credentials, req.SessionId, req.PathId, req.TargetAddress, time.Now()); err != nil || req.SessionId != primary.ID() {
 		t.Fatalf("join request %v: %v", req, err)
 	}
 	if early != nil {

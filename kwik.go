@@ -75,8 +75,11 @@ type PathInfo struct {
 
 // RawData is a message relayed by SendRawData.
 type RawData struct {
-	Data []byte // the message, as the sender passed it
-	From string // the path ID of the server that sent it
+	Data []byte // the message, as the client delivered it
+	// From is the path ID of the server that sent it, as the client claims: the client relays
+	// raw data, reads it, and may send its own with any From. A server acts on raw data from
+	// another server only through SendOrder and OpenOrder, which authenticate the sender.
+	From string
 }
 
 // Session is a KWIK session: on the client, an aggregate of paths to a primary and its

@@ -7,8 +7,6 @@ import (
 	"net"
 	"sync"
 
-	"github.com/kwik-go/kwik/internal/jointoken"
-
 	"github.com/quic-go/quic-go"
 )
 
@@ -17,12 +15,9 @@ import (
 // Dial fails with a *quic.TransportError CONNECTION_REFUSED, as quic-go's does.
 const acceptQueueLen = 32
 
-// replayCacheSize bounds the join tokens a listener remembers; past it (a flood of valid joins
-// within one token lifetime) joins are refused rather than risk accepting a replay.
-const replayCacheSize = 1 << 16
-
 // Listener accepts KWIK sessions: new sessions from clients (this server is their primary)
-// and joins of this server to clients' sessions as a secondary, alike. Closing it stops
+// and joins of this server to clients' sessions as a secondary, as Config.ListenerRole says
+// (both by default). A secondary checks Session.Role before serving. Closing it stops
 // accepting; sessions already authenticated may still be returned by Accept, and sessions
 // keep running until they close (as in quic-go).
 //
@@ -40,7 +35,7 @@ type Listener struct {
 	once   sync.Once
 	done   chan struct{} // closed by Close once no handshake can queue a session any more
 	queue  chan *session
-	replay *jointoken.ReplayCache // join tokens used, shared by every join on this listener
+	joins  *joinGuard // join tokens and delegations taken, per session and path
 }
 
 // Listen listens for KWIK sessions on the UDP address addr. conf may be nil.
@@ -57,7 +52,8 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), replay: jointoken.NewReplayCache(replayCacheSize)}
+	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), joins: newJoinGuard()}
+	l.joins.self = ql.Addr().String()
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
 	go l.acceptLoop()
@@ -84,7 +80,7 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.conf.HandshakeTimeout)
 	defer cancel()
 	full := func() bool { return len(l.queue) == cap(l.queue) }
-	sess, err := serverHandshake(ctx, conn, l.conf, l.replay, full)
+	sess, err := serverHandshake(ctx, conn, l.conf, l.joins, full)
 	if err != nil {
 		switch {
 		case l.ctx.Err() != nil:

@@ -8,17 +8,30 @@ package kwik
 // (before the range), TestSecondaryOutOfPlaceFrames (a stream with no delegation), the
 // delegation cases of TestHostileSecondaries (past the end, fin, beyond credit, another
 // stream, after completion, more written than the range) and TestDelegationPastRangeEnd.
+// Issue 13's trust boundaries (docs/PROTOCOL.md section 15), one test per attack, follow
+// TestDelegationPastRangeEnd: listener roles, forged, replayed and excess delegations, tokens
+// bound to their secondary and their issue time, per-session join state, rejoin token limits,
+// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind.
 
 import (
 	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
+
 	"github.com/kwik-go/kwik/internal/jointoken"
+	"github.com/kwik-go/kwik/internal/wire"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // rawJoin presents a join to the listener at addr from a new connection, as any client could,
@@ -26,10 +39,16 @@ import (
 // how the listener closed the connection.
 func rawJoin(t *testing.T, addr string, sessionID, pathID string, token []byte) bool {
 	t.Helper()
+	return rawJoinAs(t, addr, addr, sessionID, pathID, token)
+}
+
+// rawJoinAs is rawJoin naming target as the address the primary asked the client to join.
+func rawJoinAs(t *testing.T, addr, target string, sessionID, pathID string, token []byte) bool {
+	t.Helper()
 	h := dialRaw(t, addr)
 	h.openControl(t)
 	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
-		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token,
+		Version: protocolVersion, SessionId: sessionID, PathId: pathID, Credentials: token, TargetAddress: target,
 	}}})
 	// The listener closes a refused join right after answering, and QUIC may drop the answer
 	// with the connection: the close, which carries the same code, is what must be there.
@@ -59,8 +78,10 @@ func joinWith(t *testing.T, s *session, ln *Listener, pathID string, token []byt
 	return s.dialSecondary(testContext(t), rec, token, PathConnecting)
 }
 
-func issue(t *testing.T, key []byte, sessionID, pathID string, ttl time.Duration) []byte {
-	tok, err := jointoken.Issue(key, sessionID, pathID, time.Now().Add(ttl))
+// issue mints a token as a primary would, for the secondary the client reaches at target.
+func issue(t *testing.T, key []byte, sessionID, pathID, target string, ttl time.Duration) []byte {
+	now := time.Now()
+	tok, err := jointoken.Issue(key, sessionID, pathID, target, now, now.Add(ttl))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +97,7 @@ func TestJoinAnotherClientsSession(t *testing.T) {
 	sec := listen(t, serverConf())
 
 	pathA := randomID(8)
-	tokA := issue(t, testJoinKey, a.ID(), pathA, 10*time.Second)
+	tokA := issue(t, testJoinKey, a.ID(), pathA, sec.Addr().String(), 10*time.Second)
 	if err := joinWith(t, a, sec, pathA, tokA); err != nil {
 		t.Fatalf("A's own join: %v", err)
 	}
@@ -95,12 +116,12 @@ func TestJoinAnotherClientsSession(t *testing.T) {
 	}{
 		{"A's session ID alone", sec.Addr().String(), a.ID(), randomID(8), nil},
 		{"A's session ID in place of a token", sec.Addr().String(), a.ID(), randomID(8), []byte(a.ID())},
-		{"A's session ID with B's own token", sec.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, 10*time.Second)},
-		{"B's session ID with a token for A", sec.Addr().String(), b.ID(), otherA, issue(t, testJoinKey, a.ID(), otherA, 10*time.Second)},
+		{"A's session ID with B's own token", sec.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, sec.Addr().String(), 10*time.Second)},
+		{"B's session ID with a token for A", sec.Addr().String(), b.ID(), otherA, issue(t, testJoinKey, a.ID(), otherA, sec.Addr().String(), 10*time.Second)},
 		{"A's token, replayed from another connection", sec.Addr().String(), a.ID(), pathA, tokA},
 		{"A's token, for another of A's paths", sec.Addr().String(), a.ID(), otherA, tokA},
 		{"A's session ID at A's primary", ln.Addr().String(), a.ID(), randomID(8), nil},
-		{"A's session ID at A's primary, with B's token", ln.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, 10*time.Second)},
+		{"A's session ID at A's primary, with B's token", ln.Addr().String(), a.ID(), pathB, issue(t, testJoinKey, b.ID(), pathB, sec.Addr().String(), 10*time.Second)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if rawJoin(t, tc.addr, tc.sessionID, tc.pathID, tc.token) {
@@ -126,7 +147,7 @@ func TestJoinTokenMisuse(t *testing.T) {
 	sec := listen(t, serverConf())
 	sid := p.client.ID()
 
-	used, usedPath := issue(t, testJoinKey, sid, "00000000000000aa", 10*time.Second), "00000000000000aa"
+	used, usedPath := issue(t, testJoinKey, sid, "00000000000000aa", sec.Addr().String(), 10*time.Second), "00000000000000aa"
 	if !rawJoin(t, sec.Addr().String(), sid, usedPath, used) {
 		t.Fatal("valid join refused")
 	}
@@ -136,10 +157,10 @@ func TestJoinTokenMisuse(t *testing.T) {
 	}
 	s.Close() // the token stays used after the session it opened is gone
 
-	valid := issue(t, testJoinKey, sid, "00000000000000bb", 10*time.Second)
+	valid := issue(t, testJoinKey, sid, "00000000000000bb", sec.Addr().String(), 10*time.Second)
 	withExpiry := func(tok []byte, d time.Duration) []byte {
 		out := bytes.Clone(tok)
-		binary.BigEndian.PutUint64(out, uint64(time.Now().Add(d).UnixNano()))
+		binary.BigEndian.PutUint64(out[8:], uint64(time.Now().Add(d).UnixNano())) // the expiry follows the issue time
 		return out
 	}
 	for _, tc := range []struct {
@@ -153,9 +174,9 @@ func TestJoinTokenMisuse(t *testing.T) {
 		{"expiry moved into the past", sid, "00000000000000bb", withExpiry(valid, -time.Minute)},
 		{"truncated", sid, "00000000000000bb", valid[:len(valid)-1]},
 		{"a byte appended", sid, "00000000000000bb", append(bytes.Clone(valid), 0)},
-		{"signed with another key", sid, "00000000000000dd", issue(t, []byte("another key"), sid, "00000000000000dd", 10*time.Second)},
-		{"for a malformed session ID", "not a session ID", "00000000000000ee", issue(t, testJoinKey, "not a session ID", "00000000000000ee", 10*time.Second)},
-		{"for a malformed path ID", sid, "path", issue(t, testJoinKey, sid, "path", 10*time.Second)},
+		{"signed with another key", sid, "00000000000000dd", issue(t, []byte("another key"), sid, "00000000000000dd", sec.Addr().String(), 10*time.Second)},
+		{"for a malformed session ID", "not a session ID", "00000000000000ee", issue(t, testJoinKey, "not a session ID", "00000000000000ee", sec.Addr().String(), 10*time.Second)},
+		{"for a malformed path ID", sid, "path", issue(t, testJoinKey, sid, "path", sec.Addr().String(), 10*time.Second)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if rawJoin(t, sec.Addr().String(), tc.sessionID, tc.pathID, tc.token) {
@@ -214,5 +235,672 @@ func TestDelegationPastRangeEnd(t *testing.T) {
 	}
 	if ms.p.client.Context().Err() != nil {
 		t.Fatal("the session ended")
+	}
+}
+
+// ---- issue 13: trust boundaries ----
+
+// A secondary-only listener opens no session for a client that dials it (finding 1: anyone
+// could read a replica past its primary), and a primary-only one takes no join, even with a
+// genuine token.
+func TestListenerRolesRefuseOtherSessions(t *testing.T) {
+	sec := listen(t, secondaryOnlyConf())
+	_, err := Dial(testContext(t), sec.Addr().String(), testTLS.client, clientConf())
+	if !errors.Is(err, ErrAuthFailed) {
+		t.Fatalf("a client opened a session with a secondary-only listener: %v", err)
+	}
+	pconf := serverConf()
+	pconf.ListenerRole = ListenPrimary
+	prim := listen(t, pconf)
+	c, _ := dialListener(t, prim, clientConf()) // a primary-only listener serves clients
+	addr := prim.Addr().String()
+	if rawJoin(t, addr, c.ID(), "00000000000000a1", issue(t, testJoinKey, c.ID(), "00000000000000a1", addr, 10*time.Second)) {
+		t.Fatal("a primary-only listener took a join")
+	}
+	noSession(t, sec)
+	noSession(t, prim)
+	// And the secondary still takes genuine joins.
+	if _, s := joinRaw(t, sec, randomID(16), randomID(8)); s.Role() != RoleSecondary {
+		t.Fatalf("joined as %v", s.Role())
+	}
+	if _, err := Listen("127.0.0.1:0", testTLS.server, &Config{ListenerRole: ListenSecondary}); err == nil {
+		t.Fatal("a secondary-only listener without a join key")
+	}
+}
+
+// A client cannot make a secondary act on a delegation the primary did not sign (findings 2
+// and 3): no MAC, another key's, a genuine one with the request, range or stream changed, one
+// made for another path. Each ends the client's path at once with KWIK_AUTH_FAILED, before
+// anything is surfaced or held.
+func TestForgedDelegationEndsThePath(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	genuine := func(sid, pid string) *pb.DelegationAssign {
+		return signedAssign(sid, pid, 7, 1, 1000, 500, []byte("file=a range=1"))
+	}
+	for _, tc := range []struct {
+		name   string
+		forge  func(sid, pid string) *pb.DelegationAssign
+		reason string
+	}{
+		{"no MAC", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Auth = nil
+			return m
+		}, ""},
+		{"another key's MAC", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Auth = delegationMAC(delegationKey([]byte("another key")), sid, pid, m.DelegationId, m.LogicalStreamId, m.Offset, m.Length, m.Request, m.Expiry)
+			return m
+		}, ""},
+		{"request changed", func(sid, pid string) *pb.DelegationAssign {
+			m := genuine(sid, pid)
+			m.Request = []byte("file=secret range=1")
+			return m
+		}, ""},
+		{"offset changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Offset++; return m }, ""},
+		{"length changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Length *= 1000; return m }, ""},
+		{"stream changed", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.LogicalStreamId += 2; return m }, ""},
+		{"expiry extended", func(sid, pid string) *pb.DelegationAssign { m := genuine(sid, pid); m.Expiry += 1e12; return m }, ""},
+		{"another path's", func(sid, pid string) *pb.DelegationAssign { return genuine(sid, randomID(8)) }, ""},
+		{"another session's", func(sid, pid string) *pb.DelegationAssign { return genuine(randomID(16), pid) }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sid, pid := randomID(16), randomID(8)
+			h, s := joinRaw(t, ln, sid, pid)
+			h.send(assignFrame(tc.forge(sid, pid)))
+			if err := endedWith(t, s); !detected(err, ErrAuthFailed) {
+				t.Fatalf("the secondary ended with %v, want KWIK_AUTH_FAILED", err)
+			}
+			if err := h.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+				t.Fatalf("the client's path closed with %v", err)
+			}
+			if _, err := s.AcceptStream(boundContext(t)); err == nil {
+				t.Fatal("the forged delegation surfaced")
+			}
+		})
+	}
+	// The genuine assignment surfaces, with credit no further than its range.
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	m := genuine(sid, pid)
+	m.MaxOffset = 1 << 60
+	h.send(assignFrame(m))
+	st, err := s.AcceptStream(boundContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := io.ReadAll(st)
+	if string(req) != "file=a range=1" {
+		t.Fatalf("request %q", req)
+	}
+	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &pb.MaxStreamData{LogicalStreamId: 1, Maximum: 1 << 61}}})
+	// Raw data after it: once the secondary delivers it, the credit was handled.
+	h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: []byte("sync")}}})
+	if _, err := s.ReceiveRawData(boundContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	ds := st.(*delegatedStream)
+	ds.send.mu.Lock()
+	credit := ds.send.maxOffset
+	ds.send.mu.Unlock()
+	if credit != 1500 {
+		t.Fatalf("credit %d, want the range's end 1500", credit)
+	}
+}
+
+// A client cannot replay a genuine delegation to have a secondary serve a range twice (or
+// more): not on the same path, nor in a later join of the path (finding 3: duplicates).
+func TestReplayedDelegationEndsThePath(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	first, second := signedAssign(sid, pid, 3, 1, 0, 100, nil), signedAssign(sid, pid, 4, 1, 100, 100, nil)
+	h.send(assignFrame(first), assignFrame(second))
+	for range 2 {
+		st, err := s.AcceptStream(boundContext(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	h.send(assignFrame(first))
+	if err := endedWith(t, s); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("replay on the same path: the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+	// The client rejoins the path with a fresh token from its primary, and replays there.
+	h2, s2 := joinRaw(t, ln, sid, pid)
+	h2.send(assignFrame(second))
+	if err := endedWith(t, s2); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("replay into a rejoin: the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+}
+
+// However many delegations arrive, genuine ones included, a secondary session holds at most
+// maxSecondaryDelegations of them (finding 2: 22,000 frames took a secondary to 1.3 GiB); one
+// more ends the path with KWIK_INVALID_FRAME. Its primary never sends that many.
+func TestDelegationCapIsAViolation(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	var b []byte
+	for i := range maxSecondaryDelegations + 1 {
+		b = append(b, frames(assignFrame(signedAssign(sid, pid, uint64(i), 1, uint64(i)*10, 10, nil)))...)
+	}
+	h.write(b)
+	if err := endedWith(t, s); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+	s.secondary.mu.Lock()
+	held := s.secondary.held
+	s.secondary.mu.Unlock()
+	if held != maxSecondaryDelegations {
+		t.Fatalf("held %d delegations, want the cap %d", held, maxSecondaryDelegations)
+	}
+	// The primary's side of the bound: Delegate refuses the delegation past it.
+	var d primaryDelegations
+	d.outstanding = make(map[string]outstanding)
+	for range maxSecondaryDelegations {
+		if err := d.reserve("p", 16); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.reserve("p", 16); err == nil {
+		t.Fatal("the primary delegates past what the secondary holds")
+	}
+	d.release("p", 16)
+	if err := d.reserve("p", 16); err != nil {
+		t.Fatalf("after one resolved: %v", err)
+	}
+}
+
+// A join token is bound to the secondary it was issued for (finding 4): a secondary that
+// knows its addresses refuses a token for another, whatever address the client claims; a
+// primary-only listener refuses every join.
+func TestJoinTokenBoundToItsSecondary(t *testing.T) {
+	// Each knows itself by its own address (a relay's, say, in a deployment; its own here,
+	// which counts whatever the list).
+	confA, confB := secondaryOnlyConf(), secondaryOnlyConf()
+	confA.JoinAddresses = []string{"relay-a.example:443"}
+	confB.JoinAddresses = []string{"relay-b.example:443"}
+	a, b := listen(t, confA), listen(t, confB)
+	sid := randomID(16)
+	forA := issue(t, testJoinKey, sid, "00000000000000a2", a.Addr().String(), 10*time.Second)
+	// At B, naming A's address (the MAC verifies, the address is not B's), or B's (the MAC
+	// does not verify).
+	for _, target := range []string{a.Addr().String(), b.Addr().String()} {
+		h := dialRaw(t, b.Addr().String())
+		h.openControl(t)
+		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
+			Version: protocolVersion, SessionId: sid, PathId: "00000000000000a2", Credentials: forA, TargetAddress: target,
+		}}})
+		if err := h.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+			t.Fatalf("B took A's token naming %s: %v", target, err)
+		}
+	}
+	noSession(t, b)
+	if !rawJoin(t, a.Addr().String(), sid, "00000000000000a2", forA) {
+		t.Fatal("A refused its own token")
+	}
+}
+
+// A token issued before a secondary started is refused (finding 4: the replay cache was lost
+// with a restart, so used tokens replayed).
+func TestJoinTokenFromBeforeRestartRefused(t *testing.T) {
+	conf := secondaryOnlyConf()
+	ln := listen(t, conf)
+	addr := ln.Addr().String()
+	sid := randomID(16)
+	tok := issue(t, testJoinKey, sid, "00000000000000a3", addr, 10*time.Second)
+	if !rawJoin(t, addr, sid, "00000000000000a3", tok) {
+		t.Fatal("genuine join refused")
+	}
+	s, err := ln.Accept(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	// The secondary restarts (a new process: here a new listener, on another port, that the
+	// client reaches under the same address through a relay or a NAT).
+	restarted := listen(t, conf)
+	raddr := restarted.Addr().String()
+	if rawJoinAs(t, raddr, addr, sid, "00000000000000a3", tok) {
+		t.Fatal("a token used before the restart was taken again")
+	}
+	noSession(t, restarted)
+	// A token issued since works.
+	if !rawJoinAs(t, raddr, addr, sid, "00000000000000a3", issue(t, testJoinKey, sid, "00000000000000a3", addr, 10*time.Second)) {
+		t.Fatal("a fresh token refused after the restart")
+	}
+	s, err = restarted.Accept(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+}
+
+// Join state is kept per session and path (finding 4: 65,536 live tokens filled one cache and
+// honest joins failed): one session's joins fill its own quota, not the listener's.
+func TestJoinStateBoundedPerSession(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	g := ln.joins
+	now := time.Now()
+	tok := func() jointoken.Token { return jointoken.Token{Issued: now, Expiry: now.Add(10 * time.Second)} }
+	hog := randomID(16)
+	for i := range joinGuardMaxPerSession {
+		e, err := g.use(hog, fmt.Sprintf("%016x", i), tok(), now)
+		if err != nil {
+			t.Fatalf("join %d: %v", i, err)
+		}
+		e.release()
+	}
+	if _, err := g.use(hog, "ffffffffffffffff", tok(), now); err == nil {
+		t.Fatal("one session kept join state past its quota")
+	}
+	// Another session joins over the real network.
+	if _, s := joinRaw(t, ln, randomID(16), randomID(8)); s.Context().Err() != nil {
+		t.Fatal("the honest join's session ended")
+	}
+	// Once the hog's tokens expired, its quota is free again.
+	if _, err := g.use(hog, "ffffffffffffffff", tok(), now.Add(time.Minute)); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+}
+
+// A client that declares its path dead over and over gets a bounded number of rejoin tokens,
+// spaced by a growing wait (finding 4: 2,000 tokens in 8 ms).
+func TestRejoinTokensLimited(t *testing.T) {
+	p := newPair(t, clientConf(), serverConf())
+	sec := listen(t, secondaryOnlyConf())
+	pathID, _ := addPath(t, p.server, sec, sec.Addr().String())
+	given := 0
+	ask := func() bool {
+		ch := make(chan *pb.PathTokenResponse, 1)
+		p.client.paths.mu.Lock()
+		p.client.paths.tokens[pathID] = ch
+		p.client.paths.mu.Unlock()
+		p.client.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenRequest{PathTokenRequest: &pb.PathTokenRequest{PathId: pathID}}})
+		select {
+		case r := <-ch:
+			if len(r.JoinToken) > 0 {
+				given++
+				return true
+			}
+			return false
+		case <-boundContext(t).Done():
+			t.Fatal("no answer")
+		}
+		return false
+	}
+	status := func(st pb.PathStatus) {
+		p.client.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathStatusNotification{PathStatusNotification: &pb.PathStatusNotification{PathId: pathID, Status: st}}})
+	}
+	status(pb.PathStatus_DEAD)
+	if !ask() {
+		t.Fatal("no token for the first rejoin after a death")
+	}
+	for range 50 { // at once: the backoff refuses them
+		ask()
+	}
+	if given != 1 {
+		t.Fatalf("%d tokens at once after one death, want 1", given)
+	}
+	// Death after death (each announced, then a rejoin claimed), a token each, up to the
+	// path's total.
+	for range 2 * tokensPerPath {
+		status(pb.PathStatus_ACTIVE)
+		status(pb.PathStatus_DEAD)
+		ask()
+	}
+	if given != tokensPerPath {
+		t.Fatalf("%d tokens in all, want %d", given, tokensPerPath)
+	}
+}
+
+// A zstd frame decodes to at most the receiver's own message limit, and nothing is allocated
+// for more (finding 7: 518 bytes became 16 MiB; 134 KB sent made a primary allocate 21 GiB):
+// a frame must state its content size, within the limit, and decoding stops at that size.
+func TestZstdBombBoundedByOwnLimit(t *testing.T) {
+	const limit = 64 << 10
+	big := make([]byte, 8<<20)
+	withSize := zstdEncoder().EncodeAll(big, nil)
+	// The same frame claiming a content size within the limit: its blocks decode to more.
+	var h zstd.Header
+	if err := h.Decode(withSize); err != nil || !h.HasFCS {
+		t.Fatalf("header %+v: %v", h, err)
+	}
+	lying := bytes.Clone(withSize)
+	fcs := lying[h.HeaderSize-4 : h.HeaderSize] // 4 bytes for a size of 8 MiB
+	if binary.LittleEndian.Uint32(fcs) != uint32(len(big)) {
+		t.Fatalf("content size field not where expected: %x", fcs)
+	}
+	binary.LittleEndian.PutUint32(fcs, limit-1)
+	// A stream frame, which states no content size.
+	var stream bytes.Buffer
+	w, _ := zstd.NewWriter(&stream, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	w.Write(big)
+	w.Close()
+	for name, z := range map[string][]byte{"content size above the limit": withSize, "content size understated": lying, "no content size": stream.Bytes()} {
+		t.Run(name, func(t *testing.T) {
+			var ms0, ms1 runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&ms0)
+			_, err := decompress(z, nil, limit, new(wire.DataPacket))
+			runtime.ReadMemStats(&ms1)
+			if !errors.Is(err, ErrInvalidFrame) {
+				t.Fatalf("decompress: %v, want KWIK_INVALID_FRAME", err)
+			}
+			// The decoder's own state aside (allocated once per process, and not per frame),
+			// what one frame costs stays within a few times the limit.
+			if got := ms1.TotalAlloc - ms0.TotalAlloc; got > 4*limit+(1<<20) {
+				t.Fatalf("decompressing allocated %d bytes for a limit of %d", got, limit)
+			}
+		})
+	}
+	// A genuine packet within the limit decodes.
+	plain := wire.AppendDataPacket(nil, &wire.DataPacket{Frames: []wire.DataFrame{{StreamID: 1, Data: bytes.Repeat([]byte("a log line\n"), limit/24)}}})
+	var into wire.DataPacket
+	if _, err := decompress(zstdEncoder().EncodeAll(plain, nil), nil, limit, &into); err != nil || len(into.Frames) != 1 {
+		t.Fatalf("genuine packet: %v", err)
+	}
+}
+
+// Raw data between servers is what the client says it is (finding 5: the client reads every
+// relayed message and can claim any From); orders sealed with SendOrder are not: the client
+// cannot read them, forge one (even claiming the primary's path), replay one, or redirect one
+// to another secondary.
+func TestOrdersAuthenticatedEndToEnd(t *testing.T) {
+	p := newPair(t, clientConf(), serverConf())
+	s1ln, s2ln := listen(t, serverConf()), listen(t, serverConf())
+	id1, sec1 := addPath(t, p.server, s1ln, s1ln.Addr().String())
+	id2, sec2 := addPath(t, p.server, s2ln, s2ln.Addr().String())
+	ctx := boundContext(t)
+	receive := func(s *session) RawData {
+		t.Helper()
+		rd, err := s.ReceiveRawData(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rd
+	}
+	secret := []byte("prepare object=payroll.db")
+	if err := SendOrder(p.server, secret, id1); err != nil {
+		t.Fatal(err)
+	}
+	sealed := receive(sec1)
+	if bytes.Contains(sealed.Data, secret) {
+		t.Fatal("the order travels in clear through the client")
+	}
+	got, err := OpenOrder(sec1, sealed)
+	if err != nil || !bytes.Equal(got.Data, secret) || got.From != p.server.primary.id {
+		t.Fatalf("genuine order: %q from %s, %v", got.Data, got.From, err)
+	}
+	// The client, which relayed it, replays it; sends it to the other secondary; makes up one
+	// claiming the primary's path; alters one.
+	if err := p.client.SendRawData(sealed.Data, id1); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.client.SendRawData(sealed.Data, id2); err != nil {
+		t.Fatal(err)
+	}
+	altered := bytes.Clone(sealed.Data)
+	altered[len(altered)-1] ^= 1
+	if err := p.client.SendRawData(altered, id1); err != nil {
+		t.Fatal(err)
+	}
+	forged := append([]byte{orderVersion, byte(len(p.server.primary.id))}, p.server.primary.id...)
+	forged = append(forged, make([]byte, 8+12+16)...)
+	forged = append(forged, secret...)
+	if err := p.client.SendRawData(forged, id1); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		s    *session
+		what string
+	}{{sec1, "replayed"}, {sec2, "redirected"}, {sec1, "altered"}, {sec1, "forged"}} {
+		rd := receive(c.s)
+		if _, err := OpenOrder(c.s, rd); !errors.Is(err, ErrOrderRejected) {
+			t.Fatalf("%s order opened: %v", c.what, err)
+		}
+	}
+	// Orders flow back too, and the true sender is known whatever the client says.
+	if err := SendOrder(sec2, []byte("ready"), p.server.primary.id); err != nil {
+		t.Fatal(err)
+	}
+	back, err := OpenOrder(p.server, receive(p.server))
+	if err != nil || string(back.Data) != "ready" || back.From != id2 {
+		t.Fatalf("answer %q from %s: %v", back.Data, back.From, err)
+	}
+}
+
+// floodBounds are the documented costs of a flood (docs/PROTOCOL.md section 15). Both ends of
+// every attacking connection run in this test's process, so the bounds cover the attacker's
+// side too: per attacking session still open, goroutines (KWIK's control reader and writer,
+// quic-go's own, on both ends); per attacking session opened, heap in use (what the secondary
+// may queue for ReceiveRawData, its readers and QUIC state, and the attacker's).
+const (
+	floodGoroutinesPerSession = 12
+	floodHeapPerSession       = defaultMaxPendingRawData + 1<<20
+)
+
+// A secondary under a flood of forged frames of every kind, from clients its primary sent it
+// (valid tokens) and from anyone (no token), keeps its goroutines and memory within
+// floodBounds per attacking session, ends every session that breaks the protocol, and keeps
+// serving an honest session's delegations, byte-exact, during the flood and after it
+// (acceptance 2 of issue 13).
+func TestSecondaryFloodBounded(t *testing.T) {
+	conf := secondaryOnlyConf()
+	conf.HeartbeatInterval, conf.PathTimeout = 100*time.Millisecond, 5*time.Second
+	ln := listen(t, conf)
+	honestConf := &Config{StreamReceiveWindow: 2 << 20, HeartbeatInterval: 100 * time.Millisecond, PathTimeout: 5 * time.Second}
+	pconf := *honestConf
+	pconf.JoinKey = testJoinKey
+	p := newPair(t, honestConf, &pconf)
+	pathID, sec := addPath(t, p.server, ln, ln.Addr().String())
+	serveSecondary(t, sec, nil)
+	download := func() {
+		t.Helper()
+		ms := &multiSource{p: p, ids: []string{pathID}}
+		if failures := ms.download(t, 4<<20, 128<<10); len(failures) > 0 {
+			t.Fatalf("the honest secondary failed %d delegations: %v", len(failures), failures[0])
+		}
+	}
+	download() // warm: the honest session's buffers exist before the baseline
+
+	runtime.GC()
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	g0 := runtime.NumGoroutine()
+
+	const perKind = 3
+	const n = 2000
+	repeat := func(f *pb.ControlFrame, k int) []byte { return bytes.Repeat(frames(f), k) }
+	type attack struct {
+		name    string
+		flood   func(sid, pid string) []byte
+		survive bool // the flood is allowed, and costs bounded memory
+	}
+	attacks := []attack{
+		{"forged delegations", func(sid, pid string) []byte {
+			return repeat(assignFrame(&pb.DelegationAssign{LogicalStreamId: 1, Length: 1 << 40, MaxOffset: 1 << 62, Request: make([]byte, 1000)}), n)
+		}, false},
+		{"genuine delegations past the cap", func(sid, pid string) []byte {
+			var b []byte
+			for i := range maxSecondaryDelegations + 1 {
+				b = append(b, frames(assignFrame(signedAssign(sid, pid, uint64(i), 1, uint64(i)<<20, 1<<20, nil)))...)
+			}
+			return b
+		}, false},
+		{"credit", func(sid, pid string) []byte {
+			var b []byte
+			for i := range n {
+				b = append(b, frames(&pb.ControlFrame{Payload: &pb.ControlFrame_MaxStreamData{MaxStreamData: &pb.MaxStreamData{LogicalStreamId: uint64(i), Maximum: 1 << 62}}})...)
+			}
+			return b
+		}, true},
+		{"stop sending", func(sid, pid string) []byte {
+			var b []byte
+			for i := range n {
+				b = append(b, frames(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: uint64(i), ErrorCode: 1}}})...)
+			}
+			return b
+		}, true},
+		{"raw data", func(sid, pid string) []byte {
+			return repeat(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: make([]byte, 4096)}}}, n)
+		}, true},
+		{"heartbeats", func(sid, pid string) []byte { return repeat(heartbeat(), n) }, true},
+		{"stream frames", func(sid, pid string) []byte { return repeat(streamCreate(1), n) }, false},
+		{"primary's frames", func(sid, pid string) []byte {
+			return repeat(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{LogicalStreamId: 1, Length: 1}}}, n)
+		}, false},
+		{"garbage", func(sid, pid string) []byte { return bytes.Repeat(garbage, n) }, false},
+		{"oversized message", func(sid, pid string) []byte { return prefix(1 << 30) }, false},
+	}
+	type victim struct {
+		name string
+		h    *rawPeer
+		s    *session
+		want bool
+	}
+	var victims []victim
+	for _, a := range attacks {
+		for range perKind {
+			sid, pid := randomID(16), randomID(8)
+			h, s := joinRaw(t, ln, sid, pid)
+			h.write(a.flood(sid, pid))
+			// A raw message last: delivered (or dropped, for the raw flood) once every frame
+			// before it was handled.
+			h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_RawPacketTransmission{RawPacketTransmission: &pb.RawPacketTransmission{Data: []byte("sync")}}})
+			victims = append(victims, victim{a.name, h, s, a.survive})
+		}
+	}
+	// Connections without a token: new sessions and forged joins, refused at the handshake.
+	for range perKind * 4 {
+		h := dialRaw(t, ln.Addr().String())
+		h.openControl(t)
+		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{Version: protocolVersion}}})
+		h2 := dialRaw(t, ln.Addr().String())
+		h2.openControl(t)
+		h2.send(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: &pb.AuthenticationRequest{
+			Version: protocolVersion, SessionId: randomID(16), PathId: randomID(8), Credentials: make([]byte, 48), TargetAddress: ln.Addr().String(),
+		}}})
+		for _, x := range []*rawPeer{h, h2} {
+			if err := x.closedWith(t); !errors.Is(err, ErrAuthFailed) {
+				t.Fatalf("a join without a token ended with %v", err)
+			}
+		}
+	}
+	// The honest session keeps receiving while the flood is handled.
+	download()
+
+	survivors := 0
+	for _, v := range victims {
+		if !v.want {
+			if err := endedWith(t, v.s); err == nil {
+				t.Fatalf("%s: the session survived", v.name)
+			}
+			continue
+		}
+		survivors++
+		if v.name == "raw data" {
+			waitFor(t, func() bool {
+				v.s.raw.mu.Lock()
+				defer v.s.raw.mu.Unlock()
+				return uint64(len(v.s.raw.queue))+v.s.raw.dropped == n+1
+			})
+			continue
+		}
+		rd, err := v.s.ReceiveRawData(boundContext(t))
+		if err != nil || string(rd.Data) != "sync" {
+			t.Fatalf("%s: %q, %v", v.name, rd.Data, err)
+		}
+	}
+	runtime.GC()
+	runtime.GC() // twice: sync.Pool keeps what it held until the second
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	g1 := runtime.NumGoroutine()
+	heap := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("flood of %d sessions (%d still open): %+d goroutines, %+d KiB heap in use", len(victims), survivors, g1-g0, heap>>10)
+	if g1-g0 > survivors*floodGoroutinesPerSession {
+		t.Errorf("%d more goroutines for %d open attacking sessions, above %d each", g1-g0, survivors, floodGoroutinesPerSession)
+	}
+	if heap > int64(len(victims)*floodHeapPerSession) {
+		t.Errorf("%d more bytes of heap for %d attacking sessions, above %d each", heap, len(victims), floodHeapPerSession)
+	}
+	for _, v := range victims {
+		v.s.Close()
+	}
+	download()
+}
+
+// A primary cannot use its clients as scanners (finding 6): when a join fails, the primary
+// learns a code and a generic reason, not the client's dial error (here a TLS alert naming the
+// protocol the target does not speak), which the client keeps in its own path history.
+func TestJoinFailureRevealsNothing(t *testing.T) {
+	tc := rawTLS(true)
+	tc.NextProtos = []string{"h3"} // a QUIC server that is no KWIK secondary
+	ql, err := quic.ListenAddr("127.0.0.1:0", tc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ql.Close()
+	p := newPair(t, clientConf(), serverConf())
+	err = p.server.AddPath(ql.Addr().String())
+	if err == nil {
+		t.Fatal("joined a server that does not speak KWIK")
+	}
+	all := p.client.GetAllPaths()
+	reason := all[len(all)-1].Reason
+	if !strings.Contains(strings.ToLower(reason), "application protocol") {
+		t.Fatalf("the client's own record lacks the detail: %q", reason)
+	}
+	if strings.Contains(strings.ToLower(err.Error()), "protocol") || strings.Contains(err.Error(), "h3") || strings.Contains(err.Error(), "tls") {
+		t.Fatalf("the primary learned the client's dial error: %v", err)
+	}
+	if !errors.Is(err, ErrPathDead) {
+		t.Fatalf("AddPath: %v, want KWIK_PATH_DEAD", err)
+	}
+}
+
+// Delegations made at once on several streams reach a secondary in the order of their IDs,
+// which it requires (a replay check): none is taken for a replay and the path stays up.
+func TestConcurrentDelegationsInIDOrder(t *testing.T) {
+	ms := newMultiSource(t, 1, delegationConf)
+	const streams, size, chunk = 4, 1 << 20, 16 << 10
+	ctx := testContext(t)
+	var wg sync.WaitGroup
+	failed := make(chan []*DelegationError, streams)
+	for range streams {
+		wg.Go(func() {
+			st, err := ms.p.server.OpenStreamSync(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			failed <- serveInterleaved(t, st, size, chunk, ms.ids)
+		})
+	}
+	for range streams {
+		cs, err := ms.p.client.AcceptStream(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() {
+			got, err := io.ReadAll(cs)
+			if err != nil || !bytes.Equal(got, content(0, size)) {
+				t.Errorf("stream %d: %d bytes, %v", cs.StreamID(), len(got), err)
+			}
+		})
+	}
+	wg.Wait()
+	close(failed)
+	for f := range failed {
+		if len(f) > 0 {
+			t.Fatalf("%d delegations failed: %v", len(f), f[0])
+		}
+	}
+	if err := ms.secs[0].Context().Err(); err != nil {
+		t.Fatalf("the secondary's path ended: %v", context.Cause(ms.secs[0].Context()))
 	}
 }

@@ -58,6 +58,11 @@ type session struct {
 	delegs       primaryDelegations   // primary: delegations awaiting the client's verdict
 	clientDelegs clientDelegations    // client: reservations by delegation ID
 	secondary    secondaryDelegations // secondary: delegations as streams
+
+	delegKey  []byte     // servers: the key of delegation MACs, derived from the join key (trust.go)
+	joinState *joinEntry // secondary: the listener's state of this session's path (trust.go)
+	orderOnce sync.Once
+	order     *orderState // servers: sealed raw data (orders.go)
 }
 
 // peerParams are the limits the peer of a path announced in its handshake.
@@ -127,9 +132,11 @@ func newSession(parent context.Context, role Role, id string, conf *Config) *ses
 	s.raw.init()
 	s.credit.max = uint64(conf.MaxSessionReceiveWindow)
 	s.delegs.byID = make(map[uint64]*Delegation)
+	s.delegs.outstanding = make(map[string]outstanding)
 	s.clientDelegs.byID = make(map[uint64]*delegationRecord)
-	s.secondary.byStream = make(map[uint64][]*delegatedStream)
+	s.secondary.byStream = make(map[uint64]map[*delegatedStream]struct{})
 	s.secondary.signal = make(chan struct{}, 1)
+	s.delegKey = delegationKey(conf.JoinKey)
 	return s
 }
 

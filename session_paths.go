@@ -19,8 +19,9 @@ type pathRecord struct {
 	status      PathStatus
 	reason      string // why it is dead or removed
 	createdAt   time.Time
-	changedAt   time.Time // last status change: LastActive for paths without a connection here
-	p           *path     // the connection, on the side that has one
+	changedAt   time.Time  // last status change: LastActive for paths without a connection here
+	p           *path      // the connection, on the side that has one
+	tokens      tokenLimit // primary: the rejoin tokens given for the path
 }
 
 func (r *pathRecord) setStatus(st PathStatus, reason string) {
@@ -91,7 +92,8 @@ func (s *session) AddPath(address string) error {
 		return errors.New("kwik: AddPath: empty address")
 	}
 	id := randomID(8)
-	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, time.Now().Add(s.conf.JoinTokenTTL))
+	now := time.Now()
+	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, address, now, now.Add(s.conf.JoinTokenTTL))
 	if err != nil {
 		return err
 	}
@@ -226,6 +228,7 @@ func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
 	switch n.Status {
 	case pb.PathStatus_DEAD:
 		if r.status == PathActive || r.status == PathConnecting {
+			r.tokens.died()
 			r.setStatus(PathDead, n.Reason)
 			s.log.Info("kwik: the client reports a dead path", "path", n.PathId, "reason", n.Reason)
 		}
@@ -261,12 +264,6 @@ func (s *session) join(req *pb.AddPathRequest) {
 		fail(CodeInvalidFrame, "target address too long")
 		return
 	}
-	if s.conf.AllowPath != nil {
-		if err := s.conf.AllowPath(req.TargetAddress); err != nil {
-			fail(CodeAuthFailed, "the client does not join "+req.TargetAddress+": "+err.Error())
-			return
-		}
-	}
 	s.paths.mu.Lock()
 	if s.paths.byID[req.PathId] != nil {
 		s.paths.mu.Unlock()
@@ -298,7 +295,16 @@ func (s *session) join(req *pb.AddPathRequest) {
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
-		err := s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
+		var err error
+		if s.conf.AllowPath != nil {
+			// Here, not on the control reader: a policy may resolve the address.
+			if perr := s.conf.AllowPath(req.TargetAddress); perr != nil {
+				err = &Error{Code: CodeAuthFailed, Message: "the client's policy refuses " + req.TargetAddress + ": " + perr.Error()}
+			}
+		}
+		if err == nil {
+			err = s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
+		}
 		cancel()
 		if err == nil {
 			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
@@ -311,24 +317,44 @@ func (s *session) join(req *pb.AddPathRequest) {
 			rec.setStatus(PathDead, err.Error())
 		}
 		s.paths.mu.Unlock()
-		code := CodeInternal
-		var ke *Error
-		if errors.As(err, &ke) {
-			code = ke.Code
-		}
-		fail(code, err.Error())
+		s.log.Info("kwik: join failed", "path", rec.id, "address", rec.address, "err", err)
+		fail(joinFailure(err))
 	}()
+}
+
+// joinFailure is what a failed join tells the primary: a code and a generic reason, never the
+// dial's own error, lest a primary use its clients to scan their networks (which ports are
+// open, which certificate names and protocols answer). The client's PathInfo keeps the detail.
+func joinFailure(err error) (ErrorCode, string) {
+	var ke *Error
+	if errors.As(err, &ke) {
+		switch ke.Code {
+		case CodeAuthFailed:
+			return CodeAuthFailed, "the join was refused"
+		case CodeInvalidFrame, CodePacketTooLarge:
+			return CodeInvalidFrame, "the secondary broke the protocol"
+		}
+	}
+	return CodePathDead, "the client could not join the secondary"
 }
 
 // dialSecondary opens and authenticates the path to a secondary: a new path in state from
 // (PathConnecting), or a dead one being rejoined (PathDead), which keeps its counters.
 func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []byte, from PathStatus) error {
-	conn, err := quic.DialAddr(ctx, rec.address, s.tlsConf, s.conf.QUIC)
+	tc := s.tlsConf
+	if s.conf.PathTLS != nil {
+		c, err := tlsConfig(s.conf.PathTLS(rec.address, s.tlsConf.Clone()))
+		if err != nil {
+			return err
+		}
+		tc = c
+	}
+	conn, err := quic.DialAddr(ctx, rec.address, tc, s.conf.QUIC)
 	if err != nil {
 		return err
 	}
 	p, err := clientAuthenticate(ctx, conn, s.conf, &pb.AuthenticationRequest{
-		SessionId: s.id, Credentials: token, PathId: rec.id,
+		SessionId: s.id, Credentials: token, PathId: rec.id, TargetAddress: rec.address,
 	})
 	if err == nil && (p.sessionID != s.id || p.pathID != rec.id) {
 		err = &Error{Code: CodeAuthFailed, Message: "the secondary answered for another session or path"}
@@ -525,17 +551,28 @@ func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, erro
 // as dead, and refuses any other (removed, unknown, alive, the primary's own).
 func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
 	resp := &pb.PathTokenResponse{PathId: echoID(req.PathId)}
+	now := time.Now()
 	s.paths.mu.Lock()
 	r := s.paths.byID[req.PathId]
 	ok := r != nil && !r.primary && r.status == PathDead
+	var limited error
+	var address string
+	if ok {
+		// A client may declare a live path dead to get tokens: a bounded number per death,
+		// and per path, spaced by a growing wait (trust.go).
+		limited = r.tokens.allow(now)
+		address = r.address
+	}
 	s.paths.mu.Unlock()
 	var err error
-	if ok && len(s.conf.JoinKey) > 0 {
-		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, time.Now().Add(s.conf.JoinTokenTTL))
+	if ok && limited == nil && len(s.conf.JoinKey) > 0 {
+		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, address, now, now.Add(s.conf.JoinTokenTTL))
 	}
 	switch {
 	case !ok:
 		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodePathNotFound), "no dead path "+echoID(req.PathId)+" to rejoin"
+	case limited != nil:
+		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeAuthFailed), "token refused: "+limited.Error()
 	case err != nil || len(resp.JoinToken) == 0:
 		resp.ErrorCode, resp.ErrorMessage = pb.ErrorCode(CodeInternal), "cannot issue a token"
 	}

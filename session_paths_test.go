@@ -152,12 +152,12 @@ func TestJoinRejectedToken(t *testing.T) {
 	ln := listen(t, serverConf())
 	sid := p.client.ID()
 	now := time.Now()
-	valid, _ := jointoken.Issue(testJoinKey, sid, "0011223344556677", now.Add(10*time.Second))
-	expired, _ := jointoken.Issue(testJoinKey, sid, "0011223344556678", now.Add(-time.Second))
+	valid, _ := jointoken.Issue(testJoinKey, sid, "0011223344556677", ln.Addr().String(), now, now.Add(10*time.Second))
+	expired, _ := jointoken.Issue(testJoinKey, sid, "0011223344556678", ln.Addr().String(), now, now.Add(-time.Second))
 	forged := bytes.Clone(valid)
 	forged[20] ^= 0xff
-	otherSession, _ := jointoken.Issue(testJoinKey, randomID(16), "0011223344556679", now.Add(10*time.Second))
-	tooLong, _ := jointoken.Issue(testJoinKey, sid, "001122334455667a", now.Add(time.Hour))
+	otherSession, _ := jointoken.Issue(testJoinKey, randomID(16), "0011223344556679", ln.Addr().String(), now, now.Add(10*time.Second))
+	tooLong, _ := jointoken.Issue(testJoinKey, sid, "001122334455667a", ln.Addr().String(), now, now.Add(time.Hour))
 	join := func(token []byte, pathID string) error {
 		ctx := testContext(t)
 		rec := &pathRecord{id: pathID, address: ln.Addr().String(), status: PathConnecting}
@@ -353,7 +353,7 @@ func TestSecondaryOutOfPlaceFrames(t *testing.T) {
 var _ = sha256.New
 
 // A client's AllowPath refuses the addresses it does not want to dial: the primary's AddPath
-// fails with KWIK_AUTH_FAILED and the reason, and the client records no path; allowed
+// fails with KWIK_AUTH_FAILED and no reason, and the client records the refused path; allowed
 // addresses join as before.
 func TestAllowPath(t *testing.T) {
 	good, bad := listen(t, serverConf()), listen(t, serverConf())
@@ -366,11 +366,12 @@ func TestAllowPath(t *testing.T) {
 	}
 	p := newPair(t, conf, serverConf())
 	err := p.server.AddPath(bad.Addr().String())
-	if !errors.Is(err, ErrAuthFailed) || !strings.Contains(err.Error(), "not on the list") {
+	// The reason stays with the client: the primary learns only that the join was refused.
+	if !errors.Is(err, ErrAuthFailed) || strings.Contains(err.Error(), "not on the list") {
 		t.Fatalf("AddPath to a refused address: %v", err)
 	}
-	if n := len(p.client.GetAllPaths()); n != 1 {
-		t.Fatalf("the client records %d paths after a refusal", n)
+	if pi, ok := pathByID(p.client.GetDeadPaths(), p.client.GetAllPaths()[1].PathID); !ok || !strings.Contains(pi.Reason, "not on the list") {
+		t.Fatalf("the client's record of the refused path: %+v", p.client.GetAllPaths())
 	}
 	noSession(t, bad)
 	addPath(t, p.server, good, good.Addr().String())

@@ -17,6 +17,9 @@ import (
 // joinKeyEnv names the environment variable that holds the join key when no file does.
 const joinKeyEnv = "KWIK_JOIN_KEY"
 
+// minJoinKey is the shortest join key kwik serve takes.
+const minJoinKey = 32
+
 // serverTLS loads the certificate and key from files, or, when both are empty, generates a
 // self-signed certificate for hosts. It returns the certificate's SHA-256 fingerprint, which
 // clients of a self-signed server pin with `kwik get --pin`.
@@ -88,8 +91,11 @@ func joinKey(file string) ([]byte, error) {
 	if len(key) == 0 {
 		return nil, fmt.Errorf("no join key: give --join-key-file or set %s", joinKeyEnv)
 	}
-	if len(key) < 16 {
-		return nil, fmt.Errorf("join key of %d bytes: use at least 16", len(key))
+	// A token a client receives lets it test guesses of the key offline, as fast as it can
+	// compute HMACs: the key must be too long to guess (32 random bytes, hex or base64 encoded,
+	// as the README shows).
+	if len(key) < minJoinKey {
+		return nil, fmt.Errorf("join key of %d bytes: use at least %d random bytes", len(key), minJoinKey)
 	}
 	return key, nil
 }

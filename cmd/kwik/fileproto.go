@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,14 +15,16 @@ import (
 // is one line of ASCII (at most maxLine bytes with its '\n'):
 //
 //	client → primary      GET <offset> <name>\n        then the client closes its side
-//	primary → client      OK <size>\n                  then bytes [offset, size) of the file
+//	primary → client      OK <size> <sha256>\n         then bytes [offset, size) of the file
 //	                      ERR <reason>\n               and the stream closes
 //	primary → secondary   RANGE <offset> <n> <size> <name>\n   (a delegation's request)
 //	secondary → client    bytes [offset, offset+n) of its replica, at the delegated offsets
 //
 // <name> is a slash-separated path relative to the served directory (it may contain spaces:
 // it runs to the end of the line). A secondary whose replica does not have <size> bytes serves
-// nothing, and the primary fills the range itself.
+// nothing, and the primary fills the range itself. <sha256> is the hex SHA-256 of the whole
+// file (older primaries sent none): the client checks what it wrote against it, since a
+// replica that has the right size but other bytes would otherwise go unnoticed.
 
 const maxLine = 4096
 
@@ -115,14 +119,22 @@ func parseRange(line string) (rangeRequest, error) {
 	return r, nil
 }
 
-// parseResponse reads the primary's answer: the file's size, or its error.
-func parseResponse(line string) (int64, error) {
+// parseResponse reads the primary's answer: the file's size and SHA-256 (nil if the primary
+// sent none), or its error.
+func parseResponse(line string) (int64, []byte, error) {
 	if reason, ok := strings.CutPrefix(line, "ERR "); ok {
-		return 0, fmt.Errorf("server: %s", reason)
+		return 0, nil, fmt.Errorf("server: %s", reason)
 	}
 	nums, rest, err := fields(line, "OK", 1)
-	if err != nil || rest != "" {
-		return 0, fmt.Errorf("bad response %q", line)
+	if err != nil {
+		return 0, nil, fmt.Errorf("bad response %q", line)
 	}
-	return nums[0], nil
+	if rest == "" && !strings.HasSuffix(line, " ") {
+		return nums[0], nil, nil
+	}
+	sum, err := hex.DecodeString(rest)
+	if err != nil || len(sum) != sha256.Size {
+		return 0, nil, fmt.Errorf("bad response %q", line)
+	}
+	return nums[0], sum, nil
 }

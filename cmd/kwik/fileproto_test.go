@@ -48,14 +48,18 @@ func TestFileProtocolLines(t *testing.T) {
 	if r, err := parseRange(rangeRequest{offset: 3, n: 4, size: 9, name: "a b"}.String()[:len("RANGE 3 4 9 a b")]); err != nil || r.name != "a b" || r.offset != 3 || r.n != 4 || r.size != 9 {
 		t.Errorf("round trip: %+v, %v", r, err)
 	}
-	if size, err := parseResponse("OK 42"); size != 42 || err != nil {
+	if size, sum, err := parseResponse("OK 42"); size != 42 || sum != nil || err != nil {
 		t.Errorf("OK 42: %d, %v", size, err)
 	}
-	if _, err := parseResponse("ERR gone"); err == nil || !strings.Contains(err.Error(), "gone") {
+	digest := strings.Repeat("ab", 32)
+	if size, sum, err := parseResponse("OK 42 " + digest); size != 42 || len(sum) != 32 || err != nil {
+		t.Errorf("OK 42 with a digest: %d, %x, %v", size, sum, err)
+	}
+	if _, _, err := parseResponse("ERR gone"); err == nil || !strings.Contains(err.Error(), "gone") {
 		t.Errorf("ERR gone: %v", err)
 	}
-	for _, bad := range []string{"OK", "OK x", "OK 1 2", "HELLO"} {
-		if _, err := parseResponse(bad); err == nil {
+	for _, bad := range []string{"OK", "OK x", "OK 1 2", "HELLO", "OK 1 ", "OK 1 " + strings.Repeat("ab", 31), "OK 1 " + strings.Repeat("xy", 32)} {
+		if _, _, err := parseResponse(bad); err == nil {
 			t.Errorf("parseResponse(%q) accepted", bad)
 		}
 	}

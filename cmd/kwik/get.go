@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"log/slog"
@@ -21,6 +23,7 @@ type getOptions struct {
 	resume     bool
 	caFile     string
 	pins       []string
+	allowPaths []string
 	serverName string
 	noProgress bool
 	verbose    bool
@@ -32,11 +35,15 @@ func getCommand() *cobra.Command {
 		Use:   "get [flags] PRIMARY-ADDRESS NAME",
 		Short: "Download a file from a kwik serve primary (and its secondaries)",
 		Long: `get downloads the file NAME from the primary at PRIMARY-ADDRESS, which has its secondaries
-send parts of it, shows the progress and then what each path brought, and checks the size.
+send parts of it, shows the progress and then what each path brought, and checks the size and
+the SHA-256 of the whole file against the primary's (a replica with other bytes shows there).
 
 Trust: --ca (a PEM file of trusted certificates, such as the servers' own), or --pin with the
-SHA-256 fingerprint of every server's certificate (as kwik serve prints it), or else the
-system's roots. --resume continues a partial output file.`,
+SHA-256 fingerprint of a server's certificate (as kwik serve prints it): a bare fingerprint
+pins the primary, ADDRESS=FINGERPRINT the secondary the primary names by ADDRESS; an address
+without a pin is checked against --ca or the system's roots. A secondary's address must be
+public, or of the primary's own kind (loopback, private), or pinned, or in --allow-path.
+--resume continues a partial output file.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGet(cmd.Context(), o, args[0], args[1], cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -46,7 +53,8 @@ system's roots. --resume continues a partial output file.`,
 	f.StringVarP(&o.output, "output", "o", "", "output file (default: NAME's last element)")
 	f.BoolVarP(&o.resume, "resume", "c", false, "continue a partial output file")
 	f.StringVar(&o.caFile, "ca", "", "PEM file of trusted certificates")
-	f.StringSliceVar(&o.pins, "pin", nil, "SHA-256 fingerprints of the servers' certificates")
+	f.StringSliceVar(&o.pins, "pin", nil, "SHA-256 fingerprint of the primary's certificate, or ADDRESS=FINGERPRINT for a secondary's")
+	f.StringSliceVar(&o.allowPaths, "allow-path", nil, "addresses or prefixes of secondaries to join even if private")
 	f.StringVar(&o.serverName, "server-name", "", "TLS server name (default: each address's host)")
 	f.BoolVar(&o.noProgress, "no-progress", false, "no progress bar")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log paths and delegations")
@@ -61,11 +69,16 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if o.output == "" {
 		o.output = path.Base(name)
 	}
-	tlsConf, err := clientTLS(o.caFile, o.pins, o.serverName)
+	pinned := parsePins(o.pins)
+	tlsConf, err := clientTLS(o.caFile, pinned.forAddr(addr, true), o.serverName)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)
 	}
-	flags := os.O_WRONLY | os.O_CREATE
+	allowed, err := parseAllowed(o.allowPaths)
+	if err != nil {
+		return fmt.Errorf("get: %w", err)
+	}
+	flags := os.O_RDWR | os.O_CREATE // read too: a resumed download's digest covers what is there
 	if !o.resume {
 		flags |= os.O_TRUNC
 	}
@@ -83,7 +96,11 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	conf := &kwik.Config{Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))}
+	conf := &kwik.Config{
+		Logger:    slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+		AllowPath: allowPath(addr, pinned, allowed),
+		PathTLS:   pathTLS(pinned, o.caFile, o.serverName),
+	}
 	sess, err := kwik.Dial(ctx, addr, tlsConf, conf)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)
@@ -101,9 +118,16 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if err != nil {
 		return fmt.Errorf("get: reading the answer: %w", err)
 	}
-	size, err := parseResponse(line)
+	size, want, err := parseResponse(line)
 	if err != nil {
 		return fmt.Errorf("get: %s: %w", name, err)
+	}
+	// The digest covers the whole file: what a resumed download already holds counts too.
+	sum := sha256.New()
+	if want != nil && offset > 0 {
+		if _, err := io.Copy(sum, io.NewSectionReader(out, 0, offset)); err != nil {
+			return fmt.Errorf("get: reading %s: %w", o.output, err)
+		}
 	}
 
 	var progress *mpb.Progress
@@ -117,7 +141,7 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 		bar.SetCurrent(offset)
 	}
 	start := time.Now()
-	got, err := io.Copy(out, progressReader{st, bar})
+	got, err := io.Copy(io.MultiWriter(out, sum), progressReader{st, bar})
 	elapsed := time.Since(start)
 	if progress != nil {
 		if offset+got != size {
@@ -138,10 +162,17 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if offset+got != size || fi.Size() != size {
 		return fmt.Errorf("get: %s has %d bytes, the server's file %d", o.output, fi.Size(), size)
 	}
+	checked := "size checked"
+	if want != nil {
+		if got := sum.Sum(nil); !bytes.Equal(got, want) {
+			return fmt.Errorf("get: %s is CORRUPT: its SHA-256 is %x, the primary's file's %x (a secondary's replica differs?); delete it and download again", o.output, got, want)
+		}
+		checked = "size and SHA-256 checked"
+	}
 	printPaths(stdout, sess.Stats(), elapsed)
 	mbit := float64(got) * 8 / elapsed.Seconds() / 1e6
-	fmt.Fprintf(stdout, "\n%s: %d bytes (%d this time) in %v = %.1f Mbit/s, size checked\n",
-		o.output, size, got, elapsed.Round(time.Millisecond), mbit)
+	fmt.Fprintf(stdout, "\n%s: %d bytes (%d this time) in %v = %.1f Mbit/s, %s\n",
+		o.output, size, got, elapsed.Round(time.Millisecond), mbit, checked)
 	return nil
 }
 

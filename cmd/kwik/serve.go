@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,6 +26,8 @@ type serveOptions struct {
 	certFile, keyFile  string
 	hosts              []string
 	joinKeyFile        string
+	publicAddrs        []string
+	chunkSize          int64
 	verbose            bool
 }
 
@@ -42,7 +46,10 @@ the primary's size serves nothing, and the primary sends those bytes itself.
 TLS: --cert and --key, or else a self-signed certificate generated at start for --hosts; its
 SHA-256 fingerprint is printed, for clients to pin (kwik get --pin). The primary and its
 secondaries share a join key, read from --join-key-file or the ` + joinKeyEnv + ` environment
-variable (at least 16 bytes). The server runs until interrupted.`,
+variable (at least 32 bytes, random: see README). A secondary listens for joins only: a client
+cannot open a session with it directly. It takes join tokens issued for --listen or one of
+--public-addr (the addresses its primaries give in --secondaries, when a relay or NAT is in
+between). The server runs until interrupted.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd.Context(), o, cmd.OutOrStdout()) },
 	}
@@ -56,6 +63,8 @@ variable (at least 16 bytes). The server runs until interrupted.`,
 	f.StringVar(&o.keyFile, "key", "", "TLS key file (PEM)")
 	f.StringSliceVar(&o.hosts, "hosts", []string{"localhost", "127.0.0.1", "::1"}, "names and addresses of a generated certificate")
 	f.StringVar(&o.joinKeyFile, "join-key-file", "", "file holding the join key (else $"+joinKeyEnv+")")
+	f.StringSliceVar(&o.publicAddrs, "public-addr", nil, "addresses under which primaries reach this secondary, if not --listen")
+	f.Int64Var(&o.chunkSize, "chunk-size", 0, "fixed size of the pieces delegated to secondaries (0: sized from their measured rates)")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log sessions, paths and delegations")
 	return cmd
 }
@@ -93,7 +102,14 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 		level = slog.LevelDebug
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ln, err := kwik.Listen(o.listen, tlsConf, &kwik.Config{JoinKey: key, Logger: logger})
+	conf := &kwik.Config{JoinKey: key, Logger: logger, ListenerRole: kwik.ListenPrimary}
+	want := kwik.RolePrimary
+	if o.secondary {
+		conf.ListenerRole, want = kwik.ListenSecondary, kwik.RoleSecondary
+		// With port 0, the address the system picked counts too (Listener.Addr).
+		conf.JoinAddresses = append([]string{o.listen}, o.publicAddrs...)
+	}
+	ln, err := kwik.Listen(o.listen, tlsConf, conf)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}
@@ -112,7 +128,7 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "secondaries: %s\n", strings.Join(o.secondaries, ", "))
 	}
 
-	srv := &fileServer{root: root, secondaries: o.secondaries, log: logger}
+	srv := &fileServer{root: root, secondaries: o.secondaries, log: logger, ranges: make(chan struct{}, maxRanges), chunkSize: o.chunkSize}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -122,6 +138,10 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 				return nil // interrupted
 			}
 			return fmt.Errorf("serve: %w", err)
+		}
+		if sess.Role() != want { // the listener's role makes this impossible: never serve past it
+			sess.CloseWithError(1, "wrong role")
+			continue
 		}
 		wg.Go(func() {
 			// An interrupted server closes its sessions; so does the end of the session's work.
@@ -141,10 +161,65 @@ type fileServer struct {
 	root        *os.Root
 	secondaries []string
 	log         *slog.Logger
+	ranges      chan struct{} // secondary: a slot per range served at once, in all sessions
+	chunkSize   int64         // primary: FanoutOptions.ChunkSize
+
+	digests struct { // primary: the files' SHA-256, computed once per version of a file
+		mu sync.Mutex
+		m  map[string]fileDigest
+	}
 }
 
-// requestTimeout bounds how long a peer may take to send its request line.
-const requestTimeout = 10 * time.Second
+// fileDigest is the SHA-256 of a file as it was at a size and modification time.
+type fileDigest struct {
+	size  int64
+	mtime time.Time
+	sum   [sha256.Size]byte
+}
+
+// maxDigests bounds the digests a primary remembers.
+const maxDigests = 1024
+
+// digest returns the SHA-256 of the file f opened as name, from the cache when the file has
+// not changed since (same size and modification time).
+func (s *fileServer) digest(name string, f *os.File) ([sha256.Size]byte, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	s.digests.mu.Lock()
+	d, ok := s.digests.m[name]
+	s.digests.mu.Unlock()
+	if ok && d.size == fi.Size() && d.mtime.Equal(fi.ModTime()) {
+		return d.sum, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
+		return [sha256.Size]byte{}, err
+	}
+	d = fileDigest{size: fi.Size(), mtime: fi.ModTime()}
+	h.Sum(d.sum[:0])
+	s.digests.mu.Lock()
+	if s.digests.m == nil || len(s.digests.m) >= maxDigests {
+		s.digests.m = make(map[string]fileDigest)
+	}
+	s.digests.m[name] = d
+	s.digests.mu.Unlock()
+	return d.sum, nil
+}
+
+const (
+	// requestTimeout bounds how long a peer may take to send its request line.
+	requestTimeout = 10 * time.Second
+	// idleTimeout ends a transfer whose writes make no progress for that long: a client that
+	// withholds credit holds no file, goroutine or buffer for longer.
+	idleTimeout = 30 * time.Second
+	// maxRanges bounds the ranges a secondary serves at once, over all its sessions (each holds
+	// an open file and a buffer); rangesPerSession, those of one session. Further delegations
+	// wait in the session (KWIK bounds how many, see docs/PROTOCOL.md section 15).
+	maxRanges        = 256
+	rangesPerSession = 16
+)
 
 // primarySession adds the secondaries to a client's session and answers its GETs.
 func (s *fileServer) primarySession(ctx context.Context, sess kwik.Session) {
@@ -207,7 +282,12 @@ func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.St
 		fail(fmt.Errorf("offset %d beyond the %d bytes of %s", req.offset, size, req.name))
 		return
 	}
-	if _, err := fmt.Fprintf(st, "OK %d\n", size); err != nil {
+	sum, err := s.digest(req.name, f)
+	if err != nil {
+		fail(fmt.Errorf("%s: cannot read it", req.name))
+		return
+	}
+	if _, err := fmt.Fprintf(st, "OK %d %x\n", size, sum); err != nil {
 		return
 	}
 	select {
@@ -225,6 +305,7 @@ func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.St
 	n := size - req.offset
 	start := time.Now()
 	res, err := kwik.Fanout(ctx, st, io.NewSectionReader(f, req.offset, n), n, ids, &kwik.FanoutOptions{
+		ChunkSize: s.chunkSize,
 		Request: func(off, n int64) []byte {
 			return []byte(rangeRequest{offset: req.offset + off, n: n, size: size, name: req.name}.String())
 		},
@@ -238,9 +319,35 @@ func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.St
 		"by_path", res.Bytes, "refilled", res.Refilled)
 }
 
-// secondarySession answers the ranges the primary delegates to this server.
+// secondarySession answers the ranges the primary delegates to this server, at most
+// rangesPerSession at once (and maxRanges in all sessions).
 func (s *fileServer) secondarySession(ctx context.Context, sess kwik.Session) {
-	serveStreams(ctx, sess, func(st kwik.Stream) { s.serveRange(sess, st) })
+	own := make(chan struct{}, rangesPerSession)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		select {
+		case own <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case s.ranges <- struct{}{}:
+		case <-ctx.Done():
+			return
+		case <-sess.Context().Done():
+			return
+		}
+		st, err := sess.AcceptStream(ctx)
+		if err != nil {
+			<-s.ranges
+			return
+		}
+		wg.Go(func() {
+			defer func() { <-s.ranges; <-own }()
+			s.serveRange(sess, st)
+		})
+	}
 }
 
 func (s *fileServer) serveRange(sess kwik.Session, st kwik.Stream) {
@@ -267,21 +374,29 @@ func (s *fileServer) serveRange(sess kwik.Session, st kwik.Stream) {
 		s.log.Warn("replica differs from the primary's file", "file", req.name, "size", size, "primary's", req.size)
 		return
 	}
-	if _, err := io.Copy(st, io.NewSectionReader(f, req.offset, req.n)); err != nil {
+	if _, err := kwik.CopyWithIdleTimeout(st, io.NewSectionReader(f, req.offset, req.n), idleTimeout); err != nil {
 		s.log.Info("range not served whole", "session", sess.ID(), "file", req.name, "err", err)
 	}
 }
 
-// open opens a regular file under the served directory and returns its size.
+// open opens a regular file under the served directory and returns its size. Anything else
+// (a FIFO, whose open would block an OS thread until a writer came; a device; a directory) is
+// refused before it is opened, and every refusal reads the same, so that a client learns
+// nothing of which directories exist.
 func (s *fileServer) open(name string) (*os.File, int64, error) {
-	f, err := s.root.Open(name)
+	notFound := fmt.Errorf("%s: no such file", name)
+	if fi, err := s.root.Stat(name); err != nil || !fi.Mode().IsRegular() {
+		return nil, 0, notFound
+	}
+	// Non-blocking, should the name have become a FIFO since: open then returns at once.
+	f, err := s.root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, 0, fmt.Errorf("%s: no such file", name)
+		return nil, 0, notFound
 	}
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, fmt.Errorf("%s: not a regular file", name)
+		return nil, 0, notFound
 	}
 	return f, fi.Size(), nil
 }

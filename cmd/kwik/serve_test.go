@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -233,11 +234,12 @@ func TestServeGetSelfSigned(t *testing.T) {
 	const size = 8 << 20
 	want := writeRandomFile(t, filepath.Join(good, "f.bin"), size, 2)
 	writeRandomFile(t, filepath.Join(bad, "f.bin"), size/2, 2)
-	env := []string{joinKeyEnv + "=another join key, long enough"}
+	env := []string{joinKeyEnv + "=another join key, long enough for kwik serve"}
 	sec1 := startServer(t, ctx, bin, env, "--secondary", "--dir", good)
 	sec2 := startServer(t, ctx, bin, env, "--secondary", "--dir", bad)
 	prim := startServer(t, ctx, bin, env, "--primary", "--dir", good, "--secondaries", sec1.addr+","+sec2.addr)
-	pins := strings.Join([]string{prim.fingerprint, sec1.fingerprint, sec2.fingerprint}, ",")
+	// Each server pinned under its own address.
+	pins := strings.Join([]string{prim.fingerprint, sec1.addr + "=" + sec1.fingerprint, sec2.addr + "=" + sec2.fingerprint}, ",")
 
 	get := func(args ...string) (string, error) {
 		out, err := exec.CommandContext(ctx, bin, append([]string{"get", "--no-progress"}, args...)...).CombinedOutput()
@@ -267,6 +269,8 @@ func TestServeGetSelfSigned(t *testing.T) {
 		{[]string{"--pin", pins, "-o", filepath.Join(dir, "x"), prim.addr, "missing.bin"}, "no such file"},
 		{[]string{"--pin", pins, "-o", filepath.Join(dir, "x"), prim.addr, "../good/f.bin"}, "bad file name"},
 		{[]string{"--pin", sec1.fingerprint, "-o", filepath.Join(dir, "x"), prim.addr, "f.bin"}, "not pinned"},
+		// A secondary's certificate does not pass for the primary's address (finding 9).
+		{[]string{"--pin", prim.addr + "=" + sec1.fingerprint, "-o", filepath.Join(dir, "x"), prim.addr, "f.bin"}, "not pinned"},
 	} {
 		msg, err := get(tc.args...)
 		if err == nil || !strings.Contains(msg, tc.want) {
@@ -274,6 +278,68 @@ func TestServeGetSelfSigned(t *testing.T) {
 		}
 	}
 	for _, s := range []*server{prim, sec1, sec2} {
+		s.stop(t)
+	}
+}
+
+// The trust boundaries of kwik serve and kwik get (issue 13): a secondary serves no one who
+// dials it directly; a replica with the right size and other bytes makes kwik get fail loudly
+// instead of writing a mixed file; a FIFO in the served directory blocks nothing, and it, a
+// directory and a missing name are refused alike; a short join key is refused.
+func TestServeTrustBoundaries(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := buildKwik(t)
+	dir := t.TempDir()
+	good, stale := filepath.Join(dir, "good"), filepath.Join(dir, "stale")
+	for _, d := range []string{good, stale, filepath.Join(good, "sub")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const size = 4 << 20
+	writeRandomFile(t, filepath.Join(good, "f.bin"), size, 3)
+	writeRandomFile(t, filepath.Join(stale, "f.bin"), size, 4) // same size, other bytes
+	if err := syscall.Mkfifo(filepath.Join(good, "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{joinKeyEnv + "=a join key of 32 bytes or more!!"}
+	sec := startServer(t, ctx, bin, env, "--secondary", "--dir", stale)
+	prim := startServer(t, ctx, bin, env, "--primary", "--dir", good, "--secondaries", sec.addr, "--chunk-size", "262144")
+	get := func(args ...string) (string, error) {
+		out, err := exec.CommandContext(ctx, bin, append([]string{"get", "--no-progress", "-o", filepath.Join(dir, "out")}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	pins := prim.fingerprint + "," + sec.addr + "=" + sec.fingerprint
+
+	// Finding 1: the replica, dialed directly, serves nothing.
+	if msg, err := get("--pin", sec.fingerprint, sec.addr, "f.bin"); err == nil || !strings.Contains(msg, "KWIK_AUTH_FAILED") {
+		t.Errorf("kwik get from a secondary directly: %v\n%s", err, msg)
+	}
+	// Finding 8: the stale replica's ranges are caught by the digest.
+	if msg, err := get("--pin", pins, prim.addr, "f.bin"); err == nil || !strings.Contains(msg, "CORRUPT") {
+		t.Errorf("kwik get with a stale replica: %v\n%s", err, msg)
+	}
+	// Finding 9: the FIFO, a directory and a missing file read the same, and the FIFO holds
+	// nothing up (the get after it completes).
+	for _, name := range []string{"fifo", "sub", "missing"} {
+		msg, err := get("--pin", pins, prim.addr, name)
+		if err == nil || !strings.Contains(msg, "server: "+name+": no such file") {
+			t.Errorf("kwik get %s: %v\n%s", name, err, msg)
+		}
+	}
+	// Without the secondary, the primary's own file passes the check.
+	alone := startServer(t, ctx, bin, nil, "--primary", "--dir", good)
+	if msg, err := get("--pin", alone.fingerprint, alone.addr, "f.bin"); err != nil || !strings.Contains(msg, "SHA-256 checked") {
+		t.Errorf("kwik get from the primary alone: %v\n%s", err, msg)
+	}
+	// A join key too short to resist offline guessing.
+	short := exec.CommandContext(ctx, bin, "serve", "--secondary", "--listen", "127.0.0.1:0", "--dir", good)
+	short.Env = append(os.Environ(), joinKeyEnv+"=sixteen byte key")
+	if msg, err := short.CombinedOutput(); err == nil || !strings.Contains(string(msg), "at least 32") {
+		t.Errorf("kwik serve with a 16-byte key: %v\n%s", err, msg)
+	}
+	for _, s := range []*server{prim, sec, alone} {
 		s.stop(t)
 	}
 }

@@ -4,9 +4,9 @@
 //
 // When a client session reaches the primary, the primary has the client join every secondary
 // (Session.AddPath). For each request it then sends every secondary a "prepare" message
-// through the client (Session.SendRawData) naming the object and how to generate it; each
-// secondary generates its copy and answers "ready" with its SHA-256 digest, back to the
-// primary's path. The primary sends the client the object's size and digest, then the object
+// through the client (kwik.SendOrder: raw data the client can neither read nor forge) naming
+// the object and how to generate it; each secondary generates its copy and answers "ready"
+// with its SHA-256 digest, back to the primary's path. The primary sends the client the object's size and digest, then the object
 // with kwik.Fanout, delegating ranges only to the secondaries that answered ready with the
 // right digest within -ready-timeout. With -silent N, the last N secondaries never answer, to
 // show the primary serving without them.

@@ -16,8 +16,14 @@ type spec struct {
 	Seed uint64
 }
 
-// maxObjectSize bounds what a secondary agrees to generate for a prepare message.
-const maxObjectSize = 1 << 30
+// maxObjectSize bounds what a secondary agrees to generate for a prepare message; maxObjects
+// and maxStoreBytes bound what one server's store holds in all (prepare orders come only from
+// the primary, sealed, but a bound costs nothing).
+const (
+	maxObjectSize = 1 << 30
+	maxObjects    = 16
+	maxStoreBytes = 2 << 30
+)
 
 // generate returns spec's bytes: a ChaCha8 stream keyed by the seed.
 func generate(sp spec) []byte {
@@ -54,6 +60,15 @@ func (s *store) get(name string, sp spec) (*object, error) {
 	defer s.mu.Unlock()
 	if o := s.objects[name]; o != nil && o.spec == sp {
 		return o, nil
+	}
+	var held int64
+	for n, o := range s.objects {
+		if n != name {
+			held += o.spec.Size
+		}
+	}
+	if _, ok := s.objects[name]; !ok && len(s.objects) >= maxObjects || held+sp.Size > maxStoreBytes {
+		return nil, fmt.Errorf("the store holds %d objects, %d bytes: no room for %q", len(s.objects), held, name)
 	}
 	data := generate(sp)
 	sum := sha256.Sum256(data)

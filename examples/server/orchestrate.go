@@ -1,15 +1,17 @@
 package main
 
 // The orchestration between the primary and its secondaries travels as raw data: each
-// message is one JSON object handed to Session.SendRawData, which the client relays, without
-// reading it, to the server on the target path.
+// message is one JSON object sealed by kwik.SendOrder, which the client relays to the server
+// on the target path without being able to read, alter or forge it (plain raw data would let
+// any client order a secondary about, and RawData.From is only what the client claims); the
+// receiver opens it with kwik.OpenOrder, which also gives the true sender.
 //
 //	primary → secondary   {"type":"prepare","id":7,"object":"large.bin","size":…,"seed":…}
 //	secondary → primary   {"type":"ready","id":7,"object":"large.bin","sha256":"…"}
 //	                      or {"type":"error","id":7,"object":"large.bin","error":"…"}
 //
 // A secondary knows only its own path, so it cannot name the primary's path by itself: it
-// answers to RawData.From of the prepare, which is the primary's path ID. The primary waits
+// answers to the From of the opened prepare, which is the primary's path ID. The primary waits
 // for the answers up to a timeout and delegates ranges only to the secondaries that answered
 // ready with the digest of its own copy. Then the delegations (kwik.Fanout) carry a request
 // that names the object: FanoutRequest's 16 bytes followed by the object's name.
@@ -190,7 +192,7 @@ func (ps *primarySession) prepare(ctx context.Context, obj *object) []string {
 	for _, p := range ps.paths {
 		// SendRawData returns once the client has relayed the message (or refused to: an
 		// unknown or dead path).
-		if err := ps.sess.SendRawData(msg, p); err != nil {
+		if err := kwik.SendOrder(ps.sess, msg, p); err != nil {
 			ps.log.Warn("primary: prepare not relayed", "path", p, "err", err)
 			continue
 		}
@@ -203,6 +205,10 @@ func (ps *primarySession) prepare(ctx context.Context, obj *object) []string {
 		rd, err := ps.sess.ReceiveRawData(ctx)
 		if err != nil {
 			break // the timeout, or the session is over
+		}
+		if rd, err = kwik.OpenOrder(ps.sess, rd); err != nil {
+			ps.log.Debug("primary: raw data that is no order ignored", "claimed_from", rd.From)
+			continue
 		}
 		var m message
 		if err := json.Unmarshal(rd.Data, &m); err != nil || m.ID != id || !waiting[rd.From] {
@@ -262,6 +268,10 @@ func (sec *secondary) serveSecondary(ctx context.Context, sess kwik.Session, log
 			if err != nil {
 				return
 			}
+			if rd, err = kwik.OpenOrder(sess, rd); err != nil {
+				log.Debug("secondary: raw data that is no order ignored", "bytes", len(rd.Data))
+				continue
+			}
 			var m message
 			if err := json.Unmarshal(rd.Data, &m); err != nil || m.Type != "prepare" {
 				log.Debug("secondary: raw data ignored", "from", rd.From, "bytes", len(rd.Data))
@@ -283,7 +293,7 @@ func (sec *secondary) serveSecondary(ctx context.Context, sess kwik.Session, log
 			}
 			b, _ := json.Marshal(answer)
 			// rd.From is the primary's path ID: the secondary's only way to address it.
-			if err := sess.SendRawData(b, rd.From); err != nil {
+			if err := kwik.SendOrder(sess, b, rd.From); err != nil {
 				log.Warn("secondary: answer not relayed", "err", err)
 				continue
 			}

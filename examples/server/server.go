@@ -90,16 +90,20 @@ func newServer(opts options) (_ *server, err error) {
 	// else. Servers in separate processes would read it from a secret store.
 	key := make([]byte, 32)
 	rand.Read(key)
-	conf := &kwik.Config{JoinKey: key}
+	// Each listener has its role: the primary takes no joins, a secondary opens no session
+	// for a client that dials it directly (it would serve it past the primary).
+	conf := &kwik.Config{JoinKey: key, ListenerRole: kwik.ListenPrimary}
 	if opts.kwikLog {
 		conf.Logger = opts.log
 	}
+	secConf := *conf
+	secConf.ListenerRole = kwik.ListenSecondary
 
 	if s.primary, err = kwik.Listen(opts.addr, tlsConf, conf); err != nil {
 		return nil, err
 	}
 	for i := range opts.secondaries {
-		ln, err := kwik.Listen(net.JoinHostPort(opts.secondaryHost, "0"), tlsConf, conf)
+		ln, err := kwik.Listen(net.JoinHostPort(opts.secondaryHost, "0"), tlsConf, &secConf)
 		if err != nil {
 			return nil, err
 		}
@@ -124,11 +128,15 @@ func (s *server) Addr() string { return s.primary.Addr().String() }
 // once everything it started has ended.
 func (s *server) serve(ctx context.Context) error {
 	var wg sync.WaitGroup
-	accept := func(ln *kwik.Listener, handle func(context.Context, kwik.Session)) {
+	accept := func(ln *kwik.Listener, role kwik.Role, handle func(context.Context, kwik.Session)) {
 		for {
 			sess, err := ln.Accept(ctx)
 			if err != nil {
 				return
+			}
+			if sess.Role() != role { // the listener's role rules it out: never serve past it
+				sess.CloseWithError(1, "wrong role")
+				continue
 			}
 			wg.Go(func() {
 				stop := context.AfterFunc(ctx, func() { sess.CloseWithError(0, "server shutting down") })
@@ -140,10 +148,10 @@ func (s *server) serve(ctx context.Context) error {
 	}
 	for _, sec := range s.secondaries {
 		wg.Go(func() {
-			accept(sec.ln, func(ctx context.Context, sess kwik.Session) { sec.serveSecondary(ctx, sess, s.log) })
+			accept(sec.ln, kwik.RoleSecondary, func(ctx context.Context, sess kwik.Session) { sec.serveSecondary(ctx, sess, s.log) })
 		})
 	}
-	wg.Go(func() { accept(s.primary, s.servePrimary) })
+	wg.Go(func() { accept(s.primary, kwik.RolePrimary, s.servePrimary) })
 	wg.Wait() // the accept loops end with ctx, the sessions are closed by then
 	s.close()
 	return nil

@@ -1,8 +1,11 @@
 // Package jointoken issues and checks the tokens with which a client joins a secondary server
-// to a KWIK session. A token is expiry (8 bytes, Unix nanoseconds, big endian) followed by
-// HMAC-SHA256(key, "kwik-join-v1" | len+session ID | len+path ID | expiry). The primary and its
-// secondaries share the key; a secondary accepts a token once (a replay cache keeps it until
-// it expires) and only for the session and path it names.
+// to a KWIK session. A token is issued (8 bytes) || expiry (8 bytes), both Unix nanoseconds
+// big endian, followed by HMAC-SHA256(key, "kwik-join-v2" | len+session ID | len+path ID |
+// len+target | issued | expiry), where target is the address the primary asked the client to
+// join: a token for one secondary does not verify at another that knows its own addresses.
+// The primary and its secondaries share the key. Replay protection is the secondary's (it
+// keeps, per session and path, the issue time of the last token it accepted); this package
+// only says whether a token is the key's for those claims and unexpired.
 package jointoken
 
 import (
@@ -10,109 +13,73 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"sync"
 	"time"
 )
 
-// Size is the length of every token.
-// Size is a token's length: an 8-byte expiry and an HMAC-SHA256.
-const Size = 8 + sha256.Size
+// Size is a token's length: an 8-byte issue time, an 8-byte expiry and an HMAC-SHA256.
+const Size = 16 + sha256.Size
 
 // Why Verify refused a token.
 var (
 	ErrNoKey     = errors.New("jointoken: no join key configured")
 	ErrMalformed = errors.New("jointoken: malformed token")
-	ErrForged    = errors.New("jointoken: token does not match (wrong key, session or path)")
+	ErrForged    = errors.New("jointoken: token does not match (wrong key, session, path or secondary)")
 	ErrExpired   = errors.New("jointoken: token expired")
-	ErrReplayed  = errors.New("jointoken: token already used")
-	ErrCacheFull = errors.New("jointoken: too many live tokens")
 )
 
-func mac(key []byte, sessionID, pathID string, expiry uint64) []byte {
+func mac(key []byte, sessionID, pathID, target string, issued, expiry uint64) []byte {
 	h := hmac.New(sha256.New, key)
 	var n [8]byte
-	h.Write([]byte("kwik-join-v1"))
-	binary.BigEndian.PutUint64(n[:], uint64(len(sessionID)))
+	h.Write([]byte("kwik-join-v2"))
+	for _, s := range []string{sessionID, pathID, target} {
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	binary.BigEndian.PutUint64(n[:], issued)
 	h.Write(n[:])
-	h.Write([]byte(sessionID))
-	binary.BigEndian.PutUint64(n[:], uint64(len(pathID)))
-	h.Write(n[:])
-	h.Write([]byte(pathID))
 	binary.BigEndian.PutUint64(n[:], expiry)
 	h.Write(n[:])
 	return h.Sum(nil)
 }
 
-// Issue returns a token for pathID of sessionID, valid until expiry.
-func Issue(key []byte, sessionID, pathID string, expiry time.Time) ([]byte, error) {
+// Token is what a verified token claims besides its IDs.
+type Token struct {
+	Issued, Expiry time.Time
+}
+
+// Issue returns a token for pathID of sessionID, for the secondary the client reaches at
+// target, issued at issued and valid until expiry.
+func Issue(key []byte, sessionID, pathID, target string, issued, expiry time.Time) ([]byte, error) {
 	if len(key) == 0 {
 		return nil, ErrNoKey
 	}
 	// Nanoseconds: two tokens for one path (a join, then a rejoin after it died) differ even
-	// when issued within the same second, so the replay cache takes both.
-	exp := uint64(expiry.UnixNano())
-	tok := binary.BigEndian.AppendUint64(make([]byte, 0, Size), exp)
-	return append(tok, mac(key, sessionID, pathID, exp)...), nil
+	// when issued within the same second, and the later one has the later issue time.
+	iss, exp := uint64(issued.UnixNano()), uint64(expiry.UnixNano())
+	tok := binary.BigEndian.AppendUint64(make([]byte, 0, Size), iss)
+	tok = binary.BigEndian.AppendUint64(tok, exp)
+	return append(tok, mac(key, sessionID, pathID, target, iss, exp)...), nil
 }
 
-// Verify checks a token for pathID of sessionID at time now, and returns its expiry.
-func Verify(key, token []byte, sessionID, pathID string, now time.Time) (time.Time, error) {
+// Verify checks a token for pathID of sessionID and target at time now.
+func Verify(key, token []byte, sessionID, pathID, target string, now time.Time) (Token, error) {
 	if len(key) == 0 {
-		return time.Time{}, ErrNoKey
+		return Token{}, ErrNoKey
 	}
 	if len(token) != Size {
-		return time.Time{}, ErrMalformed
+		return Token{}, ErrMalformed
 	}
-	exp := binary.BigEndian.Uint64(token[:8])
-	if !hmac.Equal(token[8:], mac(key, sessionID, pathID, exp)) {
-		return time.Time{}, ErrForged
+	iss, exp := binary.BigEndian.Uint64(token[:8]), binary.BigEndian.Uint64(token[8:16])
+	if !hmac.Equal(token[16:], mac(key, sessionID, pathID, target, iss, exp)) {
+		return Token{}, ErrForged
 	}
-	if exp > 1<<63-1 {
-		return time.Time{}, ErrMalformed
+	if iss > 1<<63-1 || exp > 1<<63-1 || iss > exp {
+		return Token{}, ErrMalformed
 	}
-	expiry := time.Unix(0, int64(exp))
-	if !now.Before(expiry) {
-		return time.Time{}, ErrExpired
+	t := Token{Issued: time.Unix(0, int64(iss)), Expiry: time.Unix(0, int64(exp))}
+	if !now.Before(t.Expiry) {
+		return Token{}, ErrExpired
 	}
-	return expiry, nil
-}
-
-// ReplayCache remembers the tokens used until they expire. It is safe for concurrent use.
-type ReplayCache struct {
-	max int
-
-	mu   sync.Mutex
-	seen map[[sha256.Size]byte]time.Time
-}
-
-// NewReplayCache returns a cache holding at most max live tokens; beyond that, Use refuses
-// new tokens (rather than forget one that could then be replayed).
-func NewReplayCache(max int) *ReplayCache {
-	return &ReplayCache{max: max, seen: make(map[[sha256.Size]byte]time.Time)}
-}
-
-// Use records a verified token, or returns ErrReplayed if it was used before.
-func (c *ReplayCache) Use(token []byte, expiry, now time.Time) error {
-	if len(token) != Size {
-		return ErrMalformed
-	}
-	var k [sha256.Size]byte
-	copy(k[:], token[8:])
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.seen[k]; ok {
-		return ErrReplayed
-	}
-	if len(c.seen) >= c.max {
-		for t, exp := range c.seen {
-			if !now.Before(exp) {
-				delete(c.seen, t)
-			}
-		}
-		if len(c.seen) >= c.max {
-			return ErrCacheFull
-		}
-	}
-	c.seen[k] = expiry
-	return nil
+	return t, nil
 }

@@ -336,6 +336,20 @@ func controlFrames() map[string]*pb.ControlFrame {
 		"raw packet": {FrameId: 4, Payload: &pb.ControlFrame_RawPacketTransmission{
 			RawPacketTransmission: &pb.RawPacketTransmission{Data: pattern(3000, 1), TargetPathId: "p2", SourceServerId: "p1"},
 		}},
+		"join request": {FrameId: 5, Payload: &pb.ControlFrame_AuthenticationRequest{
+			AuthenticationRequest: &pb.AuthenticationRequest{
+				Version: 1, SessionId: "0123456789abcdef0123456789abcdef", PathId: "0123456789abcdef",
+				Credentials: pattern(48, 2), TargetAddress: "secondary.example:4433",
+			},
+		}},
+		"delegate range": {FrameId: 6, Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+			DelegationId: 3, LogicalStreamId: 1, Offset: 1 << 20, Length: 1 << 18, PathId: "0123456789abcdef",
+			Request: []byte("file=a range=1"), Expiry: 1_800_000_000_000_000_000, Auth: pattern(32, 3),
+		}}},
+		"delegation assign": {FrameId: 7, Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
+			DelegationId: 3, LogicalStreamId: 1, Offset: 1 << 20, Length: 1 << 18, Request: []byte("file=a range=1"),
+			MaxOffset: 1 << 21, Expiry: 1_800_000_000_000_000_000, Auth: pattern(32, 3),
+		}}},
 		"stream reset":  {Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: 5, ErrorCode: 1, FinalSize: 1 << 40}}},
 		"session close": {Payload: &pb.ControlFrame_SessionClose{SessionClose: &pb.SessionClose{ErrorCode: 9, Reason: "bye"}}},
 	}

@@ -552,7 +552,8 @@ type AuthenticationRequest struct {
 	Credentials   []byte                 `protobuf:"bytes,2,opt,name=credentials,proto3" json:"credentials,omitempty"`              // join token for a secondary path
 	Version       uint32                 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`                     // KWIK protocol version, 1
 	Params        *TransportParameters   `protobuf:"bytes,4,opt,name=params,proto3" json:"params,omitempty"`
-	PathId        string                 `protobuf:"bytes,5,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"` // the path ID the primary assigned, for a secondary path
+	PathId        string                 `protobuf:"bytes,5,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"`                      // the path ID the primary assigned, for a secondary path
+	TargetAddress string                 `protobuf:"bytes,6,opt,name=target_address,json=targetAddress,proto3" json:"target_address,omitempty"` // secondary path: the address the primary asked the client to join (bound by the token)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +619,13 @@ func (x *AuthenticationRequest) GetParams() *TransportParameters {
 func (x *AuthenticationRequest) GetPathId() string {
 	if x != nil {
 		return x.PathId
+	}
+	return ""
+}
+
+func (x *AuthenticationRequest) GetTargetAddress() string {
+	if x != nil {
+		return x.TargetAddress
 	}
 	return ""
 }
@@ -1639,6 +1647,8 @@ type DelegateRange struct {
 	Length          uint64                 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	PathId          string                 `protobuf:"bytes,5,opt,name=path_id,json=pathId,proto3" json:"path_id,omitempty"`
 	Request         []byte                 `protobuf:"bytes,6,opt,name=request,proto3" json:"request,omitempty"` // for the secondary's application
+	Expiry          uint64                 `protobuf:"varint,7,opt,name=expiry,proto3" json:"expiry,omitempty"`  // Unix nanoseconds after which the secondary refuses the assignment
+	Auth            []byte                 `protobuf:"bytes,8,opt,name=auth,proto3" json:"auth,omitempty"`       // the primary's MAC over the assignment (docs/PROTOCOL.md, section 15), for the secondary
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1715,6 +1725,20 @@ func (x *DelegateRange) GetRequest() []byte {
 	return nil
 }
 
+func (x *DelegateRange) GetExpiry() uint64 {
+	if x != nil {
+		return x.Expiry
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetAuth() []byte {
+	if x != nil {
+		return x.Auth
+	}
+	return nil
+}
+
 // DelegationAssign (client -> secondary): fill bytes [offset, offset+length) of the client's
 // logical stream, sending nothing at or above max_offset until MaxStreamData raises it.
 type DelegationAssign struct {
@@ -1725,6 +1749,8 @@ type DelegationAssign struct {
 	Length          uint64                 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	Request         []byte                 `protobuf:"bytes,5,opt,name=request,proto3" json:"request,omitempty"`
 	MaxOffset       uint64                 `protobuf:"varint,6,opt,name=max_offset,json=maxOffset,proto3" json:"max_offset,omitempty"`
+	Expiry          uint64                 `protobuf:"varint,7,opt,name=expiry,proto3" json:"expiry,omitempty"` // copied from DelegateRange
+	Auth            []byte                 `protobuf:"bytes,8,opt,name=auth,proto3" json:"auth,omitempty"`      // copied from DelegateRange: the secondary verifies it before acting
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -1799,6 +1825,20 @@ func (x *DelegationAssign) GetMaxOffset() uint64 {
 		return x.MaxOffset
 	}
 	return 0
+}
+
+func (x *DelegationAssign) GetExpiry() uint64 {
+	if x != nil {
+		return x.Expiry
+	}
+	return 0
+}
+
+func (x *DelegationAssign) GetAuth() []byte {
+	if x != nil {
+		return x.Auth
+	}
+	return nil
 }
 
 // DelegationDone (secondary -> client): the secondary wrote `written` bytes from the range's
@@ -1981,14 +2021,15 @@ const file_control_proto_rawDesc = "" +
 	"\x15stream_receive_window\x18\x03 \x01(\x04R\x13streamReceiveWindow\x12 \n" +
 	"\vcompression\x18\x04 \x01(\rR\vcompression\x129\n" +
 	"\x19max_stream_receive_window\x18\x05 \x01(\x04R\x16maxStreamReceiveWindow\x127\n" +
-	"\x18max_incoming_uni_streams\x18\x06 \x01(\x04R\x15maxIncomingUniStreams\"\xc6\x01\n" +
+	"\x18max_incoming_uni_streams\x18\x06 \x01(\x04R\x15maxIncomingUniStreams\"\xed\x01\n" +
 	"\x15AuthenticationRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12 \n" +
 	"\vcredentials\x18\x02 \x01(\fR\vcredentials\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\rR\aversion\x129\n" +
 	"\x06params\x18\x04 \x01(\v2!.kwik.control.TransportParametersR\x06params\x12\x17\n" +
-	"\apath_id\x18\x05 \x01(\tR\x06pathId\"\x81\x02\n" +
+	"\apath_id\x18\x05 \x01(\tR\x06pathId\x12%\n" +
+	"\x0etarget_address\x18\x06 \x01(\tR\rtargetAddress\"\x81\x02\n" +
 	"\x16AuthenticationResponse\x12\x18\n" +
 	"\asuccess\x18\x01 \x01(\bR\asuccess\x12\x1d\n" +
 	"\n" +
@@ -2066,14 +2107,16 @@ const file_control_proto_rawDesc = "" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc3\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xef\x01\n" +
 	"\rDelegateRange\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x17\n" +
 	"\apath_id\x18\x05 \x01(\tR\x06pathId\x12\x18\n" +
-	"\arequest\x18\x06 \x01(\fR\arequest\"\xcc\x01\n" +
+	"\arequest\x18\x06 \x01(\fR\arequest\x12\x16\n" +
+	"\x06expiry\x18\a \x01(\x04R\x06expiry\x12\x12\n" +
+	"\x04auth\x18\b \x01(\fR\x04auth\"\xf8\x01\n" +
 	"\x10DelegationAssign\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
@@ -2081,7 +2124,9 @@ const file_control_proto_rawDesc = "" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x18\n" +
 	"\arequest\x18\x05 \x01(\fR\arequest\x12\x1d\n" +
 	"\n" +
-	"max_offset\x18\x06 \x01(\x04R\tmaxOffset\"O\n" +
+	"max_offset\x18\x06 \x01(\x04R\tmaxOffset\x12\x16\n" +
+	"\x06expiry\x18\a \x01(\x04R\x06expiry\x12\x12\n" +
+	"\x04auth\x18\b \x01(\fR\x04auth\"O\n" +
 	"\x0eDelegationDone\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12\x18\n" +
 	"\awritten\x18\x02 \x01(\x04R\awritten\"\xe7\x01\n" +
