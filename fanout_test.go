@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 	"testing"
 )
 
@@ -22,11 +23,15 @@ func TestFanoutRequest(t *testing.T) {
 // fanoutDownload serves resource with Fanout from the primary and the secondaries of ms
 // (which serve it with ServeFanout) after header, written by the primary first, and checks
 // what the client reads.
-func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, opts *FanoutOptions, onHalf func()) *FanoutResult {
+func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, opts *FanoutOptions, onHalf func(), secSrc ...io.ReaderAt) *FanoutResult {
 	ctx := testContext(t)
 	src := bytes.NewReader(resource)
-	for _, sec := range ms.secs {
-		go ServeFanout(ctx, sec, src)
+	for i, sec := range ms.secs {
+		var from io.ReaderAt = src
+		if i < len(secSrc) && secSrc[i] != nil {
+			from = secSrc[i]
+		}
+		go ServeFanout(ctx, sec, from)
 	}
 	res := make(chan *FanoutResult, 1)
 	go func() {
@@ -112,7 +117,10 @@ func TestFanoutSourceKilled(t *testing.T) {
 	// After a header, so that stream offsets are not the resource's: the refill must read src
 	// at the range's own offsets.
 	header := content(1, 1001)
-	fr := fanoutDownload(t, ms, header, resource, &FanoutOptions{ChunkSize: 128 << 10}, func() { ms.relay[1].SetBlackhole(true) })
+	// The second secondary's link goes dark as it starts on its second piece: that delegation
+	// and any after it fail.
+	dying := &dyingReader{ReaderAt: bytes.NewReader(resource), piece: 128 << 10, at: 2, die: func() { ms.relay[1].SetBlackhole(true) }}
+	fr := fanoutDownload(t, ms, header, resource, &FanoutOptions{ChunkSize: 128 << 10}, nil, nil, dying)
 	if len(fr.Failed) == 0 || fr.Refilled == 0 {
 		t.Fatalf("no failure after a source died: %+v", fr)
 	}
@@ -121,4 +129,27 @@ func TestFanoutSourceKilled(t *testing.T) {
 			t.Fatalf("failure %+v: %v", de, de.Err)
 		}
 	}
+}
+
+// dyingReader calls die as its reader starts on its at-th piece (a read at a multiple of
+// piece).
+type dyingReader struct {
+	io.ReaderAt
+	piece int64
+	at    int
+	die   func()
+	mu    sync.Mutex
+	n     int
+}
+
+func (r *dyingReader) ReadAt(p []byte, off int64) (int, error) {
+	r.mu.Lock()
+	if off%r.piece == 0 {
+		r.n++
+		if r.n == r.at {
+			r.die()
+		}
+	}
+	r.mu.Unlock()
+	return r.ReaderAt.ReadAt(p, off)
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
+
 	"github.com/kwik-go/kwik/internal/netsim"
 )
 
@@ -38,7 +40,12 @@ func waitWithin(t *testing.T, d time.Duration, what string, cond func() bool) {
 func TestPathRecovery(t *testing.T) {
 	pol := RetryPolicy{MaxRetries: 50, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, TryTimeout: 500 * time.Millisecond}
 	p := newPair(t, retryConf(pol), serverConf())
-	ln := listen(t, serverConf())
+	// The secondary's side of a dead path ends at QUIC's idle timeout, as a quic-go
+	// connection's would: short here, so that the outage stays within the rejoin tokens the
+	// primary gives for one death of the path.
+	sconf := serverConf()
+	sconf.QUIC = &quic.Config{MaxIdleTimeout: 2 * time.Second}
+	ln := listen(t, sconf)
 	r := relay(t, ln, netsim.Config{})
 	id, sec := addPath(t, p.server, ln, r.Addr().String())
 	ctx := testContext(t)
@@ -120,7 +127,12 @@ func pathStats(s Session, id string) PathStats {
 func TestPathRecoveryExhausted(t *testing.T) {
 	pol := RetryPolicy{MaxRetries: 2, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 40 * time.Millisecond, TryTimeout: 200 * time.Millisecond}
 	p := newPair(t, retryConf(pol), serverConf())
-	ln := listen(t, serverConf())
+	// The secondary's side of a dead path ends at QUIC's idle timeout, as a quic-go
+	// connection's would: short here, so that the outage stays within the rejoin tokens the
+	// primary gives for one death of the path.
+	sconf := serverConf()
+	sconf.QUIC = &quic.Config{MaxIdleTimeout: 2 * time.Second}
+	ln := listen(t, sconf)
 	r := relay(t, ln, netsim.Config{})
 	id, _ := addPath(t, p.server, ln, r.Addr().String())
 	r.SetBlackhole(true)
