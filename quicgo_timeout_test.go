@@ -130,6 +130,11 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 	px := newProxy(t, ln.Addr(), dropAll(&cut), 0)
 	ctx := testContext(t)
 	accepted := acceptOne(ctx, ln)
+	// Every packet either side receives comes after this, and QUIC's idle timer starts at the
+	// last one (or at the first ack-eliciting packet sent after it, which may be a handshake
+	// packet): no session may end before start + idleTimeout. (Taken after the exchange
+	// below, it would race with packets sent just before it.)
+	start := time.Now()
 	conn, err := Dial(ctx, px.LocalAddr().String(), testTLS.client, conf)
 	if err != nil {
 		t.Fatal(err)
@@ -140,9 +145,6 @@ func TestIdleTimeoutCutLink(t *testing.T) {
 		t.Fatal("no session accepted")
 	}
 	defer serverConn.Close()
-	// Both sides receive packets after this (the data, its acknowledgement), and QUIC's idle
-	// timer starts at the last one: no session may end before start + idleTimeout.
-	start := time.Now()
 	str, err := serverConn.OpenStream()
 	if err != nil {
 		t.Fatal(err)
@@ -213,6 +215,10 @@ func TestIdleTimeoutCutLinkEverySide(t *testing.T) {
 	px, px1 := newProxy(t, ln.Addr(), dropAll(&cut), 0), newProxy(t, ln1.Addr(), dropAll(&cut), 0)
 	ctx := testContext(t)
 	accepted := acceptOne(ctx, ln)
+	// Before every packet of the session: neither the client nor the primary may time out
+	// before start + idleTimeout. (The secondary hears the client's heartbeats until the cut:
+	// its idle timer has no such bound here.)
+	start := time.Now()
 	c, err := Dial(ctx, px.LocalAddr().String(), testTLS.client, conf)
 	if err != nil {
 		t.Fatal(err)
@@ -224,10 +230,7 @@ func TestIdleTimeoutCutLinkEverySide(t *testing.T) {
 	}
 	defer primary.Close()
 	_, secondary := addPath(t, primary.(*session), ln1, px1.LocalAddr().String())
-	// A last exchange on the primary path: the client and the primary receive packets after
-	// start, so neither may time out before start + idleTimeout. (The secondary hears the
-	// client's heartbeats until the cut: its idle timer has no such bound here.)
-	start := time.Now()
+	// A last exchange on the primary path.
 	str, err := primary.OpenUniStream()
 	if err != nil {
 		t.Fatal(err)
