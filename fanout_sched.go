@@ -19,8 +19,9 @@ import (
 //     with a margin, so that its pipe stays full and its congestion window can grow. Among
 //     the sources short of work, the one with the least queued relative to its target gets
 //     the piece.
-//   - A secondary's piece is a quarter of its target (64 KiB to 1 MiB): completions come
-//     often enough to measure it, and one piece holds the reader up little.
+//   - A secondary's piece is a quarter of its target (64 KiB to 1 MiB), and 64 KiB until its
+//     rate is measured: completions come often enough to measure it, and one piece holds the
+//     reader up little.
 //   - ECF's end game: a secondary never gets a piece it would deliver after all the sources
 //     together should have sent everything; so a resource too small for delegation to pay
 //     off is the primary's alone, and a slow secondary does not hold up the tail.
@@ -200,6 +201,11 @@ func (s *fanoutScheduler) ownTarget() int64 {
 func (s *fanoutScheduler) chunkFor(src *fanoutSource) int64 {
 	if s.chunk > 0 {
 		return s.chunk
+	}
+	if src.rate == 0 {
+		// Until measured, small pieces: the first completes within the source's slow start,
+		// and the reader never waits long at one.
+		return fanoutMinChunk
 	}
 	n := s.targetOf(src) / 4
 	return min(max(n, fanoutMinChunk), fanoutMaxChunk) &^ (16<<10 - 1)

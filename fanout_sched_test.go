@@ -264,7 +264,8 @@ func TestFanoutSchedulerCredit(t *testing.T) {
 	}
 	s.reserved(n)
 	s.wrote(n, dur(n, 50*mbit), true)
-	s.credit = 0 // the reader has read nothing
+	s.reserved(1 << 20) // the primary's own, queued
+	s.credit = 0        // the reader has read nothing
 	for s.off < 4<<20 {
 		to, n, ok := s.next()
 		if !ok {
