@@ -56,10 +56,12 @@ type Config struct {
 	// initial window and doubles it whenever the application read half of it in less than
 	// about two round trips of the paths delivering to it (their RTTs weighted by what each
 	// delivered), as quic-go tunes its windows, or once per round trip while the senders use
-	// up all the credit; each secondary path that starts filling a range of the stream adds
-	// 1 MiB; it does not grow while the reader waits at a gap with half the window buffered
-	// above it. 0 means 16 MiB: enough for several servers at 100 Mbit/s each, 100 ms away;
-	// at most 1 GiB.
+	// up all the credit (a secondary's credit loop counts as its RTT plus the primary's: the
+	// credit reaches the primary, whose delegation reaches the secondary through this side);
+	// each secondary path that starts filling a range of the stream adds 1 MiB, and the
+	// window always covers the ranges the primary has delegated; it does not grow while the
+	// reader waits at a gap with half the window buffered above it. 0 means 16 MiB: enough
+	// for several servers at 100 Mbit/s each, 100 ms away; at most 1 GiB.
 	StreamReceiveWindow int
 
 	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
