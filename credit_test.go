@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"testing"
+	"time"
 )
 
 // The session's budget bounds what all its streams may hold unread: ten streams whose writer
@@ -178,5 +179,35 @@ func TestSessionCreditServeEndedStream(t *testing.T) {
 	}
 	if err := <-written; err == nil {
 		t.Fatal("write to a canceled stream succeeded")
+	}
+}
+
+// As in quic-go, a stream starts with 512 KiB of credit: a peer writes a 500 KB message in
+// full before the application reads a byte of it (quic-go's echo of 500 KB to a client not yet
+// reading stalled at KWIK's old, smaller initial window).
+func TestInitialWindowAsQUIC(t *testing.T) {
+	p := newPair(t, nil, nil)
+	ctx := testContext(t)
+	st, err := p.server.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := content(3, 500_000)
+	if err := st.SetWriteDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(msg); err != nil {
+		t.Fatalf("writing 500 KB before the peer reads: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(cs)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %d bytes, %v", len(got), err)
 	}
 }
