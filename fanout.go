@@ -31,9 +31,12 @@ type FanoutOptions struct {
 
 // FanoutResult says who served what.
 type FanoutResult struct {
-	Bytes    map[string]int64   // by path ID: bytes delegated that the client received; "" is the primary
-	Refilled int64              // bytes the primary refilled after failed delegations
-	Failed   []*DelegationError // the delegations that did not deliver everything
+	Bytes    map[string]int64 // by path ID: bytes delegated that the client received; "" is the primary
+	Refilled int64            // bytes the primary refilled after failed delegations
+	// Duplicated is what the primary sent again of pieces slow secondaries still owed at the
+	// end (the client keeps the first copy; Bytes counts them as the secondary's).
+	Duplicated int64
+	Failed     []*DelegationError // the delegations that did not deliver everything
 }
 
 // FanoutRequest is the default request for bytes [off, off+n): 16 bytes, big-endian.
@@ -150,6 +153,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	handle := func(ev fanoutEvent) {
 		if ev.dup {
 			sched.duplicated(ev.n)
+			mu.Lock()
+			res.Duplicated += ev.n
+			mu.Unlock()
 			return
 		}
 		if ev.path == "" {
@@ -199,10 +205,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	// primary's pipe full while this loop hands pieces to the secondaries (each piece is
 	// reserved, so delegations may be made past it before it is written); otherwise the loop
 	// writes them in turn.
-	type ownPiece struct {
-		off, n, at int64
-		dup        bool
-	}
+	type ownPiece struct{ off, n, at int64 }
 	var own chan ownPiece
 	if ks != nil {
 		own = make(chan ownPiece, fanoutMaxOwnPieces)
@@ -214,18 +217,38 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				if failed() != nil {
 					continue // drain: the loop has stopped
 				}
-				ev := writePiece(b, p.off, p.n, p.at, p.dup)
-				if ev.err != nil && !p.dup {
-					fail(ev.err) // a duplicate's failure costs nothing: the secondary's copy comes
+				ev := writePiece(b, p.off, p.n, p.at, false)
+				if ev.err != nil {
+					fail(ev.err)
 				}
 				events <- ev // wakes the loop, whatever happened
 			}
 		}()
 	}
 	buf := make([]byte, fanoutOwnPiece)
+	// dup has the primary send again a piece a secondary owes (fanoutScheduler.duplicate), on
+	// a goroutine of its own: the primary's own queue, which may wait for credit behind that
+	// very piece, does not hold it up.
+	dup := func(now time.Time) bool {
+		if ks == nil {
+			return false
+		}
+		off, n, ok := sched.duplicate(now)
+		if !ok {
+			return false
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			events <- writePiece(make([]byte, min(n, fanoutOwnPiece)), off, n, base+off, true)
+		}()
+		return true
+	}
 
 	var err error
 	closed := false
+	tick := time.NewTicker(fanoutOverdue / 2)
+	defer tick.Stop()
 	for err == nil && failed() == nil {
 		// Take in what has finished, without waiting.
 		for drained := false; !drained; {
@@ -246,6 +269,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				sched.pathDelivered(time.Now(), int64(st.packetsAcked.Load()*st.bytesSent.Load()/n))
 			}
 		}
+		dup(time.Now()) // a piece overdue from a secondary, sent again at once
 		to, n, ok := sched.next()
 		if ok && n == 0 {
 			// Everything is assigned: the client learns the final size now. The primary then
@@ -256,11 +280,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 					break
 				}
 			}
-			if own != nil {
-				if off, n, ok := sched.duplicate(time.Now()); ok {
-					own <- ownPiece{off: off, n: n, at: base + off, dup: true}
-					continue
-				}
+			if dup(time.Now()) {
+				continue
 			}
 			if !sched.busy() {
 				break
@@ -269,7 +290,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}
 		if !ok {
 			// Every source has enough to do: wait for a piece written or a delegation resolved.
-			handle(<-events)
+			// Wake up now and then while delegations are under way: one may become
+			// overdue (duplicate) without any event.
+			select {
+			case ev := <-events:
+				handle(ev)
+			case <-tick.C:
+			}
 			continue
 		}
 		if to == "" {

@@ -134,6 +134,9 @@ const (
 	// fanoutGain is how much more than its rate × (latency + a round) a secondary may have
 	// outstanding: a pipe given just what it carries cannot show that it carries more.
 	fanoutGain = 2
+	// fanoutOverdue is how late, at least, a secondary's piece is before the primary sends it
+	// again (two of the primary's round trips if longer).
+	fanoutOverdue = 100 * time.Millisecond
 	// fanoutDefaultRate is assumed for the primary before anything measures it: 40 Mbit/s.
 	fanoutDefaultRate = 5e6
 )
@@ -287,15 +290,19 @@ func (s *fanoutScheduler) next() (path string, n int64, ok bool) {
 	return "", 0, false
 }
 
-// duplicate picks, once everything is assigned and the primary's own queue is empty, a piece a
-// secondary still owes that the primary would deliver sooner itself: of those, the one the
+// duplicate picks a piece a secondary owes for the primary to send again: while the transfer is
+// under way, an overdue one (rescue); once everything is assigned and the primary's own queue
+// is empty, one the primary would deliver sooner itself: of those, the one the
 // secondary is expected to deliver last (its pieces come in order, at its rate, after its
 // latency). The primary sends it again and the client keeps the first copy, so a secondary
 // slower than estimated does not hold the tail. At most an eighth of the resource is sent
 // twice.
 func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
-	if s.chunk > 0 || s.off < s.size || s.ownQueued > 0 || s.dupQueued > 0 {
+	if s.chunk > 0 || s.dupQueued > 0 {
 		return 0, 0, false
+	}
+	if s.off < s.size || s.ownQueued > 0 {
+		return s.rescue(now)
 	}
 	var best *fanoutPiece
 	var bestLate time.Duration
@@ -304,6 +311,11 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			continue
 		}
 		rate := s.rateOf(src)
+		if waited := now.Sub(src.pieces[0].at); src.rate == 0 && waited > 2*s.latOf(src)+fanoutRound {
+			// Not one piece done yet, long after its latency: it carries less than a piece
+			// over that time, whatever the primary's rate suggested.
+			rate = min(rate, float64(src.pieces[0].n)/waited.Seconds())
+		}
 		start := maxTime(now, src.pieces[0].at.Add(s.latOf(src)))
 		var cum int64
 		for i := range src.pieces {
@@ -326,6 +338,42 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 	s.dupQueued += best.n
 	s.dupBytes += best.n
 	return best.off, best.n, true
+}
+
+// rescue picks, while the transfer is under way, the lowest piece a secondary owes that it
+// should have delivered (in order, at its rate, after its latency) more than fanoutOverdue ago,
+// and that the primary has not sent again yet. A secondary slower than
+// its estimate, or not measured yet, or a path in loss recovery, holds the reader at its gap,
+// and then, once the window fills, every other source, the primary's own queue included: the
+// primary sends the piece again at once, on a writer of its own.
+func (s *fanoutScheduler) rescue(now time.Time) (off, n int64, ok bool) {
+	var low *fanoutPiece
+	for _, src := range s.secs {
+		if len(src.pieces) == 0 {
+			continue
+		}
+		// Its pieces come in order: each is due once those before it are.
+		rate, lat := s.rateOf(src), s.latOf(src)
+		due := maxTime(src.pieces[0].at.Add(lat), src.lastDone)
+		for i := range src.pieces {
+			p := &src.pieces[i]
+			due = due.Add(dur(p.n, rate))
+			if low != nil && p.off > low.off {
+				break
+			}
+			if !p.dup && s.dupBytes+p.n <= s.size/8 && now.Sub(due) >= max(2*s.rtt, fanoutOverdue) {
+				low = p
+				break
+			}
+		}
+	}
+	if low == nil {
+		return 0, 0, false
+	}
+	low.dup = true
+	s.dupQueued += low.n
+	s.dupBytes += low.n
+	return low.off, low.n, true
 }
 
 // duplicated records that the primary wrote n bytes it sent again.

@@ -3,6 +3,7 @@ package kwik
 import (
 	"bytes"
 	"errors"
+	"github.com/kwik-go/kwik/internal/netsim"
 	"io"
 	"sync"
 	"testing"
@@ -152,4 +153,24 @@ func (r *dyingReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	r.mu.Unlock()
 	return r.ReaderAt.ReadAt(p, off)
+}
+
+// A secondary far slower than the primary (2 Mbit/s behind its link, the primary on loopback)
+// does not hold the transfer for the seconds its first pieces would take: the primary, done
+// with its own, sends them again; the client keeps the first copy, completes the delegations
+// and tells the secondary to stop; Fanout returns with nothing failed.
+func TestFanoutSlowSecondaryTail(t *testing.T) {
+	ms := newMultiSource(t, 1, delegationConf)
+	slow := netsim.LinkConfig{RateBps: 2e6}
+	if err := ms.relay[0].SetConfig(netsim.Config{Up: slow, Down: slow}); err != nil {
+		t.Fatal(err)
+	}
+	resource := content(0, 16<<20)
+	fr := fanoutDownload(t, ms, nil, resource, nil, nil)
+	if len(fr.Failed) != 0 || fr.Refilled != 0 {
+		t.Fatalf("failures %v, refilled %d", fr.Failed, fr.Refilled)
+	}
+	if fr.Duplicated == 0 || fr.Duplicated > int64(len(resource))/8 {
+		t.Fatalf("the primary sent again %d bytes, want some and at most an eighth; shares %v", fr.Duplicated, fr.Bytes)
+	}
 }
