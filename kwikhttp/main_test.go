@@ -123,6 +123,13 @@ func (c *cluster) lastFanout() *kwik.FanoutResult {
 	return c.fanouts[len(c.fanouts)-1]
 }
 
+// fanoutCount is the number of responses fanned out so far.
+func (c *cluster) fanoutCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.fanouts)
+}
+
 // writeFile writes size pseudo-random bytes of seed to dir/name, with modification time
 // mtime, and returns them.
 func writeFile(t *testing.T, dir, name string, size int64, seed byte, mtime time.Time) []byte {
