@@ -110,14 +110,19 @@ func (s *Server) init() (context.Context, chan struct{}, error) {
 	return s.mu.ctx, s.mu.ranges, nil
 }
 
-// Serve accepts sessions on ln and serves each until it ends, and returns ErrServerClosed
-// once Close is called, or Accept's error. It does not close ln on error.
+// Serve accepts sessions on ln and serves each until it ends. It always closes ln, and
+// returns ErrServerClosed once Close is called, or Accept's error.
 func (s *Server) Serve(ln *kwik.Listener) error {
+	defer ln.Close()
 	ctx, _, err := s.init()
 	if err != nil {
 		return err
 	}
 	s.mu.Lock()
+	if s.mu.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
 	s.mu.listeners[ln] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
