@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -297,6 +299,7 @@ func (h *HTTP) Run(ctx context.Context, n int) (HTTPResult, error) {
 				r.Shares = append(r.Shares, Share{Path: path, Bytes: b})
 			}
 		}
+		slices.SortFunc(r.Shares[1:], func(a, b Share) int { return strings.Compare(a.Path, b.Path) })
 	}
 	return r, nil
 }
