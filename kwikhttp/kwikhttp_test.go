@@ -134,6 +134,17 @@ func TestFileServer(t *testing.T) {
 			t.Fatalf("bytes per path went from %v to %v: want the primary's only", before, after)
 		}
 	})
+	t.Run("Redial", func(t *testing.T) {
+		old := c.tr.Session(c.addr)
+		old.Close()
+		resp, body := c.get(t, ctx, "/small.bin", nil)
+		if resp.StatusCode != http.StatusOK || len(body) != 1000 {
+			t.Fatalf("after the session closed: status %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if now := c.tr.Session(c.addr); now == nil || now == old {
+			t.Fatal("no new session")
+		}
+	})
 	t.Run("Upload", func(t *testing.T) {
 		payload := want[:5<<20]
 		for _, sized := range []bool{true, false} {

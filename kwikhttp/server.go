@@ -138,7 +138,18 @@ func (s *Server) Serve(ln *kwik.Listener) error {
 			}
 			return err
 		}
-		s.wg.Go(func() { _ = s.ServeSession(ctx, sess) })
+		s.mu.Lock()
+		if s.mu.closed { // Close is waiting for the sessions it knows of
+			s.mu.Unlock()
+			sess.Close()
+			return ErrServerClosed
+		}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			_ = s.ServeSession(ctx, sess)
+		}()
 	}
 }
 

@@ -223,19 +223,28 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		addr = net.JoinHostPort(strings.Trim(req.URL.Hostname(), "[]"), "443")
 	}
 	ctx := req.Context()
-	cs, err := t.session(ctx, addr)
-	if err != nil {
-		closeBody()
-		return nil, err
-	}
-	st, err := cs.sess.OpenStreamSync(ctx)
-	if err != nil {
+	var cs *clientSession
+	var st kwik.Stream
+	for try := 0; ; try++ {
+		var err error
+		if cs, err = t.session(ctx, addr); err != nil {
+			closeBody()
+			return nil, err
+		}
+		if st, err = cs.sess.OpenStreamSync(ctx); err == nil {
+			break
+		}
 		t.done(cs)
-		closeBody()
 		if ctx.Err() != nil {
+			closeBody()
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("kwikhttp: %w", err)
+		// A session that ended since it was found (its idle timeout, say) is dialed again,
+		// once: nothing of the request has been sent.
+		if try > 0 || cs.sess.Context().Err() == nil {
+			closeBody()
+			return nil, fmt.Errorf("kwikhttp: %w", err)
+		}
 	}
 	ex := &exchange{t: t, cs: cs, st: st, ctx: ctx}
 	ex.stop = context.AfterFunc(ctx, func() {
@@ -267,6 +276,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ex.lr = &io.LimitedReader{R: st, N: maxHeader}
 	br := bufio.NewReaderSize(ex.lr, 16<<10)
 	var resp *http.Response
+	var err error
 	for {
 		resp, err = http.ReadResponse(br, req)
 		if err != nil {
