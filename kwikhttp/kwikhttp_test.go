@@ -35,7 +35,8 @@ func pathBytes(t *testing.T, c *cluster) []uint64 {
 
 // http.FileServer on a primary and two secondaries, each with its own copy of the files; an
 // http.Client through kwikhttp.Transport: a 64 MiB download arrives intact with bytes from
-// every server, a Range request gets its bytes (fanned out too), a missing file is a 404,
+// every server (which join at that first large response, not at the small one before), a
+// Range request gets its bytes (fanned out too), a missing file is a 404,
 // redirects are followed, a streamed response of unknown length comes from the primary
 // alone, and request bodies (sized and chunked) reach the primary's handler.
 func TestFileServer(t *testing.T) {
@@ -73,6 +74,15 @@ func TestFileServer(t *testing.T) {
 	})
 	c := newCluster(t, mux, []http.Handler{http.FileServer(http.Dir(dirs[1])), http.FileServer(http.Dir(dirs[2]))}, nil)
 
+	t.Run("SmallJoinsNoSecondary", func(t *testing.T) {
+		resp, body := c.get(t, ctx, "/small.bin", nil)
+		if resp.StatusCode != http.StatusOK || len(body) != 1000 {
+			t.Fatalf("status %d, %d bytes", resp.StatusCode, len(body))
+		}
+		if paths := pathBytes(t, c); len(paths) != 1 {
+			t.Fatalf("%d paths after a small response: the secondaries join at the first large one", len(paths))
+		}
+	})
 	t.Run("64MiB", func(t *testing.T) {
 		resp, body := c.get(t, ctx, "/big.bin", nil)
 		if resp.StatusCode != http.StatusOK || resp.ContentLength != size {
