@@ -103,7 +103,7 @@ func TestFileServer(t *testing.T) {
 	})
 	t.Run("Range", func(t *testing.T) {
 		before := c.fanoutCount()
-		for _, rng := range []struct{ from, to int64 }{{1000, 1999}, {3 << 20, size - 1}} {
+		for _, rng := range []struct{ from, to int64 }{{1000, 1999}, {3 << 20, 8<<20 - 1}} {
 			resp, body := c.get(t, ctx, "/big.bin", http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", rng.from, rng.to)}})
 			if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, want[rng.from:rng.to+1]) {
 				t.Fatalf("Range %v: status %d, %d bytes", rng, resp.StatusCode, len(body))
@@ -142,6 +142,34 @@ func TestFileServer(t *testing.T) {
 		after := pathBytes(t, c)
 		if after[1] != before[1] || after[2] != before[2] || after[0] <= before[0] {
 			t.Fatalf("bytes per path went from %v to %v: want the primary's only", before, after)
+		}
+	})
+	t.Run("ConcurrentAndHead", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan error, 40)
+		for i := range 40 {
+			wg.Go(func() {
+				method := http.MethodGet
+				if i%2 == 1 {
+					method = http.MethodHead
+				}
+				req, _ := http.NewRequestWithContext(ctx, method, c.base+"/small.bin", nil)
+				resp, err := c.client.Do(req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				defer resp.Body.Close()
+				body, err := io.ReadAll(resp.Body)
+				if want := map[string]int{http.MethodGet: 1000, http.MethodHead: 0}[method]; err != nil || len(body) != want || resp.ContentLength != 1000 {
+					errs <- fmt.Errorf("%s: %d bytes, Content-Length %d, %v", method, len(body), resp.ContentLength, err)
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
 		}
 	})
 	t.Run("Redial", func(t *testing.T) {
