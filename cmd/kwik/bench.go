@@ -29,6 +29,9 @@ type benchOptions struct {
 	// wan
 	wanDelays []time.Duration
 	wanMiB    int
+	// http
+	httpDelays []time.Duration
+	httpMiB    int
 }
 
 // transferMaxStreams is the loopback pair's MaxIncomingStreams for transfers, as in the
@@ -37,7 +40,7 @@ const transferMaxStreams = 100
 
 // benchScenarios are the scenario names --scenarios takes, in the order they run; soak and
 // wan run only when asked for.
-var benchScenarios = []string{"loopback", "small", "multisource", "soak", "wan"}
+var benchScenarios = []string{"loopback", "small", "multisource", "soak", "wan", "http"}
 
 func benchCommand() *cobra.Command {
 	var o benchOptions
@@ -67,6 +70,12 @@ quic-go and KWIK in turn in every repetition, and prints one row per scenario
                     servers, against striping: a quic-go connection to each server, each
                     fetching an equal range at once (row wan:<links>/<delay>:striping, whose
                     quic-go column is striping's rate)
+  http              (only when named) the scenario of BenchmarkHTTPWAN, for each of
+                    --http-delays: --http-size MiB (32) over HTTP from 3x50 Mbit/s links; an
+                    http.Client with kwikhttp.Transport, from a kwikhttp primary and two
+                    secondaries, against quic-go's http3 from one server (row
+                    http:<links>/<delay>) and against striping Range GETs over an http3 server
+                    behind each link (row http:<links>/<delay>:striping)
 
 The KWIK/quic-go column is KWIK's speed over quic-go's (above 1: KWIK was faster). Figures
 are over all --count repetitions. On a shared machine they are noisy; the ratio less so.`,
@@ -76,7 +85,7 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 		},
 	}
 	f := cmd.Flags()
-	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios[:3], "scenarios to run: loopback (download and upload), small, multisource, soak, wan")
+	f.StringSliceVar(&o.scenarios, "scenarios", benchScenarios[:3], "scenarios to run: loopback (download and upload), small, multisource, soak, wan, http")
 	f.IntVar(&o.sizeMiB, "size", 64, "loopback transfer size in MiB")
 	f.IntVar(&o.streams, "streams", 1000, "concurrent streams in the small-streams scenario")
 	f.IntVar(&o.sources, "sources", 3, "KWIK servers in the multi-source scenario (the primary and its secondaries)")
@@ -89,6 +98,8 @@ are over all --count repetitions. On a shared machine they are noisy; the ratio 
 	f.IntVar(&o.soakStreams, "soak-streams", 10, "concurrent streams per session in the soak scenario")
 	f.IntVar(&o.soakKiB, "soak-size", 64, "bytes each soak stream downloads, in KiB")
 	f.DurationSliceVar(&o.wanDelays, "wan-delays", compare.WANDelays, "one-way delays of the wan sweep")
+	f.DurationSliceVar(&o.httpDelays, "http-delays", []time.Duration{10 * time.Millisecond, 40 * time.Millisecond}, "one-way delays of the http scenario")
+	f.IntVar(&o.httpMiB, "http-size", 32, "download size of the http scenario in MiB (at least 2)")
 	f.IntVar(&o.wanMiB, "wan-size", 0, "download size of every wan scenario in MiB; 0: the sweep's (32 MiB, 48 MiB from one server)")
 	return cmd
 }
@@ -110,7 +121,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 	}
 	switch {
 	case o.sizeMiB <= 0, o.streams <= 0, o.sources <= 0, o.rateMbit <= 0, o.delay < 0, o.multiMiB <= 0, o.count <= 0,
-		o.sessions <= 0, o.soakStreams <= 0, o.soakKiB <= 0, o.wanMiB < 0, len(o.wanDelays) == 0:
+		o.sessions <= 0, o.soakStreams <= 0, o.soakKiB <= 0, o.wanMiB < 0, len(o.wanDelays) == 0,
+		o.httpMiB < 2, len(o.httpDelays) == 0:
 		return fmt.Errorf("bench: sizes, streams, sources, rate, count and wan delays must be positive")
 	case o.kill && o.sources < 2:
 		return fmt.Errorf("bench: --kill needs --sources 2 or more")
@@ -138,6 +150,8 @@ func runBench(ctx context.Context, out io.Writer, o benchOptions) error {
 			r, err = benchSoak(ctx, o)
 		case "wan":
 			r, err = benchWAN(ctx, o)
+		case "http":
+			r, err = benchHTTP(ctx, o)
 		}
 		if err != nil {
 			return fmt.Errorf("bench: %s: %w", s, err)
@@ -264,6 +278,39 @@ func benchWAN(ctx context.Context, o benchOptions) ([]benchRow, error) {
 		}
 	}
 	return rows, nil
+}
+
+func benchHTTP(ctx context.Context, o benchOptions) ([]benchRow, error) {
+	var rows []benchRow
+	for _, conf := range compare.HTTPSweep(o.httpDelays) {
+		conf.Size = int64(o.httpMiB) << 20
+		r, err := runHTTP(ctx, conf, o.count)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", conf.Name(), err)
+		}
+		rows = append(rows, benchRow{
+			scenario: "http:" + conf.Name(), unit: "Mbit/s",
+			kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.HTTP3), ratio: r.HTTP3.Seconds() / r.KWIK.Seconds(),
+			setup: fmt.Sprintf("%d MiB over HTTP, %v one way; KWIK column: http.Client with kwikhttp.Transport, a primary and %d secondaries "+
+				"(shares %s); quic-go column: quic-go's http3 from one server through one %d Mbit/s link",
+				conf.Size>>20, conf.Delay, len(conf.Rates)-1, r.SharesString(), slices.Max(conf.Rates)),
+		}, benchRow{
+			scenario: "http:" + conf.Name() + ":striping", unit: "Mbit/s",
+			kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.Stripe), ratio: r.Stripe.Seconds() / r.KWIK.Seconds(),
+			setup: fmt.Sprintf("quic-go column: striping, an http3 server behind each of the %d links, a Range GET of 1/%d of the object from each at once",
+				len(conf.Rates), len(conf.Rates)),
+		})
+	}
+	return rows, nil
+}
+
+func runHTTP(ctx context.Context, conf compare.HTTPConfig, n int) (compare.HTTPResult, error) {
+	h, err := compare.NewHTTP(ctx, conf)
+	if err != nil {
+		return compare.HTTPResult{}, err
+	}
+	defer h.Close()
+	return h.Run(ctx, n)
 }
 
 func runWAN(ctx context.Context, conf compare.WANConfig, n int) (compare.WANResult, error) {

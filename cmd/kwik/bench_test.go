@@ -35,6 +35,14 @@ func TestBenchWAN(t *testing.T) {
 	})
 }
 
+// The http scenario, shrunk to one delay and 2 MiB, prints a row against http3 and one against
+// striping.
+func TestBenchHTTP(t *testing.T) {
+	runBenchRows(t, []string{"--scenarios", "http", "--http-delays", "2ms", "--http-size", "2"}, []string{
+		"http:3x50/2ms", "http:3x50/2ms:striping",
+	})
+}
+
 // runBenchRows runs kwik bench with args and checks that it prints a header and a row for each
 // scenario of want, in order, with positive figures; it returns the lines.
 func runBenchRows(t *testing.T, args, want []string) []string {

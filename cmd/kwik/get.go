@@ -4,11 +4,17 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/url"
 	"os"
 	"path"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +22,7 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 
 	"github.com/kwik-go/kwik"
+	"github.com/kwik-go/kwik/kwikhttp"
 )
 
 type getOptions struct {
@@ -34,16 +41,17 @@ func getCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get [flags] PRIMARY-ADDRESS NAME",
 		Short: "Download a file from a kwik serve primary (and its secondaries)",
-		Long: `get downloads the file NAME from the primary at PRIMARY-ADDRESS, which has its secondaries
-send parts of it, shows the progress and then what each path brought, and checks the size and
-the SHA-256 of the whole file against the primary's (a replica with other bytes shows there).
+		Long: `get downloads the file NAME from the primary at PRIMARY-ADDRESS (an http.Client over
+kwikhttp: GET https://PRIMARY-ADDRESS/NAME), which has its secondaries send parts of it, shows
+the progress and then what each path brought, and checks the size and the SHA-256 of the
+whole file against the primary's Repr-Digest (a replica with other bytes shows there).
 
 Trust: --ca (a PEM file of trusted certificates, such as the servers' own), or --pin with the
 SHA-256 fingerprint of a server's certificate (as kwik serve prints it): a bare fingerprint
 pins the primary, ADDRESS=FINGERPRINT the secondary the primary names by ADDRESS; an address
 without a pin is checked against --ca or the system's roots. A secondary's address must be
 public, or of the primary's own kind (loopback, private), or pinned, or in --allow-path.
---resume continues a partial output file.`,
+--resume continues a partial output file (with a Range request).`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runGet(cmd.Context(), o, args[0], args[1], cmd.OutOrStdout(), cmd.ErrOrStderr())
@@ -59,6 +67,15 @@ public, or of the primary's own kind (loopback, private), or pinned, or in --all
 	f.BoolVar(&o.noProgress, "no-progress", false, "no progress bar")
 	f.BoolVarP(&o.verbose, "verbose", "v", false, "log paths and delegations")
 	return cmd
+}
+
+// cleanName checks a requested name: relative, slash-separated, no "..", no empty parts.
+func cleanName(name string) (string, error) {
+	if name == "" || strings.ContainsAny(name, "\\\x00\n\r") || path.IsAbs(name) || path.Clean(name) != name ||
+		name == ".." || strings.HasPrefix(name, "../") {
+		return "", fmt.Errorf("bad file name %q", name)
+	}
+	return name, nil
 }
 
 func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr io.Writer) error {
@@ -96,33 +113,67 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	if o.verbose {
 		level = slog.LevelDebug
 	}
-	conf := &kwik.Config{
-		Logger:    slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
-		AllowPath: allowPath(addr, pinned, allowed),
-		PathTLS:   pathTLS(pinned, o.caFile, o.serverName),
+	tr := &kwikhttp.Transport{
+		TLSClientConfig: tlsConf,
+		Config: &kwik.Config{
+			Logger:    slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})),
+			AllowPath: allowPath(addr, pinned, allowed),
+			PathTLS:   pathTLS(pinned, o.caFile, o.serverName),
+		},
 	}
-	sess, err := kwik.Dial(ctx, addr, tlsConf, conf)
+	defer tr.Close()
+	client := &http.Client{Transport: tr}
+	u := (&url.URL{Scheme: "https", Host: addr, Path: "/" + name}).String()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)
 	}
-	defer sess.Close()
-	st, err := sess.OpenStreamSync(ctx)
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("get: %w", err)
 	}
-	if _, err := io.WriteString(st, getRequest{offset: offset, name: name}.String()); err != nil {
-		return fmt.Errorf("get: %w", err)
+	defer resp.Body.Close()
+	var size int64
+	switch resp.StatusCode {
+	case http.StatusOK: // the whole file (a server that ignored the Range too)
+		if offset > 0 {
+			if err := out.Truncate(0); err != nil {
+				return fmt.Errorf("get: %w", err)
+			}
+			if offset, err = out.Seek(0, io.SeekStart); err != nil {
+				return fmt.Errorf("get: %w", err)
+			}
+		}
+		size = resp.ContentLength
+	case http.StatusPartialContent:
+		start, total, ok := contentRange(resp.Header.Get("Content-Range"))
+		if !ok || start != offset {
+			return fmt.Errorf("get: %s: the server sent the range %q, not from %d", name, resp.Header.Get("Content-Range"), offset)
+		}
+		size = total
+	case http.StatusRequestedRangeNotSatisfiable: // nothing after offset: complete, or longer than the file
+		total, err := strconv.ParseInt(strings.TrimPrefix(resp.Header.Get("Content-Range"), "bytes */"), 10, 64)
+		if err != nil || total != offset {
+			return fmt.Errorf("get: %s has %d bytes, more than the server's file", o.output, offset)
+		}
+		size = total
+		resp.Body = http.NoBody
+	default:
+		return fmt.Errorf("get: %s: server: %s", name, resp.Status)
 	}
-	st.Close()
-	line, err := readLine(st)
-	if err != nil {
-		return fmt.Errorf("get: reading the answer: %w", err)
-	}
-	size, want, err := parseResponse(line)
-	if err != nil {
-		return fmt.Errorf("get: %s: %w", name, err)
+	if size < 0 {
+		return fmt.Errorf("get: %s: the server sent no size", name)
 	}
 	// The digest covers the whole file: what a resumed download already holds counts too.
+	var want []byte
+	if v := resp.Header.Get("Repr-Digest"); v != "" {
+		if want = sha256Of(v); want == nil {
+			return fmt.Errorf("get: %s: unreadable Repr-Digest %q", name, v)
+		}
+	}
 	sum := sha256.New()
 	if want != nil && offset > 0 {
 		if _, err := io.Copy(sum, io.NewSectionReader(out, 0, offset)); err != nil {
@@ -141,13 +192,16 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 		bar.SetCurrent(offset)
 	}
 	start := time.Now()
-	got, err := io.Copy(io.MultiWriter(out, sum), progressReader{st, bar})
+	got, err := io.Copy(io.MultiWriter(out, sum), progressReader{resp.Body, bar})
 	elapsed := time.Since(start)
 	if progress != nil {
 		if offset+got != size {
 			bar.Abort(false) // or Wait would wait for the rest
 		}
 		progress.Wait()
+	}
+	if errors.Is(err, kwikhttp.ErrDigestMismatch) {
+		return fmt.Errorf("get: %s is CORRUPT: its SHA-256 is not the primary's file's (a secondary's replica differs?); delete it and download again", o.output)
 	}
 	if err != nil {
 		return fmt.Errorf("get: after %d bytes: %w", offset+got, err)
@@ -169,10 +223,37 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 		}
 		checked = "size and SHA-256 checked"
 	}
-	printPaths(stdout, sess.Stats(), elapsed)
+	if sess := tr.Session(addr); sess != nil {
+		printPaths(stdout, sess.Stats(), elapsed)
+	}
 	mbit := float64(got) * 8 / elapsed.Seconds() / 1e6
 	fmt.Fprintf(stdout, "\n%s: %d bytes (%d this time) in %v = %.1f Mbit/s, %s\n",
 		o.output, size, got, elapsed.Round(time.Millisecond), mbit, checked)
+	return nil
+}
+
+// contentRange reads "bytes start-end/total".
+func contentRange(v string) (start, total int64, ok bool) {
+	rest, ok := strings.CutPrefix(v, "bytes ")
+	rng, tot, ok2 := strings.Cut(rest, "/")
+	a, _, ok3 := strings.Cut(rng, "-")
+	if !ok || !ok2 || !ok3 {
+		return 0, 0, false
+	}
+	start, err1 := strconv.ParseInt(a, 10, 64)
+	total, err2 := strconv.ParseInt(tot, 10, 64)
+	return start, total, err1 == nil && err2 == nil && start >= 0 && start < total
+}
+
+// sha256Of reads the sha-256 of a Repr-Digest field (RFC 9530), or nil.
+func sha256Of(field string) []byte {
+	for part := range strings.SplitSeq(field, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(part), "sha-256=:"); ok && strings.HasSuffix(v, ":") {
+			if b, err := base64.StdEncoding.DecodeString(strings.TrimSuffix(v, ":")); err == nil && len(b) == sha256.Size {
+				return b
+			}
+		}
+	}
 	return nil
 }
 

@@ -4,11 +4,15 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
+	"path"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kwik-go/kwik"
+	"github.com/kwik-go/kwik/kwikhttp"
 )
 
 type serveOptions struct {
@@ -36,12 +41,15 @@ func serveCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve (--primary [--secondaries host:port,...] | --secondary) --dir DIR",
 		Short: "Serve a directory: as a primary, through its secondaries too; as a secondary, a replica",
-		Long: `serve serves the files of a directory to kwik get.
+		Long: `serve serves the files of a directory over HTTP on KWIK (http.FileServer over kwikhttp:
+directory listings, conditional and Range requests), to kwik get or any http.Client with a
+kwikhttp.Transport.
 
-A primary adds every secondary of --secondaries to each client's session and has them serve
-byte ranges of the files (kwik.Fanout); a secondary serves the ranges it is given from its own
-copy of the same directory (a replica: same names, same bytes). A secondary whose file has not
-the primary's size serves nothing, and the primary sends those bytes itself.
+A primary adds every secondary of --secondaries to a client's session at its first large
+download and has them serve byte ranges of the files (kwik.Fanout); a secondary serves the
+ranges it is given from its own copy of the same directory (a replica: same names, same
+bytes). Every file carries its SHA-256 (as its ETag and a Repr-Digest header): a secondary
+whose copy differs serves nothing of it, and the primary sends those bytes itself.
 
 TLS: --cert and --key, or else a self-signed certificate generated at start for --hosts; its
 SHA-256 fingerprint is printed, for clients to pin (kwik get --pin). The primary and its
@@ -128,7 +136,22 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 		fmt.Fprintf(stdout, "secondaries: %s\n", strings.Join(o.secondaries, ", "))
 	}
 
-	srv := &fileServer{root: root, secondaries: o.secondaries, log: logger, ranges: make(chan struct{}, maxRanges), chunkSize: o.chunkSize}
+	files := newFileHandler(root)
+	srv := &kwikhttp.Server{
+		Handler:     files,
+		Secondaries: o.secondaries,
+		Logger:      logger,
+		// The bounds of issue 13: a request's head within requestTimeout, no transfer that
+		// makes no progress for idleTimeout, at most rangesPerSession ranges of a session
+		// (maxRanges in all) served at once by a secondary.
+		ReadHeaderTimeout: requestTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxDelegations:    rangesPerSession,
+		MaxRanges:         maxRanges,
+	}
+	if o.chunkSize > 0 {
+		srv.Fanout = &kwik.FanoutOptions{ChunkSize: o.chunkSize}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -143,73 +166,13 @@ func runServe(ctx context.Context, o serveOptions, stdout io.Writer) error {
 			sess.CloseWithError(1, "wrong role")
 			continue
 		}
-		wg.Go(func() {
-			// An interrupted server closes its sessions; so does the end of the session's work.
-			stop := context.AfterFunc(ctx, func() { sess.Close() })
-			defer stop()
-			if o.primary {
-				srv.primarySession(ctx, sess)
-			} else {
-				srv.secondarySession(ctx, sess)
-			}
-		})
+		// An interrupted server closes its sessions (ServeSession ends with ctx).
+		wg.Go(func() { srv.ServeSession(ctx, sess) })
 	}
-}
-
-// fileServer serves the files under root, as a primary or as a secondary.
-type fileServer struct {
-	root        *os.Root
-	secondaries []string
-	log         *slog.Logger
-	ranges      chan struct{} // secondary: a slot per range served at once, in all sessions
-	chunkSize   int64         // primary: FanoutOptions.ChunkSize
-
-	digests struct { // primary: the files' SHA-256, computed once per version of a file
-		mu sync.Mutex
-		m  map[string]fileDigest
-	}
-}
-
-// fileDigest is the SHA-256 of a file as it was at a size and modification time.
-type fileDigest struct {
-	size  int64
-	mtime time.Time
-	sum   [sha256.Size]byte
-}
-
-// maxDigests bounds the digests a primary remembers.
-const maxDigests = 1024
-
-// digest returns the SHA-256 of the file f opened as name, from the cache when the file has
-// not changed since (same size and modification time).
-func (s *fileServer) digest(name string, f *os.File) ([sha256.Size]byte, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return [sha256.Size]byte{}, err
-	}
-	s.digests.mu.Lock()
-	d, ok := s.digests.m[name]
-	s.digests.mu.Unlock()
-	if ok && d.size == fi.Size() && d.mtime.Equal(fi.ModTime()) {
-		return d.sum, nil
-	}
-	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, fi.Size())); err != nil {
-		return [sha256.Size]byte{}, err
-	}
-	d = fileDigest{size: fi.Size(), mtime: fi.ModTime()}
-	h.Sum(d.sum[:0])
-	s.digests.mu.Lock()
-	if s.digests.m == nil || len(s.digests.m) >= maxDigests {
-		s.digests.m = make(map[string]fileDigest)
-	}
-	s.digests.m[name] = d
-	s.digests.mu.Unlock()
-	return d.sum, nil
 }
 
 const (
-	// requestTimeout bounds how long a peer may take to send its request line.
+	// requestTimeout bounds how long a peer may take to send its request's head.
 	requestTimeout = 10 * time.Second
 	// idleTimeout ends a transfer whose writes make no progress for that long: a client that
 	// withholds credit holds no file, goroutine or buffer for longer.
@@ -221,184 +184,124 @@ const (
 	rangesPerSession = 16
 )
 
-// primarySession adds the secondaries to a client's session and answers its GETs.
-func (s *fileServer) primarySession(ctx context.Context, sess kwik.Session) {
-	// The paths join while the client sends its first request; a GET waits for them (for a
-	// bounded time: a secondary that does not answer is not worth the client's wait).
-	joined := make(chan struct{})
-	go func() {
-		var wg sync.WaitGroup
-		for _, addr := range s.secondaries {
-			wg.Go(func() {
-				if err := sess.AddPath(addr); err != nil {
-					s.log.Warn("secondary not added", "session", sess.ID(), "address", addr, "err", err)
-				}
-			})
-		}
-		wg.Wait()
-		close(joined)
-	}()
-	serveStreams(ctx, sess, func(st kwik.Stream) { s.serveGet(ctx, sess, st, joined) })
-}
+// fileHandler is http.FileServer over the served directory, whose files carry their SHA-256:
+// as a strong ETag, so that a secondary's copy is used only if it has the primary's bytes
+// (whatever its modification time), and as a Repr-Digest, which kwik get checks.
+type fileHandler struct {
+	root  *os.Root
+	files http.Handler
 
-// serveStreams handles every stream the session accepts, each on its own goroutine, and
-// returns once the session has ended and every handler has returned.
-func serveStreams(ctx context.Context, sess kwik.Session, handle func(kwik.Stream)) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		st, err := sess.AcceptStream(ctx)
-		if err != nil {
-			return
-		}
-		wg.Go(func() { handle(st) })
+	digests struct { // the files' SHA-256, computed once per version of a file
+		mu sync.Mutex
+		m  map[string]*fileDigest
 	}
 }
 
-func (s *fileServer) serveGet(ctx context.Context, sess kwik.Session, st kwik.Stream, joined <-chan struct{}) {
-	defer st.Close()
-	fail := func(err error) {
-		s.log.Info("request refused", "session", sess.ID(), "err", err)
-		fmt.Fprintf(st, "ERR %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
-	}
-	st.SetReadDeadline(time.Now().Add(requestTimeout))
-	line, err := readLine(st)
-	if err != nil {
-		fail(fmt.Errorf("request: %w", err))
+func newFileHandler(root *os.Root) *fileHandler {
+	return &fileHandler{root: root, files: http.FileServer(rootFS{root})}
+}
+
+func (h *fileHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "405 method not allowed", http.StatusMethodNotAllowed)
 		return
 	}
-	req, err := parseGet(line)
-	if err != nil {
-		fail(err)
-		return
+	if name := strings.TrimPrefix(path.Clean("/"+r.URL.Path), "/"); name != "" {
+		if sum, ok := h.digest(name); ok {
+			w.Header().Set("Etag", `"sha256-`+hex.EncodeToString(sum[:])+`"`)
+			w.Header().Set("Repr-Digest", kwikhttp.SHA256Field(sum[:]))
+		}
 	}
-	f, size, err := s.open(req.name)
+	h.files.ServeHTTP(w, r)
+}
+
+// fileDigest is the SHA-256 of a file as it was at a size and modification time; ready is
+// closed once it is known (one computation per version, whatever the requests at once).
+type fileDigest struct {
+	size  int64
+	mtime time.Time
+	ready chan struct{}
+	sum   [sha256.Size]byte
+	ok    bool
+}
+
+// maxDigests bounds the digests a server remembers.
+const maxDigests = 1024
+
+// digest returns the SHA-256 of the regular file name, from the cache when the file has not
+// changed since (same size and modification time); false for anything else.
+func (h *fileHandler) digest(name string) ([sha256.Size]byte, bool) {
+	f, fi, err := openRegular(h.root, name)
 	if err != nil {
-		fail(err)
-		return
+		return [sha256.Size]byte{}, false
 	}
 	defer f.Close()
-	if req.offset > size {
-		fail(fmt.Errorf("offset %d beyond the %d bytes of %s", req.offset, size, req.name))
-		return
-	}
-	sum, err := s.digest(req.name, f)
-	if err != nil {
-		fail(fmt.Errorf("%s: cannot read it", req.name))
-		return
-	}
-	if _, err := fmt.Fprintf(st, "OK %d %x\n", size, sum); err != nil {
-		return
-	}
-	select {
-	case <-joined:
-	case <-time.After(2 * time.Second):
-	case <-ctx.Done():
-		return
-	}
-	var ids []string
-	for _, p := range sess.GetActivePaths() {
-		if !p.IsPrimary {
-			ids = append(ids, p.PathID)
+	h.digests.mu.Lock()
+	d, ok := h.digests.m[name]
+	if !ok || d.size != fi.Size() || !d.mtime.Equal(fi.ModTime()) {
+		if h.digests.m == nil || len(h.digests.m) >= maxDigests {
+			h.digests.m = make(map[string]*fileDigest)
 		}
+		d = &fileDigest{size: fi.Size(), mtime: fi.ModTime(), ready: make(chan struct{})}
+		h.digests.m[name] = d
+		h.digests.mu.Unlock()
+		hash := sha256.New()
+		if _, err := io.Copy(hash, io.NewSectionReader(f, 0, fi.Size())); err == nil {
+			hash.Sum(d.sum[:0])
+			d.ok = true
+		} else {
+			h.digests.mu.Lock()
+			if h.digests.m[name] == d {
+				delete(h.digests.m, name)
+			}
+			h.digests.mu.Unlock()
+		}
+		close(d.ready)
+		return d.sum, d.ok
 	}
-	n := size - req.offset
-	start := time.Now()
-	res, err := kwik.Fanout(ctx, st, io.NewSectionReader(f, req.offset, n), n, ids, &kwik.FanoutOptions{
-		ChunkSize: s.chunkSize,
-		Request: func(off, n int64) []byte {
-			return []byte(rangeRequest{offset: req.offset + off, n: n, size: size, name: req.name}.String())
-		},
-	})
-	if err != nil {
-		s.log.Warn("transfer failed", "session", sess.ID(), "file", req.name, "err", err)
-		st.CancelWrite(1)
-		return
-	}
-	s.log.Info("served", "session", sess.ID(), "file", req.name, "bytes", n, "elapsed", time.Since(start),
-		"by_path", res.Bytes, "refilled", res.Refilled)
+	h.digests.mu.Unlock()
+	<-d.ready
+	return d.sum, d.ok
 }
 
-// secondarySession answers the ranges the primary delegates to this server, at most
-// rangesPerSession at once (and maxRanges in all sessions).
-func (s *fileServer) secondarySession(ctx context.Context, sess kwik.Session) {
-	own := make(chan struct{}, rangesPerSession)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		select {
-		case own <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
-		select {
-		case s.ranges <- struct{}{}:
-		case <-ctx.Done():
-			return
-		case <-sess.Context().Done():
-			return
-		}
-		st, err := sess.AcceptStream(ctx)
+// rootFS is the served directory as an http.FileSystem: nothing outside it (os.Root), and
+// only regular files and directories. Anything else (a FIFO, whose open would block an OS
+// thread until a writer came; a device) does not exist, and every refusal reads the same, so
+// that a client learns nothing of what is there.
+type rootFS struct{ root *os.Root }
+
+func (fsys rootFS) Open(name string) (http.File, error) {
+	name = strings.TrimPrefix(name, "/")
+	if name == "" {
+		name = "."
+	}
+	if fi, err := fsys.root.Stat(name); err != nil || fi.IsDir() {
 		if err != nil {
-			<-s.ranges
-			return
+			return nil, fs.ErrNotExist
 		}
-		wg.Go(func() {
-			defer func() { <-s.ranges; <-own }()
-			s.serveRange(sess, st)
-		})
+		return fsys.root.Open(name)
 	}
+	f, _, err := openRegular(fsys.root, name)
+	return f, err
 }
 
-func (s *fileServer) serveRange(sess kwik.Session, st kwik.Stream) {
-	// Closing early, or without a byte, tells the primary what is missing: it sends it itself.
-	defer st.Close()
-	st.SetReadDeadline(time.Now().Add(requestTimeout))
-	line, err := readLine(st)
-	if err != nil {
-		s.log.Warn("bad delegation request", "session", sess.ID(), "err", err)
-		return
-	}
-	req, err := parseRange(line)
-	if err != nil {
-		s.log.Warn("bad delegation request", "session", sess.ID(), "err", err)
-		return
-	}
-	f, size, err := s.open(req.name)
-	if err != nil {
-		s.log.Warn("cannot serve a range", "session", sess.ID(), "err", err)
-		return
-	}
-	defer f.Close()
-	if size != req.size {
-		s.log.Warn("replica differs from the primary's file", "file", req.name, "size", size, "primary's", req.size)
-		return
-	}
-	if _, err := kwik.CopyWithIdleTimeout(st, io.NewSectionReader(f, req.offset, req.n), idleTimeout); err != nil {
-		s.log.Info("range not served whole", "session", sess.ID(), "file", req.name, "err", err)
-	}
-}
-
-// open opens a regular file under the served directory and returns its size. Anything else
-// (a FIFO, whose open would block an OS thread until a writer came; a device; a directory) is
-// refused before it is opened, and every refusal reads the same, so that a client learns
-// nothing of which directories exist.
-func (s *fileServer) open(name string) (*os.File, int64, error) {
-	notFound := fmt.Errorf("%s: no such file", name)
-	if fi, err := s.root.Stat(name); err != nil || !fi.Mode().IsRegular() {
-		return nil, 0, notFound
+// openRegular opens the regular file name under root, or fails with fs.ErrNotExist.
+func openRegular(root *os.Root, name string) (*os.File, fs.FileInfo, error) {
+	if fi, err := root.Stat(name); err != nil || !fi.Mode().IsRegular() {
+		return nil, nil, fs.ErrNotExist
 	}
 	// Non-blocking, should the name have become a FIFO since: open then returns at once.
-	f, err := s.root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	f, err := root.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return nil, 0, notFound
+		return nil, nil, fs.ErrNotExist
 	}
 	fi, err := f.Stat()
 	if err != nil || !fi.Mode().IsRegular() {
 		f.Close()
-		return nil, 0, notFound
+		return nil, nil, fs.ErrNotExist
 	}
-	return f, fi.Size(), nil
+	return f, fi, nil
 }
 
 // closeListener closes ln and the sessions still in its accept queue, which would otherwise

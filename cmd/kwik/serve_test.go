@@ -266,7 +266,7 @@ func TestServeGetSelfSigned(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--pin", pins, "-o", filepath.Join(dir, "x"), prim.addr, "missing.bin"}, "no such file"},
+		{[]string{"--pin", pins, "-o", filepath.Join(dir, "x"), prim.addr, "missing.bin"}, "404 Not Found"},
 		{[]string{"--pin", pins, "-o", filepath.Join(dir, "x"), prim.addr, "../good/f.bin"}, "bad file name"},
 		{[]string{"--pin", sec1.fingerprint, "-o", filepath.Join(dir, "x"), prim.addr, "f.bin"}, "not pinned"},
 		// A secondary's certificate does not pass for the primary's address (finding 9).
@@ -283,9 +283,10 @@ func TestServeGetSelfSigned(t *testing.T) {
 }
 
 // The trust boundaries of kwik serve and kwik get (issue 13): a secondary serves no one who
-// dials it directly; a replica with the right size and other bytes makes kwik get fail loudly
-// instead of writing a mixed file; a FIFO in the served directory blocks nothing, and it, a
-// directory and a missing name are refused alike; a short join key is refused.
+// dials it directly; a replica with the right size and other bytes serves nothing (its ETag,
+// the file's SHA-256, is not the primary's) and the file arrives intact from the primary; a
+// FIFO in the served directory blocks nothing, and it and a missing name are refused alike; a
+// short join key is refused.
 func TestServeTrustBoundaries(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -298,7 +299,7 @@ func TestServeTrustBoundaries(t *testing.T) {
 		}
 	}
 	const size = 4 << 20
-	writeRandomFile(t, filepath.Join(good, "f.bin"), size, 3)
+	want := writeRandomFile(t, filepath.Join(good, "f.bin"), size, 3)
 	writeRandomFile(t, filepath.Join(stale, "f.bin"), size, 4) // same size, other bytes
 	if err := syscall.Mkfifo(filepath.Join(good, "fifo"), 0o644); err != nil {
 		t.Fatal(err)
@@ -306,8 +307,9 @@ func TestServeTrustBoundaries(t *testing.T) {
 	env := []string{joinKeyEnv + "=a join key of 32 bytes or more!!"}
 	sec := startServer(t, ctx, bin, env, "--secondary", "--dir", stale)
 	prim := startServer(t, ctx, bin, env, "--primary", "--dir", good, "--secondaries", sec.addr, "--chunk-size", "262144")
+	out := filepath.Join(dir, "out")
 	get := func(args ...string) (string, error) {
-		out, err := exec.CommandContext(ctx, bin, append([]string{"get", "--no-progress", "-o", filepath.Join(dir, "out")}, args...)...).CombinedOutput()
+		out, err := exec.CommandContext(ctx, bin, append([]string{"get", "--no-progress", "-o", out}, args...)...).CombinedOutput()
 		return string(out), err
 	}
 	pins := prim.fingerprint + "," + sec.addr + "=" + sec.fingerprint
@@ -316,15 +318,19 @@ func TestServeTrustBoundaries(t *testing.T) {
 	if msg, err := get("--pin", sec.fingerprint, sec.addr, "f.bin"); err == nil || !strings.Contains(msg, "KWIK_AUTH_FAILED") {
 		t.Errorf("kwik get from a secondary directly: %v\n%s", err, msg)
 	}
-	// Finding 8: the stale replica's ranges are caught by the digest.
-	if msg, err := get("--pin", pins, prim.addr, "f.bin"); err == nil || !strings.Contains(msg, "CORRUPT") {
+	// Finding 8: the stale replica serves nothing; the primary sends its bytes itself.
+	if msg, err := get("--pin", pins, prim.addr, "f.bin"); err != nil || !strings.Contains(msg, "SHA-256 checked") {
 		t.Errorf("kwik get with a stale replica: %v\n%s", err, msg)
+	} else if fileSum(t, out) != want {
+		t.Error("kwik get with a stale replica: the file differs")
+	} else if shares := secondaryBytes(t, msg); len(shares) != 1 || shares[0] != 0 {
+		t.Errorf("the stale replica brought %v MiB\n%s", shares, msg)
 	}
-	// Finding 9: the FIFO, a directory and a missing file read the same, and the FIFO holds
-	// nothing up (the get after it completes).
-	for _, name := range []string{"fifo", "sub", "missing"} {
+	// Finding 9: the FIFO and a missing file read the same, and the FIFO holds nothing up
+	// (the get after it completes).
+	for _, name := range []string{"fifo", "missing"} {
 		msg, err := get("--pin", pins, prim.addr, name)
-		if err == nil || !strings.Contains(msg, "server: "+name+": no such file") {
+		if err == nil || !strings.Contains(msg, name+": server: 404 Not Found") {
 			t.Errorf("kwik get %s: %v\n%s", name, err, msg)
 		}
 	}
