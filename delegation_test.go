@@ -135,6 +135,9 @@ type multiSource struct {
 	secs  []*session
 	lns   []*Listener
 	relay []*netsim.Relay
+	// behaved: the secondaries' own behaviours serve every delegation (fanoutDownload then
+	// starts no ServeFanout to compete with them for it).
+	behaved bool
 }
 
 // newMultiSource builds a client, a primary and n secondaries, secondary i behind a netsim
