@@ -374,6 +374,13 @@ func (sp *sendPool) assign() (*realStream, error) {
 	return best, nil
 }
 
+// retain counts one more user of rs, which the pool assigned before; release gives it back.
+func (sp *sendPool) retain(rs *realStream) {
+	sp.mu.Lock()
+	rs.users++
+	sp.mu.Unlock()
+}
+
 func (sp *sendPool) release(rs *realStream) {
 	sp.mu.Lock()
 	rs.users--
