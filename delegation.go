@@ -149,6 +149,7 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{}), reqLen: len(request)}
 	m := &pb.DelegateRange{
 		LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
+		ProgressTimeoutMs: uint64(sess.conf.DelegationProgressTimeout.Milliseconds()),
 	}
 	// Queued in the order of their IDs: a secondary takes only increasing ones (trust.go).
 	sess.delegs.mu.Lock()
@@ -342,8 +343,8 @@ func (s *stream) retainRealStream() (*realStream, error) {
 }
 
 // failedBehindLocked returns, for a call blocked on credit at off, an error wrapping the
-// *DelegationError of a failed delegation whose undelivered suffix begins below off and is
-// still unfilled, unless the application waits for that delegation (Wait, Done): that one
+// *DelegationError of the failed delegation with the lowest undelivered suffix that begins
+// below off and is still unfilled, unless the application waits for that delegation (Wait, Done): that one
 // refills it, and the call waits. The reader cannot pass such a gap, so the credit the call
 // waits for would never come. s.send.mu is held.
 func (s *stream) failedBehindLocked(off uint64) error {
@@ -356,8 +357,8 @@ func (s *stream) failedBehindLocked(off uint64) error {
 			continue // someone refills it, or it is refilled
 		}
 		keep = append(keep, d)
-		if found == nil && from < off {
-			found = de
+		if from < off && (found == nil || de.Offset < found.Offset) {
+			found = de // the lowest: the gap the reader meets first
 		}
 	}
 	clear(s.send.failed[len(keep):])
@@ -401,11 +402,20 @@ type delegationRecord struct {
 	written   uint64        // what the secondary said it wrote, once doneKnown
 	doneKnown bool
 	state     delegationState
+
+	// The progress deadline (progress.go): the range fails once it has received nothing for
+	// timeout (0: the path's default) since `since`, while eligible.
+	timeout time.Duration
+	since   time.Time // the last byte, or when the range last became its secondary's next with credit
 }
 
 type clientDelegations struct {
 	mu   sync.Mutex
 	byID map[uint64]*delegationRecord
+	// stopped: delegations failed by their progress deadline whose secondary, still alive,
+	// may send a little more before it hears to stop; forgotten at its DelegationDone, or
+	// when its path ends.
+	stopped map[uint64]*delegationRecord
 }
 
 // outcome decides a record once it can. st.recv.mu is held.
@@ -424,16 +434,45 @@ func (d *delegationRecord) outcome() delegationState {
 
 // firstMissing is the first byte of the range the client does not hold. st.recv.mu is held.
 func (d *delegationRecord) firstMissing() uint64 {
-	if m := d.got.Missing(nil, d.off, d.end); len(m) > 0 {
-		return m[0].Start
+	// got lies within [off, end): the first missing byte is off, or the end of the range
+	// of got that starts there.
+	if r := d.got.Ranges(); len(r) > 0 && r[0].Start <= d.off {
+		return min(r[0].End, d.end)
 	}
-	return d.end
+	return d.off
 }
 
 // detach removes a decided record from its stream. st.recv.mu is held. The slice is
 // replaced, not edited, since callers iterate copies of it outside the lock.
 func (d *delegationRecord) detach() {
+	head := d.st.headOf(d.path)
 	d.st.recv.delegs = without(d.st.recv.delegs, d)
+	if head == d {
+		// The secondary's next range of the stream is now the following one: its
+		// progress clock starts now.
+		if h := d.st.headOf(d.path); h != nil {
+			h.since = later(h.since, time.Now())
+		}
+	}
+}
+
+// headOf is the active delegation of path p with the lowest offset in the stream: the range
+// p sends first (sendOrder). st.recv.mu is held.
+func (s *stream) headOf(p *path) *delegationRecord {
+	var h *delegationRecord
+	for _, d := range s.recv.delegs {
+		if d.path == p && d.state == delegationActive && (h == nil || d.off < h.off) {
+			h = d
+		}
+	}
+	return h
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // without returns a new slice holding l's elements but x.
@@ -496,7 +535,12 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	if len(m.Request) > maxDelegationRequest(p.peer.maxMessageSize) {
 		return refuse(CodePacketTooLarge, "request larger than the secondary accepts")
 	}
-	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end}
+	if time.Now().UnixNano() < p.stalledUntil.Load() {
+		return refuse(CodeDelegationTimeout, "the secondary delivered nothing for its last ranges")
+	}
+	now := time.Now()
+	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end,
+		timeout: time.Duration(min(m.ProgressTimeoutMs, maxProgressTimeoutMs)) * time.Millisecond, since: now}
 	sess.clientDelegs.mu.Lock()
 	if sess.clientDelegs.byID[d.id] != nil {
 		sess.clientDelegs.mu.Unlock()
@@ -549,6 +593,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		// The path died while we recorded the range: its failure handler may have missed it.
 		sess.failDelegations(p, CodePathDead, "path died")
 	}
+	notify(p.progressPoke) // its watchdog keeps the range's progress deadline
 	return nil
 }
 
@@ -569,6 +614,15 @@ func (s *stream) delegationFor(p *path, off, end uint64) *delegationRecord {
 func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 	sess.clientDelegs.mu.Lock()
 	d := sess.clientDelegs.byID[m.DelegationId]
+	if s := sess.clientDelegs.stopped[m.DelegationId]; d == nil && s != nil && s.path == p {
+		// A range failed by its deadline: its secondary has stopped writing it.
+		delete(sess.clientDelegs.stopped, m.DelegationId)
+		sess.clientDelegs.mu.Unlock()
+		s.st.recv.mu.Lock()
+		s.st.recv.stopped = without(s.st.recv.stopped, s)
+		s.st.recv.mu.Unlock()
+		return nil
+	}
 	sess.clientDelegs.mu.Unlock()
 	if d == nil || d.path != p {
 		return nil // already decided (a late or duplicate notice), or not this path's
@@ -596,15 +650,26 @@ func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 // failDelegations (client) fails every active delegation of a path that died or was removed.
 func (sess *session) failDelegations(p *path, code ErrorCode, reason string) {
 	sess.clientDelegs.mu.Lock()
-	var ds []*delegationRecord
+	var ds, stopped []*delegationRecord
 	for _, d := range sess.clientDelegs.byID {
 		if d.path == p {
 			ds = append(ds, d)
 		}
 	}
+	for id, d := range sess.clientDelegs.stopped {
+		if d.path == p {
+			delete(sess.clientDelegs.stopped, id)
+			stopped = append(stopped, d)
+		}
+	}
 	sess.clientDelegs.mu.Unlock()
 	for _, d := range ds {
 		sess.failDelegation(d, code, reason)
+	}
+	for _, d := range stopped {
+		d.st.recv.mu.Lock()
+		d.st.recv.stopped = without(d.st.recv.stopped, d)
+		d.st.recv.mu.Unlock()
 	}
 }
 

@@ -24,6 +24,7 @@ type sendCredit struct {
 	err       error     // canceled here, or stopped by the receiver
 	deadline  time.Time // the write deadline; zero: none
 	wake      chan struct{}
+	waiting   int // calls waiting for credit (tests observe it)
 }
 
 // wakeLocked wakes every call waiting to send: credit, cancellation or the deadline
@@ -100,8 +101,13 @@ func (c *sendCredit) send(sess *session, id uint64, maxFrame int, p []byte, call
 				}
 			}
 			wake, deadline := c.wake, c.deadline
+			c.waiting++
 			c.mu.Unlock()
-			if err := sess.waitSignal(wake, deadline); err != nil {
+			err := sess.waitSignal(wake, deadline)
+			c.mu.Lock()
+			c.waiting--
+			c.mu.Unlock()
+			if err != nil {
 				return n, err
 			}
 			continue

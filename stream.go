@@ -46,6 +46,7 @@ type stream struct {
 		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
 		deadline  time.Time
 		delegs    []*delegationRecord // client: active delegations of this stream
+		stopped   []*delegationRecord // client: delegations failed by their deadline, whose late bytes are dropped
 		fed       []*path             // client: the paths that had a delegation of this stream
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
@@ -207,7 +208,12 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	var d *delegationRecord
 	if p != s.path {
 		if d = s.delegationFor(p, off, end); d == nil || fin {
+			late := !fin && d == nil && s.stoppedFor(p, off, end)
 			s.recv.mu.Unlock()
+			if late {
+				p.stalledUntil.Store(0) // it is not hung after all
+				return nil              // sent before the secondary heard that its range was failed
+			}
 			return &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
 		}
 	}
@@ -221,6 +227,10 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	}
 	state, missing := delegationActive, uint64(0)
 	if err == nil && d != nil {
+		now := time.Now()
+		d.since = now
+		p.lastDelegated.Store(now.UnixNano())
+		p.stalledUntil.Store(0)
 		d.got.Add(off, end)
 		if d.got.Len() > maxRangesPerDelegation {
 			err = &Error{Code: CodeOffsetMismatch, Message: "secondary's range too fragmented"}
