@@ -310,13 +310,14 @@ func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 	}
 	// What this call did not send is owed again, for a later WriteAt.
 	s.send.mu.Lock()
-	for j := i; j < len(parts); j++ {
-		r := parts[j]
+	for j, r := range parts {
 		s.send.filling -= r.End - r.Start
-		if j == i {
-			r.Start += sent
+		switch {
+		case j == i:
+			s.send.refill.Add(r.Start+sent, r.End)
+		case j > i:
+			s.send.refill.Add(r.Start, r.End)
 		}
-		s.send.refill.Add(r.Start, r.End)
 	}
 	want := s.send.completeWanted
 	s.send.mu.Unlock()

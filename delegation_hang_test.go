@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -105,6 +106,15 @@ func readmeDownload(t *testing.T, ms *multiSource, size, chunk int64) []*Delegat
 		f, err := serveREADME(ctx, st, size, chunk, ms.ids[0])
 		if err != nil {
 			st.CancelWrite(1) // the client's read fails now, and the test says why
+		} else {
+			// Every refill has returned: nothing is owed, and the send side completed.
+			ks := st.(*stream)
+			ks.send.mu.Lock()
+			if ks.send.refill.Len() != 0 || ks.send.filling != 0 || !ks.send.completed {
+				err = fmt.Errorf("after the refills: %d ranges to refill, %d bytes being filled, completed %v",
+					ks.send.refill.Len(), ks.send.filling, ks.send.completed)
+			}
+			ks.send.mu.Unlock()
 		}
 		res <- result{f, err}
 	}()
