@@ -327,3 +327,34 @@ func TestDelegationCallsReturnOnClose(t *testing.T) {
 		})
 	}
 }
+
+// Fanout with a hung secondary (its disk never answers: it takes its ranges and never
+// writes, while its path lives): its ranges miss their progress deadline, Fanout refills them
+// and gives it nothing more, and the stream arrives intact.
+func TestFanoutSecondaryHung(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	hung := func(Stream, int64, int64) error { <-release; return errors.New("released") }
+	ms := newMultiSource(t, 2, delegationConf, nil, hung)
+	resource := content(0, 8<<20)
+	fr := fanoutDownload(t, ms, nil, resource, &FanoutOptions{ChunkSize: 128 << 10}, nil, nil, hungReader{release})
+	if len(fr.Failed) == 0 || fr.Refilled == 0 {
+		t.Fatalf("nothing failed or was refilled: %+v", fr)
+	}
+	for _, de := range fr.Failed {
+		if de.PathID != ms.ids[1] || !errors.Is(de, ErrDelegationTimeout) {
+			t.Fatalf("failure %+v (%v), want path %s's progress deadline", de, de.Err, ms.ids[1])
+		}
+	}
+	if _, ok := pathByID(ms.p.server.GetActivePaths(), ms.ids[1]); !ok {
+		t.Fatal("the hung secondary's path is not active: its death, not the deadline, failed its ranges")
+	}
+}
+
+// hungReader is a source that never answers until release is closed.
+type hungReader struct{ release <-chan struct{} }
+
+func (r hungReader) ReadAt([]byte, int64) (int, error) {
+	<-r.release
+	return 0, io.ErrUnexpectedEOF
+}

@@ -93,7 +93,7 @@ func (s *StaticSplit) Run(ctx context.Context, n int) (StaticResult, error) {
 		r.QUIC += t
 		t, _, err = s.kwik.download(ctx, s.resource, s.fanout, nil)
 		if err != nil {
-			return r, fmt.Errorf("Fanout download: %w", err)
+			return r, fmt.Errorf("download with Fanout: %w", err)
 		}
 		r.Fanout += t
 		t, fr, err := s.kwik.download(ctx, s.resource, s.static, nil)
