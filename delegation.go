@@ -56,8 +56,9 @@ func (d *Delegation) Done() <-chan struct{} {
 }
 
 // Wait returns nil once the client holds the whole range, or a *DelegationError giving the
-// undelivered suffix (fill it with Stream.WriteAt, or delegate it again... from the stream's
-// WriteAt), or the session's error.
+// undelivered suffix (fill it with Stream.WriteAt), or ctx's or the session's error. Calling
+// Wait tells the stream that the caller refills this delegation's failure: a Write blocked
+// behind it waits for that refill instead of reporting it (see Stream.Write).
 func (d *Delegation) Wait(ctx context.Context) error {
 	d.claimed.Store(true)
 	select {
@@ -616,11 +617,17 @@ func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 	sess.clientDelegs.mu.Lock()
 	d := sess.clientDelegs.byID[m.DelegationId]
 	if s := sess.clientDelegs.stopped[m.DelegationId]; d == nil && s != nil && s.path == p {
-		// A range failed by its deadline: its secondary has stopped writing it.
-		delete(sess.clientDelegs.stopped, m.DelegationId)
+		// A range failed by its deadline: its secondary has stopped writing it. Forgotten
+		// once what it wrote has come.
 		sess.clientDelegs.mu.Unlock()
+		if m.Written > s.end-s.off {
+			return &Error{Code: CodeOffsetMismatch, Message: "secondary claims to have written past its range"}
+		}
 		s.st.recv.mu.Lock()
-		s.st.recv.stopped = without(s.st.recv.stopped, s)
+		if !s.doneKnown {
+			s.doneKnown, s.written = true, m.Written
+			sess.forgetStoppedLocked(s)
+		}
 		s.st.recv.mu.Unlock()
 		return nil
 	}
@@ -895,15 +902,9 @@ func (ds *delegatedStream) Write(b []byte) (int, error) {
 			ds.send.written += n
 			return ds.send.rs, true, nil
 		},
-		order: &ds.p.order,
-		abort: ds.ctx.Done(),
-		failed: func(err error) error {
-			ds.p.writeFailed(err)
-			if ds.sess.ctx.Err() != nil {
-				return ds.sess.closeErr()
-			}
-			return err
-		},
+		order:  &ds.p.order,
+		abort:  ds.ctx.Done(),
+		failed: func(err error) error { return ds.send.writeError(ds.p, err) },
 	})
 }
 

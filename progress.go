@@ -162,6 +162,18 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 		missing := d.firstMissing()
 		d.detach()
 		sess.clientDelegs.mu.Lock()
+		if len(sess.clientDelegs.stopped) >= maxStoppedDelegations {
+			// Forget those of streams that take no more data (their late bytes are dropped
+			// anyway): the others' secondaries ignored the stop.
+			for id, o := range sess.clientDelegs.stopped {
+				if o.st != st && o.st.recv.mu.TryLock() {
+					if o.st.recv.done {
+						delete(sess.clientDelegs.stopped, id)
+					}
+					o.st.recv.mu.Unlock()
+				}
+			}
+		}
 		if len(sess.clientDelegs.stopped) < maxStoppedDelegations {
 			sess.clientDelegs.stopped[d.id] = d
 			st.recv.stopped = append(slices0(st.recv.stopped), d)
@@ -181,13 +193,37 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 // never edited in place, as delegs is.
 func slices0[T any](l []T) []T { return l[:len(l):len(l)] }
 
-// stoppedFor reports whether [off, end) lies in a range of path p that was failed by its
-// deadline. s.recv.mu is held.
-func (s *stream) stoppedFor(p *path, off, end uint64) bool {
+// stoppedFor returns the range of path p failed by its deadline that holds [off, end), if
+// any. s.recv.mu is held.
+func (s *stream) stoppedFor(p *path, off, end uint64) *delegationRecord {
 	for _, d := range s.recv.stopped {
 		if d.path == p && off >= d.off && end <= d.end {
-			return true
+			return d
 		}
 	}
-	return false
+	return nil
+}
+
+// lateBytesLocked counts bytes received in d, a range failed by its deadline, and forgets d
+// once its secondary said how much it wrote and all of it has come (the DelegationDone may
+// overtake the data, which travels on other QUIC streams). d.st.recv.mu is held.
+func (sess *session) lateBytesLocked(d *delegationRecord, off, end uint64) error {
+	d.got.Add(off, end)
+	if d.got.Len() > maxRangesPerDelegation {
+		return &Error{Code: CodeOffsetMismatch, Message: "secondary's range too fragmented"}
+	}
+	sess.forgetStoppedLocked(d)
+	return nil
+}
+
+// forgetStoppedLocked forgets d, failed by its deadline, once no more of its bytes can come.
+// d.st.recv.mu is held.
+func (sess *session) forgetStoppedLocked(d *delegationRecord) {
+	if !d.doneKnown || !d.got.ContainsRange(d.off, d.off+d.written) {
+		return
+	}
+	d.st.recv.stopped = without(d.st.recv.stopped, d)
+	sess.clientDelegs.mu.Lock()
+	delete(sess.clientDelegs.stopped, d.id)
+	sess.clientDelegs.mu.Unlock()
 }

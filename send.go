@@ -146,6 +146,22 @@ func (c *sendCredit) send(sess *session, id uint64, maxFrame int, p []byte, call
 	return n, nil
 }
 
+// writeError explains a failed write on a real stream of path p: the session's end, or the
+// error that ended this sending side (a cancellation, the receiver's STOP_SENDING), whichever
+// caused it; otherwise the write's own error.
+func (c *sendCredit) writeError(p *path, err error) error {
+	p.writeFailed(err)
+	if p.sess.ctx.Err() != nil {
+		return p.sess.closeErr()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return c.err
+	}
+	return err
+}
+
 // waitSignal blocks until signal fires, the deadline (if not zero) passes or the session
 // ends. It returns errDeadline or the session's close error.
 func (sess *session) waitSignal(signal <-chan struct{}, deadline time.Time) error {

@@ -208,13 +208,16 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	var d *delegationRecord
 	if p != s.path {
 		if d = s.delegationFor(p, off, end); d == nil || fin {
-			late := !fin && d == nil && s.stoppedFor(p, off, end)
-			s.recv.mu.Unlock()
-			if late {
+			var err error
+			if late := s.stoppedFor(p, off, end); late != nil && !fin {
+				// Sent before the secondary heard that its range was failed: dropped.
 				p.stalledUntil.Store(0) // it is not hung after all
-				return nil              // sent before the secondary heard that its range was failed
+				err = s.sess.lateBytesLocked(late, off, end)
+			} else {
+				err = &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
 			}
-			return &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
+			s.recv.mu.Unlock()
+			return err
 		}
 	}
 	err := s.storeFrame(p, off, end, b, fin)
@@ -430,18 +433,7 @@ func (s *stream) realStreamLocked() (*realStream, error) {
 
 // writeError explains a failed write on the real stream: the session's end or this stream's
 // cancellation, whichever caused it.
-func (s *stream) writeError(err error) error {
-	s.path.writeFailed(err)
-	if s.sess.ctx.Err() != nil {
-		return s.sess.closeErr()
-	}
-	s.send.mu.Lock()
-	defer s.send.mu.Unlock()
-	if s.send.err != nil {
-		return s.send.err
-	}
-	return err
-}
+func (s *stream) writeError(err error) error { return s.send.writeError(s.path, err) }
 
 // Close closes the write side: a fin frame marks the final size.
 func (s *stream) Close() error {
