@@ -415,8 +415,9 @@ type clientDelegations struct {
 	mu   sync.Mutex
 	byID map[uint64]*delegationRecord
 	// stopped: delegations failed by their progress deadline whose secondary, still alive,
-	// may send a little more before it hears to stop; forgotten at its DelegationDone, or
-	// when its path ends.
+	// may send a little more before it hears to stop (dropped); forgotten once all it said it
+	// wrote has come, when its path ends, or (past maxStoppedDelegations) when its stream
+	// takes no more data.
 	stopped map[uint64]*delegationRecord
 }
 
