@@ -136,9 +136,10 @@ type Config struct {
 	// delegation fails with KWIK_DELEGATION_TIMEOUT (errors.Is(err, ErrDelegationTimeout)),
 	// its undelivered suffix is reported to Wait (or to a Write blocked behind it) for the
 	// primary to refill, and the secondary is told to stop writing it. A secondary that
-	// delivers nothing at all for that long has all its delegations failed at once, so a
-	// hung one (it accepts, answers heartbeats and never writes) holds a stream for about
-	// this long, not forever. It is sent with every delegation. 0 lets the client derive it
+	// delivers nothing at all meanwhile has all its delegations failed at once, and new ones
+	// refused at once for four timeouts unless it sends something, so a hung one (it
+	// accepts, answers heartbeats and never writes) holds a stream for about this long, not
+	// forever. It is sent with every delegation. 0 lets the client derive it
 	// per path: 1 s or 8 times the round trip of the secondary's path plus the primary's,
 	// whichever is larger, plus the time two frames of every stream the secondary serves
 	// take at its measured rate, at most 30 s. It must not be negative.
