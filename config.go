@@ -129,6 +129,22 @@ type Config struct {
 	// HeartbeatInterval. 0 means 5 s.
 	PathTimeout time.Duration
 
+	// DelegationProgressTimeout, on a primary, is how long a delegated range may deliver
+	// nothing new before it fails, counted only while the client's reader gives it credit and
+	// it is its secondary's next range of the stream (the lowest offset: a secondary sends its
+	// ranges in that order). The client enforces it, as it does a dead path's failure: the
+	// delegation fails with KWIK_DELEGATION_TIMEOUT (errors.Is(err, ErrDelegationTimeout)),
+	// its undelivered suffix is reported to Wait (or to a Write blocked behind it) for the
+	// primary to refill, and the secondary is told to stop writing it. A secondary that
+	// delivers nothing at all meanwhile has all its delegations failed at once, and new ones
+	// refused at once for four timeouts unless it sends something, so a hung one (it
+	// accepts, answers heartbeats and never writes) holds a stream for about this long, not
+	// forever. It is sent with every delegation. 0 lets the client derive it
+	// per path: 1 s or 8 times the round trip of the secondary's path plus the primary's,
+	// whichever is larger, plus the time two frames of every stream the secondary serves
+	// take at its measured rate, at most 30 s. It must not be negative.
+	DelegationProgressTimeout time.Duration
+
 	// MaxPaths bounds the paths of a session, the primary included, on the primary (AddPath
 	// fails past it) and on the client (it refuses further joins). 0 means 8.
 	MaxPaths int
@@ -275,7 +291,7 @@ func (c *Config) populate() (*Config, error) {
 	if conf.StreamsPerRealStream < 0 || conf.MaxRealStreams < 0 || conf.MaxIncomingStreams < 0 ||
 		conf.StreamReceiveWindow < 0 || conf.MaxMessageSize < 0 || conf.HandshakeTimeout < 0 ||
 		conf.JoinTokenTTL < 0 || conf.HeartbeatInterval < 0 || conf.PathTimeout < 0 || conf.MaxPaths < 0 ||
-		conf.MaxPendingRawData < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
+		conf.MaxPendingRawData < 0 || conf.DelegationProgressTimeout < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
 		conf.PathRetry.TryTimeout < 0 {
 		return nil, errors.New("kwik: negative value in Config")
 	}

@@ -161,12 +161,18 @@ func (s *stream) grantLocked() (grant uint64, wake bool) {
 	}
 	// (A known final size may still lie beyond the credit: delegated ranges and their refills
 	// come after the primary's fin.)
-	covered := s.recv.finKnown && s.recv.fc.Limit() >= s.recv.finalSize
+	old := s.recv.fc.Limit()
+	covered := s.recv.finKnown && old >= s.recv.finalSize
 	s.recv.loan.wake = false
-	grant = s.recv.fc.Update(time.Now(), covered, &s.recv.loan)
+	now := time.Now()
+	grant = s.recv.fc.Update(now, covered, &s.recv.loan)
 	if grant > 0 {
 		for _, d := range s.recv.delegs {
 			d.path.ctrl.queueMaxStreamData(s.id, grant)
+			if d.firstMissing() >= old {
+				// It had no credit: its progress clock starts now.
+				d.since = later(d.since, now)
+			}
 		}
 	}
 	return grant, s.recv.loan.wake

@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/data"
@@ -41,15 +42,25 @@ type Delegation struct {
 	done   chan struct{}
 	err    error // set before done is closed
 	reqLen int   // counted against the path's outstanding requests until resolved
+	// claimed: the application waits for the outcome (Wait or Done was called), so it
+	// refills a failure itself; Write and WriteAt do not report it (failedBehindLocked).
+	claimed atomic.Bool
 }
 
-// Done is closed once the outcome is known; Wait then returns it at once.
-func (d *Delegation) Done() <-chan struct{} { return d.done }
+// Done is closed once the outcome is known; Wait then returns it at once. Calling Done, as
+// calling Wait, tells the stream that the caller handles this delegation's failure: a Write
+// blocked behind it then waits for the caller's refill instead of reporting it.
+func (d *Delegation) Done() <-chan struct{} {
+	d.claimed.Store(true)
+	return d.done
+}
 
 // Wait returns nil once the client holds the whole range, or a *DelegationError giving the
-// undelivered suffix (fill it with Stream.WriteAt, or delegate it again... from the stream's
-// WriteAt), or the session's error.
+// undelivered suffix (fill it with Stream.WriteAt), or ctx's or the session's error. Calling
+// Wait tells the stream that the caller refills this delegation's failure: a Write blocked
+// behind it waits for that refill instead of reporting it (see Stream.Write).
 func (d *Delegation) Wait(ctx context.Context) error {
+	d.claimed.Store(true)
 	select {
 	case <-d.done:
 		return d.err
@@ -139,6 +150,7 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	d := &Delegation{PathID: pathID, Offset: int64(off), Length: length, sess: sess, st: s, done: make(chan struct{}), reqLen: len(request)}
 	m := &pb.DelegateRange{
 		LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
+		ProgressTimeoutMs: uint64(sess.conf.DelegationProgressTimeout.Milliseconds()),
 	}
 	// Queued in the order of their IDs: a secondary takes only increasing ones (trust.go).
 	sess.delegs.mu.Lock()
@@ -166,6 +178,7 @@ func (s *stream) reserve(n int64) (int64, error) {
 	}
 	off := s.send.offset
 	s.send.offset += uint64(n)
+	s.send.owed.Add(off, off+uint64(n))
 	s.send.refill.Add(off, off+uint64(n))
 	return int64(off), nil
 }
@@ -191,16 +204,24 @@ func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
 	}
 	// Record the refill range before waking Wait: its caller may WriteAt at once.
 	d.st.delegationResolved(failed, missing, end)
+	if failed && missing < end {
+		d.st.send.mu.Lock()
+		d.st.send.failed = append(d.st.send.failed, d)
+		d.st.send.wakeLocked() // a Write waiting for credit behind it learns of it
+		d.st.send.mu.Unlock()
+	}
 	close(d.done)
 	return nil
 }
 
 // delegationResolved updates the send side's accounting: a failed range's missing suffix may
-// now be filled with WriteAt, and the stream completes only once nothing is owed.
+// now be filled with WriteAt, and the stream completes only once nothing is owed. A call
+// waiting for credit learns of the failure (failedBehindLocked).
 func (s *stream) delegationResolved(failed bool, from, to uint64) {
 	s.send.mu.Lock()
 	s.send.pending--
 	if failed && from < to {
+		s.send.owed.Add(from, to)
 		s.send.refill.Add(from, to)
 	}
 	want := s.send.completeWanted
@@ -210,8 +231,12 @@ func (s *stream) delegationResolved(failed bool, from, to uint64) {
 	}
 }
 
-// WriteAt fills the undelivered suffix of a failed delegation (see DelegationError). It is
-// allowed after Close: the final size already covers it.
+// WriteAt fills the undelivered suffix of a failed delegation (see DelegationError), or a
+// part of it. It is allowed after Close: the final size already covers it. Bytes of p that
+// the primary already refilled (or another WriteAt is refilling) are not sent again: WriteAt
+// counts them as written, so that refilling what both a Write and Wait reported is harmless.
+// Blocked on credit behind another failed delegation that nobody waits for, it returns, as
+// Write does, an error wrapping that one's *DelegationError.
 func (s *stream) WriteAt(p []byte, off int64) (int, error) { return s.writeAt(p, off, false) }
 
 // duplicate sends again bytes at off that a delegation still owes (Fanout's end game: the
@@ -233,59 +258,129 @@ func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 		s.send.mu.Unlock()
 		return 0, err
 	}
-	if !dup && !s.send.refill.ContainsRange(start, end) || dup && end > s.send.offset {
+	if !dup && !s.send.owed.ContainsRange(start, end) || dup && end > s.send.offset {
 		s.send.mu.Unlock()
 		return 0, &Error{Code: CodeOffsetMismatch, Message: "WriteAt outside the undelivered part of a failed delegation"}
 	}
+	// The parts of p still to send: all of it for a duplicate; for a refill, what nobody has
+	// written or is writing yet, which this call now owns.
+	parts := []data.Range{{Start: start, End: end}}
+	if !dup {
+		parts = s.send.refill.Intersect(nil, start, end)
+		for _, r := range parts {
+			s.send.refill.Remove(r.Start, r.End)
+			s.send.filling += r.End - r.Start
+		}
+	}
 	s.send.mu.Unlock()
-	if len(p) == 0 {
-		return 0, nil
+	if len(parts) == 0 || start == end {
+		return len(p), nil
 	}
-	rs, err := s.path.pool.assign()
-	if err != nil {
-		return 0, err
-	}
-	defer s.path.pool.release(rs)
-	var n int
-	for n < len(p) {
-		cur := start + uint64(n)
-		s.send.mu.Lock()
-		if s.send.err != nil {
-			err := s.send.err
-			s.send.mu.Unlock()
-			return n, err
-		}
-		if !s.send.deadline.IsZero() && !time.Now().Before(s.send.deadline) {
-			s.send.mu.Unlock()
-			return n, errDeadline
-		}
-		if s.send.maxOffset <= cur {
-			deadline, wake := s.send.deadline, s.sendWake
-			s.send.mu.Unlock()
-			if err := s.wait(wake, deadline); err != nil {
-				return n, err
+	rs, err := s.retainRealStream()
+	var i int
+	var sent uint64 // of parts[i]
+	if err == nil {
+		defer s.path.pool.release(rs)
+		for ; i < len(parts); i++ {
+			r := parts[i]
+			pos := r.Start
+			var n int
+			call := &sendCall{
+				next: func() (uint64, uint64, error) { return pos, r.End - pos, nil },
+				take: func(off, n uint64) (*realStream, bool, error) {
+					pos += n
+					return rs, true, nil
+				},
+				failed: s.writeError,
 			}
-			continue
+			if !dup {
+				call.blocked = s.failedBehindLocked
+			}
+			n, err = s.send.send(s.sess, s.id, s.path.peer.maxFrameData, p[r.Start-start:r.End-start], call)
+			sent = uint64(n)
+			if err != nil {
+				break
+			}
 		}
-		chunk := min(uint64(len(p)-n), s.send.maxOffset-cur, uint64(s.path.peer.maxFrameData))
-		s.send.mu.Unlock()
-		if err := rs.writeFrame(s.id, cur, p[n:n+int(chunk)], false); err != nil {
-			return n, s.writeError(err)
-		}
-		n += int(chunk)
 	}
 	if dup {
-		return n, nil
+		if err != nil {
+			return int(sent), err
+		}
+		return len(p), nil
 	}
+	// What this call did not send is owed again, for a later WriteAt.
 	s.send.mu.Lock()
-	s.send.refill.Remove(start, end)
+	for j, r := range parts {
+		s.send.filling -= r.End - r.Start
+		switch {
+		case j == i:
+			s.send.refill.Add(r.Start+sent, r.End)
+		case j > i:
+			s.send.refill.Add(r.Start, r.End)
+		}
+	}
 	want := s.send.completeWanted
 	s.send.mu.Unlock()
 	if want {
 		s.completeSend()
 	}
-	return n, nil
+	if err != nil {
+		return int(parts[i].Start + sent - start), err
+	}
+	return len(p), nil
 }
+
+// retainRealStream returns a real stream for a WriteAt, which the caller gives back to the
+// pool: the stream's own while its send side holds one (the bytes then follow its Writes), or
+// one from the pool after Close.
+func (s *stream) retainRealStream() (*realStream, error) {
+	s.send.mu.Lock()
+	defer s.send.mu.Unlock()
+	if s.send.rs != nil && !s.send.done {
+		s.path.pool.retain(s.send.rs)
+		return s.send.rs, nil
+	}
+	return s.path.pool.assign()
+}
+
+// failedBehindLocked returns, for a call blocked on credit at off, an error wrapping the
+// *DelegationError of the failed delegation with the lowest undelivered suffix that begins
+// below off and is still unfilled, unless the application waits for that delegation (Wait, Done): that one
+// refills it, and the call waits. The reader cannot pass such a gap, so the credit the call
+// waits for would never come. s.send.mu is held.
+func (s *stream) failedBehindLocked(off uint64) error {
+	var found *DelegationError
+	keep := s.send.failed[:0]
+	for _, d := range s.send.failed {
+		de := d.err.(*DelegationError)
+		from, to := uint64(de.Offset), uint64(de.Offset+de.Remaining)
+		if d.claimed.Load() || !s.send.refill.Overlaps(from, to) {
+			continue // someone refills it, or it is refilled
+		}
+		keep = append(keep, d)
+		if from < off && (found == nil || de.Offset < found.Offset) {
+			found = de // the lowest: the gap the reader meets first
+		}
+	}
+	clear(s.send.failed[len(keep):])
+	s.send.failed = keep
+	if found != nil {
+		return &blockedError{de: found}
+	}
+	return nil
+}
+
+// blockedError is what Write and WriteAt return when they wait for credit behind a failed
+// delegation's gap that the application does not refill otherwise.
+type blockedError struct{ de *DelegationError }
+
+func (e *blockedError) Error() string {
+	return "kwik: waiting for credit behind a failed delegation: " + e.de.Error()
+}
+
+// Unwrap returns the *DelegationError: errors.As finds it.
+func (e *blockedError) Unwrap() error { return e.de }
 
 // ---- client ----
 
@@ -309,11 +404,21 @@ type delegationRecord struct {
 	written   uint64        // what the secondary said it wrote, once doneKnown
 	doneKnown bool
 	state     delegationState
+
+	// The progress deadline (progress.go): the range fails once it has received nothing for
+	// timeout (0: the path's default) since `since`, while eligible.
+	timeout time.Duration
+	since   time.Time // the last byte, or when the range last became its secondary's next with credit
 }
 
 type clientDelegations struct {
 	mu   sync.Mutex
 	byID map[uint64]*delegationRecord
+	// stopped: delegations failed by their progress deadline whose secondary, still alive,
+	// may send a little more before it hears to stop (dropped); forgotten once all it said it
+	// wrote has come, when its path ends, or (past maxStoppedDelegations) when its stream
+	// takes no more data.
+	stopped map[uint64]*delegationRecord
 }
 
 // outcome decides a record once it can. st.recv.mu is held.
@@ -332,16 +437,45 @@ func (d *delegationRecord) outcome() delegationState {
 
 // firstMissing is the first byte of the range the client does not hold. st.recv.mu is held.
 func (d *delegationRecord) firstMissing() uint64 {
-	if m := d.got.Missing(nil, d.off, d.end); len(m) > 0 {
-		return m[0].Start
+	// got lies within [off, end): the first missing byte is off, or the end of the range
+	// of got that starts there.
+	if r := d.got.Ranges(); len(r) > 0 && r[0].Start <= d.off {
+		return min(r[0].End, d.end)
 	}
-	return d.end
+	return d.off
 }
 
 // detach removes a decided record from its stream. st.recv.mu is held. The slice is
 // replaced, not edited, since callers iterate copies of it outside the lock.
 func (d *delegationRecord) detach() {
+	head := d.st.headOf(d.path)
 	d.st.recv.delegs = without(d.st.recv.delegs, d)
+	if head == d {
+		// The secondary's next range of the stream is now the following one: its
+		// progress clock starts now.
+		if h := d.st.headOf(d.path); h != nil {
+			h.since = later(h.since, time.Now())
+		}
+	}
+}
+
+// headOf is the active delegation of path p with the lowest offset in the stream: the range
+// p sends first (sendOrder). st.recv.mu is held.
+func (s *stream) headOf(p *path) *delegationRecord {
+	var h *delegationRecord
+	for _, d := range s.recv.delegs {
+		if d.path == p && d.state == delegationActive && (h == nil || d.off < h.off) {
+			h = d
+		}
+	}
+	return h
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // without returns a new slice holding l's elements but x.
@@ -404,7 +538,12 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	if len(m.Request) > maxDelegationRequest(p.peer.maxMessageSize) {
 		return refuse(CodePacketTooLarge, "request larger than the secondary accepts")
 	}
-	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end}
+	if time.Now().UnixNano() < p.stalledUntil.Load() {
+		return refuse(CodeDelegationTimeout, "the secondary delivered nothing for its last ranges")
+	}
+	now := time.Now()
+	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end,
+		timeout: time.Duration(min(m.ProgressTimeoutMs, maxProgressTimeoutMs)) * time.Millisecond, since: now}
 	sess.clientDelegs.mu.Lock()
 	if sess.clientDelegs.byID[d.id] != nil {
 		sess.clientDelegs.mu.Unlock()
@@ -457,6 +596,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		// The path died while we recorded the range: its failure handler may have missed it.
 		sess.failDelegations(p, CodePathDead, "path died")
 	}
+	notify(p.progressPoke) // its watchdog keeps the range's progress deadline
 	return nil
 }
 
@@ -477,6 +617,21 @@ func (s *stream) delegationFor(p *path, off, end uint64) *delegationRecord {
 func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 	sess.clientDelegs.mu.Lock()
 	d := sess.clientDelegs.byID[m.DelegationId]
+	if s := sess.clientDelegs.stopped[m.DelegationId]; d == nil && s != nil && s.path == p {
+		// A range failed by its deadline: its secondary has stopped writing it. Forgotten
+		// once what it wrote has come.
+		sess.clientDelegs.mu.Unlock()
+		if m.Written > s.end-s.off {
+			return &Error{Code: CodeOffsetMismatch, Message: "secondary claims to have written past its range"}
+		}
+		s.st.recv.mu.Lock()
+		if !s.doneKnown {
+			s.doneKnown, s.written = true, m.Written
+			sess.forgetStoppedLocked(s)
+		}
+		s.st.recv.mu.Unlock()
+		return nil
+	}
 	sess.clientDelegs.mu.Unlock()
 	if d == nil || d.path != p {
 		return nil // already decided (a late or duplicate notice), or not this path's
@@ -504,15 +659,26 @@ func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 // failDelegations (client) fails every active delegation of a path that died or was removed.
 func (sess *session) failDelegations(p *path, code ErrorCode, reason string) {
 	sess.clientDelegs.mu.Lock()
-	var ds []*delegationRecord
+	var ds, stopped []*delegationRecord
 	for _, d := range sess.clientDelegs.byID {
 		if d.path == p {
 			ds = append(ds, d)
 		}
 	}
+	for id, d := range sess.clientDelegs.stopped {
+		if d.path == p {
+			delete(sess.clientDelegs.stopped, id)
+			stopped = append(stopped, d)
+		}
+	}
 	sess.clientDelegs.mu.Unlock()
 	for _, d := range ds {
 		sess.failDelegation(d, code, reason)
+	}
+	for _, d := range stopped {
+		d.st.recv.mu.Lock()
+		d.st.recv.stopped = without(d.st.recv.stopped, d)
+		d.st.recv.mu.Unlock()
 	}
 }
 
@@ -560,8 +726,9 @@ func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) err
 	}
 	ds := &delegatedStream{
 		sess: sess, p: p, id: m.DelegationId, streamID: m.LogicalStreamId,
-		off: m.Offset, length: m.Length, request: m.Request, signal: make(chan struct{}, 1),
+		off: m.Offset, length: m.Length, request: m.Request,
 	}
+	ds.send.wake = make(chan struct{})
 	// Credit for the range never reaches past it.
 	ds.send.maxOffset = min(m.MaxOffset, end)
 	ds.ctx, ds.cancel = context.WithCancelCause(sess.ctx)
@@ -586,20 +753,25 @@ func (sess *session) handleDelegationAssign(p *path, m *pb.DelegationAssign) err
 }
 
 // handleDelegationStop (secondary): the client no longer wants the stream's delegated ranges
-// (the primary reset it, or the client canceled reading): their Writes fail with the code.
+// (the primary reset it, or the client canceled reading), or, when the frame names
+// delegations, those ranges only (they made no progress for their deadline): their Writes
+// fail with the code.
 func (sess *session) handleDelegationStop(m *pb.StopSending) {
 	sec := &sess.secondary
 	sec.mu.Lock()
 	defer sec.mu.Unlock()
 	for ds := range sec.byStream[m.LogicalStreamId] {
+		if len(m.DelegationIds) > 0 && !slices.Contains(m.DelegationIds, ds.id) {
+			continue
+		}
 		err := &StreamError{StreamID: quic.StreamID(ds.streamID), ErrorCode: StreamErrorCode(m.ErrorCode), Remote: true}
 		ds.send.mu.Lock()
 		if ds.send.err == nil {
 			ds.send.err = err
 		}
+		ds.send.wakeLocked()
 		ds.send.mu.Unlock()
 		ds.cancel(err)
-		notify(ds.signal)
 	}
 }
 
@@ -622,11 +794,8 @@ func (sess *session) handleDelegationCredit(streamID, max uint64) {
 	defer sec.mu.Unlock()
 	for ds := range sec.byStream[streamID] {
 		ds.send.mu.Lock()
-		if m := min(max, ds.off+ds.length); m > ds.send.maxOffset {
-			ds.send.maxOffset = m
-		}
+		ds.send.raiseLocked(min(max, ds.off+ds.length))
 		ds.send.mu.Unlock()
-		notify(ds.signal)
 	}
 }
 
@@ -672,7 +841,6 @@ type delegatedStream struct {
 	off      uint64
 	length   uint64
 	request  []byte
-	signal   chan struct{} // cap 1: credit, deadline or close
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -683,13 +851,10 @@ type delegatedStream struct {
 		deadline time.Time
 	}
 	send struct {
-		mu        sync.Mutex
-		written   uint64
-		maxOffset uint64
-		closed    bool
-		err       error // the client stopped the stream (STOP_SENDING): the range is not wanted
-		deadline  time.Time
-		rs        *realStream
+		sendCredit // err: the client stopped the range (STOP_SENDING): it is not wanted
+		written    uint64
+		closed     bool
+		rs         *realStream
 	}
 }
 
@@ -714,92 +879,34 @@ func (ds *delegatedStream) Read(b []byte) (int, error) {
 // Write places b at the next offsets of the delegated range on the client. Past the range's
 // end it writes what fits and fails.
 func (ds *delegatedStream) Write(b []byte) (int, error) {
-	var n int
-	for len(b) > 0 {
-		ds.send.mu.Lock()
-		if ds.send.closed {
-			ds.send.mu.Unlock()
-			return n, ErrWriteAfterClose
-		}
-		if err := ds.send.err; err != nil {
-			ds.send.mu.Unlock()
-			return n, err
-		}
-		if err := ds.sess.ctx.Err(); err != nil {
-			ds.send.mu.Unlock()
-			return n, ds.sess.closeErr()
-		}
-		if ds.send.written == ds.length {
-			ds.send.mu.Unlock()
-			return n, errDelegationFull
-		}
-		if !ds.send.deadline.IsZero() && !time.Now().Before(ds.send.deadline) {
-			ds.send.mu.Unlock()
-			return n, errDeadline
-		}
-		cur := ds.off + ds.send.written
-		if ds.send.maxOffset <= cur {
-			deadline := ds.send.deadline
-			ds.send.mu.Unlock()
-			if err := ds.wait(deadline); err != nil {
-				return n, err
+	return ds.send.send(ds.sess, ds.streamID, ds.p.peer.maxFrameData, b, &sendCall{
+		next: func() (uint64, uint64, error) {
+			switch {
+			case ds.send.closed:
+				return 0, 0, ErrWriteAfterClose
+			case ds.send.written == ds.length:
+				return 0, 0, errDelegationFull
 			}
-			continue
-		}
-		if ds.send.rs == nil {
-			rs, err := ds.p.pool.assign()
-			if err != nil {
-				ds.send.mu.Unlock()
-				return n, err
+			return ds.off + ds.send.written, ds.length - ds.send.written, nil
+		},
+		take: func(off, n uint64) (*realStream, bool, error) {
+			if ds.send.closed || ds.send.err != nil || ds.off+ds.send.written != off {
+				return nil, false, nil // moved while it waited for its turn
 			}
-			ds.send.rs = rs
-		}
-		rs, deadline := ds.send.rs, ds.send.deadline
-		chunk := min(uint64(len(b)), ds.length-ds.send.written, ds.send.maxOffset-cur, uint64(ds.p.peer.maxFrameData))
-		ds.send.mu.Unlock()
-		// The range nearest the reader goes first (sendOrder). Whatever ends this delegation
-		// or its path while it waits ends the wait; the loop then says why.
-		if !ds.p.order.acquire(ds.streamID, cur, ds.ctx.Done(), deadline) {
-			continue
-		}
-		ds.send.mu.Lock()
-		if ds.send.closed || ds.send.err != nil || ds.off+ds.send.written != cur {
-			ds.send.mu.Unlock()
-			ds.p.order.release()
-			continue
-		}
-		ds.send.written += chunk
-		ds.send.mu.Unlock()
-		err := rs.writeFrame(ds.streamID, cur, b[:chunk], false)
-		ds.p.order.release()
-		if err != nil {
-			ds.p.writeFailed(err)
-			if ds.sess.ctx.Err() != nil {
-				return n, ds.sess.closeErr()
+			if ds.send.rs == nil {
+				rs, err := ds.p.pool.assign()
+				if err != nil {
+					return nil, false, err
+				}
+				ds.send.rs = rs
 			}
-			return n, err
-		}
-		n += int(chunk)
-		b = b[chunk:]
-	}
-	return n, nil
-}
-
-func (ds *delegatedStream) wait(deadline time.Time) error {
-	var timeout <-chan time.Time
-	if !deadline.IsZero() {
-		t := time.NewTimer(time.Until(deadline))
-		defer t.Stop()
-		timeout = t.C
-	}
-	select {
-	case <-ds.signal:
-		return nil
-	case <-timeout:
-		return errDeadline
-	case <-ds.sess.ctx.Done():
-		return ds.sess.closeErr()
-	}
+			ds.send.written += n
+			return ds.send.rs, true, nil
+		},
+		order:  &ds.p.order,
+		abort:  ds.ctx.Done(),
+		failed: func(err error) error { return ds.send.writeError(ds.p, err) },
+	})
 }
 
 // Close completes the range: the client learns how much was written; less than the range's
@@ -811,6 +918,7 @@ func (ds *delegatedStream) Close() error {
 		return nil
 	}
 	ds.send.closed = true
+	ds.send.wakeLocked()
 	written, rs := ds.send.written, ds.send.rs
 	ds.send.mu.Unlock()
 	ds.p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationDone{DelegationDone: &pb.DelegationDone{DelegationId: ds.id, Written: written}}})
@@ -829,7 +937,6 @@ func (ds *delegatedStream) Close() error {
 	sec.reqBytes -= len(ds.request)
 	sec.mu.Unlock()
 	ds.cancel(context.Canceled)
-	notify(ds.signal)
 	return ds.sess.ctx.Err()
 }
 
@@ -853,8 +960,8 @@ func (ds *delegatedStream) SetReadDeadline(t time.Time) error {
 func (ds *delegatedStream) SetWriteDeadline(t time.Time) error {
 	ds.send.mu.Lock()
 	ds.send.deadline = t
+	ds.send.wakeLocked()
 	ds.send.mu.Unlock()
-	notify(ds.signal)
 	return nil
 }
 

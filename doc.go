@@ -68,13 +68,38 @@
 // On the primary, Stream.Delegate(pathID, length, request) reserves the next length bytes of
 // a stream for the secondary on pathID; later Writes land after them. The secondary receives
 // the delegation as a stream from AcceptStream: Read yields the request, Write fills the
-// range on the client, Close completes it. The client reads one stream, reassembled by offset,
-// and accepts a secondary's bytes only inside the ranges delegated to its path.
-// Delegation.Wait returns nil once the client holds the range, or a *DelegationError naming
-// the undelivered suffix (the path died, or the secondary closed short), which Stream.WriteAt
-// fills, even after Close. When the client cancels reading or the primary resets the stream, the
+// range on the client, Close completes it; a secondary with several ranges outstanding sends
+// a stream's lowest first. The client reads one stream, reassembled by offset, and accepts a
+// secondary's bytes only inside the ranges delegated to its path. Delegation.Wait returns nil
+// once the client holds the range, or a *DelegationError naming the undelivered suffix: the
+// path died, the secondary closed short, or the range delivered nothing new for its progress
+// deadline (Config.DelegationProgressTimeout, by default derived from the paths' round trips
+// and the secondary's rate; the secondary is then told to stop). Stream.WriteAt fills the
+// suffix, even after Close; bytes already refilled are not sent twice, so refilling a range
+// twice is harmless. When the client cancels reading or the primary resets the stream, the
 // secondaries' Writes on its ranges fail with that code. Fanout and ServeFanout do all of this
 // for a known-size resource.
+//
+// No call blocks forever because of a delegation. A failed range leaves a gap that holds the
+// client's reader, and with it the credit the primary's later Writes wait for: a Write (or
+// WriteAt) waiting for credit behind the unfilled suffix of a failed delegation returns an
+// error wrapping its *DelegationError, so that one sequential loop refills it and goes on:
+//
+//	for len(p) > 0 {
+//		n, err := st.Write(p)
+//		p = p[n:]
+//		var de *kwik.DelegationError
+//		if errors.As(err, &de) { // refill from the primary's own copy (WriteAt may in turn report an earlier gap)
+//			_, err = st.WriteAt(data[de.Offset:de.Offset+de.Remaining], de.Offset)
+//		}
+//		if err != nil { ... }
+//	}
+//
+// A delegation whose outcome the application waits for (it called Wait or Done before the
+// failure, from another goroutine say) is that goroutine's to refill: Writes blocked behind it
+// keep waiting. A hung secondary (it takes its ranges and never writes, while its path lives)
+// costs about one progress deadline: its ranges all fail at once and the client refuses it
+// new ones for a few deadlines. Wait, Write and WriteAt return when the session ends.
 //
 // # Batching and compression
 //

@@ -26,6 +26,10 @@ const (
 	// KWIK_CONNECTION_REFUSED: the server's accept queue is full, or it is closing. The client
 	// reports it as quic-go does: a *quic.TransportError with code quic.ConnectionRefused.
 	CodeConnectionRefused ErrorCode = 11
+	// KWIK_DELEGATION_TIMEOUT: a delegated range delivered nothing new for its progress
+	// deadline (Config.DelegationProgressTimeout) while it had credit and was its
+	// secondary's next range.
+	CodeDelegationTimeout ErrorCode = 12
 )
 
 var codeNames = map[ErrorCode]string{
@@ -40,6 +44,7 @@ var codeNames = map[ErrorCode]string{
 	CodeInternal:           "KWIK_INTERNAL",
 	CodePathRemoved:        "KWIK_PATH_REMOVED",
 	CodeConnectionRefused:  "KWIK_CONNECTION_REFUSED",
+	CodeDelegationTimeout:  "KWIK_DELEGATION_TIMEOUT",
 }
 
 // String returns the code's protocol name, such as KWIK_INVALID_FRAME.
@@ -91,6 +96,7 @@ var (
 	ErrOffsetMismatch     = &Error{Code: CodeOffsetMismatch}
 	ErrFlowControl        = &Error{Code: CodeFlowControl}
 	ErrPathRemoved        = &Error{Code: CodePathRemoved}
+	ErrDelegationTimeout  = &Error{Code: CodeDelegationTimeout}
 )
 
 // ErrNotPrimary is returned by operations that only the primary server of a session may do.

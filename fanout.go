@@ -326,6 +326,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			break
 		}
 		sched.delegated(to, n, time.Now())
+		d.Done() // its watcher refills a failure: the own writer's WriteAts are not told of it
 		wg.Add(1)
 		go watch(d, off)
 	}

@@ -23,7 +23,8 @@ import (
 //     heartbeats the watchdog asks for;
 //   - acceptData: accepts the peer's data streams and starts a readData for each;
 //   - watch, on a client's secondary paths only: has heartbeats sent and declares the path
-//     dead when its QUIC connection has received nothing for PathTimeout.
+//     dead when its QUIC connection has received nothing for PathTimeout; fails the path's
+//     delegations that miss their progress deadline (progress.go).
 //
 // Sending needs no goroutine: a stream's Write encodes its DataPacket and writes it on a real
 // stream of the pool from the caller's goroutine.
@@ -49,6 +50,11 @@ type path struct {
 
 	nextPacket atomic.Uint64 // next DataPacket ID this side sends on the path
 	lastActive atomic.Int64  // Unix nanoseconds of the last message received
+
+	// Client, secondary paths: the progress of their delegations (progress.go).
+	lastDelegated atomic.Int64  // Unix nanoseconds of the last byte received for a delegation
+	stalledUntil  atomic.Int64  // Unix nanoseconds until which new ranges are refused (it delivered nothing)
+	progressPoke  chan struct{} // cap 1: a delegation was assigned to the path
 
 	acks struct {
 		mu       sync.Mutex
@@ -80,6 +86,7 @@ func newPath(sess *session, conn *quic.Conn, id, address string, primary, essent
 	p.lastActive.Store(p.createdAt.UnixNano())
 	p.ctrl = newControlWriter(p)
 	p.pool.p = p
+	p.progressPoke = make(chan struct{}, 1)
 	return p
 }
 
@@ -115,22 +122,36 @@ func (p *path) watch() {
 	conf := p.sess.conf
 	t := time.NewTicker(conf.HeartbeatInterval)
 	defer t.Stop()
+	// The delegations' progress deadlines (progress.go) are kept here too.
+	var ps progressState
+	check := time.NewTimer(time.Hour)
+	check.Stop()
+	defer check.Stop()
 	received := p.conn.ConnectionStats().PacketsReceived
 	progress := time.Now()
 	for {
+		tick := false
 		select {
 		case <-p.ctx.Done():
 			return
 		case <-t.C:
+			tick = true
+		case <-check.C:
+		case <-p.progressPoke:
 		}
 		now := time.Now()
-		if n := p.conn.ConnectionStats().PacketsReceived; n != received {
-			received, progress = n, now
-		} else if silent := now.Sub(progress); silent >= conf.PathTimeout {
-			p.fail(&Error{Code: CodePathDead, Message: fmt.Sprintf("path %s: no QUIC packet received for %v", p.id, silent.Round(time.Millisecond))})
-			return
+		if tick {
+			if n := p.conn.ConnectionStats().PacketsReceived; n != received {
+				received, progress = n, now
+			} else if silent := now.Sub(progress); silent >= conf.PathTimeout {
+				p.fail(&Error{Code: CodePathDead, Message: fmt.Sprintf("path %s: no QUIC packet received for %v", p.id, silent.Round(time.Millisecond))})
+				return
+			}
+			p.ctrl.queueHeartbeat()
 		}
-		p.ctrl.queueHeartbeat()
+		if wait := p.checkProgress(now, &ps); wait > 0 {
+			check.Reset(wait)
+		}
 	}
 }
 
@@ -372,6 +393,13 @@ func (sp *sendPool) assign() (*realStream, error) {
 	}
 	best.users++
 	return best, nil
+}
+
+// retain counts one more user of rs, which the pool assigned before; release gives it back.
+func (sp *sendPool) retain(rs *realStream) {
+	sp.mu.Lock()
+	rs.users++
+	sp.mu.Unlock()
 }
 
 func (sp *sendPool) release(rs *realStream) {

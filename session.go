@@ -134,6 +134,7 @@ func newSession(parent context.Context, role Role, id string, conf *Config) *ses
 	s.delegs.byID = make(map[uint64]*Delegation)
 	s.delegs.outstanding = make(map[string]outstanding)
 	s.clientDelegs.byID = make(map[uint64]*delegationRecord)
+	s.clientDelegs.stopped = make(map[uint64]*delegationRecord)
 	s.secondary.byStream = make(map[uint64]map[*delegatedStream]struct{})
 	s.secondary.signal = make(chan struct{}, 1)
 	s.delegKey = delegationKey(conf.JoinKey)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,31 +46,29 @@ type stream struct {
 		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
 		deadline  time.Time
 		delegs    []*delegationRecord // client: active delegations of this stream
+		stopped   []*delegationRecord // client: delegations failed by their deadline, whose late bytes are dropped
 		fed       []*path             // client: the paths that had a delegation of this stream
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
 
 	send struct {
-		mu        sync.Mutex
-		offset    uint64 // next byte to send
-		maxOffset uint64 // credit the peer granted
-		closed    bool   // Close was called
-		err       error  // canceled here, or stopped by the peer
-		done      bool   // fin or reset sent: the real stream is given back
-		completed bool   // the application has seen the end (Close, CancelWrite, or the error)
-		deadline  time.Time
-		rs        *realStream // assigned real stream, nil until the first frame
+		sendCredit             // credit, error, deadline and the wake-up of waiting writers; mu guards all below
+		offset     uint64      // next byte to send
+		closed     bool        // Close was called
+		done       bool        // fin or reset sent: the real stream is given back
+		completed  bool        // the application has seen the end (Close, CancelWrite, or the error)
+		rs         *realStream // assigned real stream, nil until the first frame
 
 		// Primary: delegations not yet resolved, and the undelivered suffixes of failed ones
-		// (what WriteAt may fill). The stream completes only once both are empty, so that the
-		// client's credit keeps reaching it.
+		// (what WriteAt may fill). The stream completes only once nothing is owed, so that
+		// the client's credit keeps reaching it.
 		pending        int
-		refill         data.RangeSet
+		owed           data.RangeSet // every byte WriteAt may write: failed suffixes and reserved ranges
+		refill         data.RangeSet // the part of owed nobody has written or is writing yet
+		filling        uint64        // bytes of owed that WriteAts are writing now
+		failed         []*Delegation // failed delegations whose suffix Wait has not reported: a Write blocked behind one returns its error
 		completeWanted bool
 	}
-	// sendWake is closed (and replaced) when credit, cancellation or the deadline change:
-	// a broadcast, since Write and refilling WriteAts may wait at once. Guarded by send.mu.
-	sendWake chan struct{}
 
 	// announced is set once the peer has been told of the stream, by its first data frame or
 	// by a STREAM_CREATE_NOTIFICATION, whichever goes first.
@@ -88,8 +87,8 @@ func newStream(id uint64, sess *session, p *path, local bool) *stream {
 		sess:       sess,
 		path:       p,
 		recvSignal: make(chan struct{}, 1),
-		sendWake:   make(chan struct{}),
 	}
+	s.send.wake = make(chan struct{})
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
 	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, creditLoop(p), time.Now())
 	s.recv.loan = loan{c: &sess.credit, s: s}
@@ -134,33 +133,6 @@ func (s *stream) PathID() string           { return s.path.id }
 func (s *stream) Context() context.Context { return s.ctx }
 func (s *stream) streamError(code StreamErrorCode, remote bool) error {
 	return &StreamError{StreamID: quic.StreamID(s.id), ErrorCode: code, Remote: remote}
-}
-
-// wait blocks until signal fires, the deadline passes or the session ends.
-// It returns errDeadline or the session's close error.
-func (s *stream) wait(signal chan struct{}, deadline time.Time) error {
-	if deadline.IsZero() {
-		select {
-		case <-signal:
-			return nil
-		case <-s.sess.ctx.Done():
-			return s.sess.closeErr()
-		}
-	}
-	d := time.Until(deadline)
-	if d <= 0 {
-		return errDeadline
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-signal:
-		return nil
-	case <-t.C:
-		return errDeadline
-	case <-s.sess.ctx.Done():
-		return s.sess.closeErr()
-	}
 }
 
 // Read reads the stream's bytes in order, from whichever path brought them.
@@ -211,7 +183,7 @@ func (s *stream) Read(p []byte) (int, error) {
 		s.recv.fc.Blocked(time.Now(), uint64(s.recv.buf.BufferedBlocks())*data.BlockSize)
 		deadline := s.recv.deadline
 		s.recv.mu.Unlock()
-		if err := s.wait(s.recvSignal, deadline); err != nil {
+		if err := s.sess.waitSignal(s.recvSignal, deadline); err != nil {
 			return 0, err
 		}
 	}
@@ -236,8 +208,16 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	var d *delegationRecord
 	if p != s.path {
 		if d = s.delegationFor(p, off, end); d == nil || fin {
+			var err error
+			if late := s.stoppedFor(p, off, end); late != nil && !fin {
+				// Sent before the secondary heard that its range was failed: dropped.
+				p.stalledUntil.Store(0) // it is not hung after all
+				err = s.sess.lateBytesLocked(late, off, end)
+			} else {
+				err = &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
+			}
 			s.recv.mu.Unlock()
-			return &Error{Code: CodeOffsetMismatch, Message: "data from a secondary outside the ranges delegated to it"}
+			return err
 		}
 	}
 	err := s.storeFrame(p, off, end, b, fin)
@@ -250,6 +230,10 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	}
 	state, missing := delegationActive, uint64(0)
 	if err == nil && d != nil {
+		now := time.Now()
+		d.since = now
+		p.lastDelegated.Store(now.UnixNano())
+		p.stalledUntil.Store(0)
 		d.got.Add(off, end)
 		if d.got.Len() > maxRangesPerDelegation {
 			err = &Error{Code: CodeOffsetMismatch, Message: "secondary's range too fragmented"}
@@ -407,57 +391,30 @@ func (s *stream) completeRecv() {
 	}
 }
 
-// Write sends p in frames no larger than the peer's message size, within the peer's credit.
+// Write sends p at the stream's end, in frames no larger than the peer's message size, within
+// the peer's credit. Blocked on credit behind the undelivered suffix of a failed delegation
+// that nobody waits for (see Delegation.Wait), it returns an error wrapping its
+// *DelegationError: the reader cannot pass that gap, so credit would never come.
 func (s *stream) Write(p []byte) (int, error) {
-	var n int
-	for len(p) > 0 {
-		s.send.mu.Lock()
-		if s.send.err != nil {
-			err := s.send.err
-			s.send.mu.Unlock()
-			s.completeSend()
-			return n, err
-		}
-		if s.send.closed {
-			s.send.mu.Unlock()
-			return n, ErrWriteAfterClose
-		}
-		if err := s.sess.ctx.Err(); err != nil {
-			s.send.mu.Unlock()
-			return n, s.sess.closeErr()
-		}
-		if !s.send.deadline.IsZero() && !time.Now().Before(s.send.deadline) {
-			s.send.mu.Unlock()
-			return n, errDeadline
-		}
-		var avail uint64 // Delegate may have moved the offset past the credit
-		if s.send.maxOffset > s.send.offset {
-			avail = s.send.maxOffset - s.send.offset
-		}
-		if avail == 0 {
-			deadline, wake := s.send.deadline, s.sendWake
-			s.send.mu.Unlock()
-			if err := s.wait(wake, deadline); err != nil {
-				return n, err
+	return s.send.send(s.sess, s.id, s.path.peer.maxFrameData, p, &sendCall{
+		next: func() (uint64, uint64, error) {
+			if s.send.closed {
+				return 0, 0, ErrWriteAfterClose
 			}
-			continue
-		}
-		rs, err := s.realStreamLocked()
-		if err != nil {
-			s.send.mu.Unlock()
-			return n, err
-		}
-		chunk := min(uint64(len(p)), avail, uint64(s.path.peer.maxFrameData))
-		off := s.send.offset
-		s.send.offset += chunk
-		s.send.mu.Unlock()
-		if err := rs.writeFrame(s.id, off, p[:chunk], false); err != nil {
-			return n, s.writeError(err)
-		}
-		n += int(chunk)
-		p = p[chunk:]
-	}
-	return n, nil
+			return s.send.offset, math.MaxUint64, nil
+		},
+		blocked: s.failedBehindLocked,
+		take: func(off, n uint64) (*realStream, bool, error) {
+			rs, err := s.realStreamLocked()
+			if err != nil {
+				return nil, false, err
+			}
+			s.send.offset += n
+			return rs, true, nil
+		},
+		failed: s.writeError,
+		ended:  s.completeSend,
+	})
 }
 
 // realStreamLocked returns the real stream this logical stream sends on, assigning one from
@@ -476,18 +433,7 @@ func (s *stream) realStreamLocked() (*realStream, error) {
 
 // writeError explains a failed write on the real stream: the session's end or this stream's
 // cancellation, whichever caused it.
-func (s *stream) writeError(err error) error {
-	s.path.writeFailed(err)
-	if s.sess.ctx.Err() != nil {
-		return s.sess.closeErr()
-	}
-	s.send.mu.Lock()
-	defer s.send.mu.Unlock()
-	if s.send.err != nil {
-		return s.send.err
-	}
-	return err
-}
+func (s *stream) writeError(err error) error { return s.send.writeError(s.path, err) }
 
 // Close closes the write side: a fin frame marks the final size.
 func (s *stream) Close() error {
@@ -540,7 +486,7 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	err := s.streamError(code, remote)
 	s.send.err = err
 	finalSize := s.send.offset
-	s.wakeSendersLocked()
+	s.send.wakeLocked()
 	s.send.mu.Unlock()
 	s.path.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: s.id, ErrorCode: uint64(code), FinalSize: finalSize}}})
 	s.endSend(err)
@@ -556,7 +502,7 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 func (s *stream) completeSend() {
 	s.send.mu.Lock()
 	s.send.completeWanted = true
-	ready := !s.send.completed && (s.send.err != nil || (s.send.pending == 0 && s.send.refill.Len() == 0))
+	ready := !s.send.completed && (s.send.err != nil || (s.send.pending == 0 && s.send.refill.Len() == 0 && s.send.filling == 0))
 	if ready {
 		s.send.completed = true
 	}
@@ -588,17 +534,8 @@ func (s *stream) endSend(cause error) {
 
 func (s *stream) handleMaxStreamData(max uint64) {
 	s.send.mu.Lock()
-	if max > s.send.maxOffset {
-		s.send.maxOffset = max
-		s.wakeSendersLocked()
-	}
+	s.send.raiseLocked(max)
 	s.send.mu.Unlock()
-}
-
-// wakeSendersLocked wakes every goroutine waiting to send. s.send.mu is held.
-func (s *stream) wakeSendersLocked() {
-	close(s.sendWake)
-	s.sendWake = make(chan struct{})
 }
 
 func (s *stream) SetReadDeadline(t time.Time) error {
@@ -612,7 +549,7 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 func (s *stream) SetWriteDeadline(t time.Time) error {
 	s.send.mu.Lock()
 	s.send.deadline = t
-	s.wakeSendersLocked()
+	s.send.wakeLocked()
 	s.send.mu.Unlock()
 	return nil
 }

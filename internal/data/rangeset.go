@@ -200,3 +200,27 @@ func searchStartAtOrAfter(r []Range, x uint64) int {
 	})
 	return i
 }
+
+// Overlaps reports whether any value of [start, end) is in the set.
+func (s *RangeSet) Overlaps(start, end uint64) bool {
+	if start >= end {
+		return false
+	}
+	i := s.searchEndAfter(start)
+	return i < len(s.r) && s.r[i].Start < end
+}
+
+// Intersect appends to dst the sub-ranges of [start, end) that are in the set, in
+// ascending order, and returns the extended slice.
+func (s *RangeSet) Intersect(dst []Range, start, end uint64) []Range {
+	if start >= end {
+		return dst
+	}
+	for _, r := range s.r[s.searchEndAfter(start):] {
+		if r.Start >= end {
+			break
+		}
+		dst = append(dst, Range{max(r.Start, start), min(r.End, end)})
+	}
+	return dst
+}

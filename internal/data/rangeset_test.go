@@ -258,3 +258,41 @@ func TestRangeSetAddAppendAllocs(t *testing.T) {
 		t.Errorf("steady state with gaps: %v allocs per cycle, want 0", n)
 	}
 }
+
+func TestRangeSetIntersectOverlaps(t *testing.T) {
+	base := []Range{{10, 20}, {30, 40}}
+	tests := []struct {
+		name       string
+		set        []Range
+		start, end uint64
+		want       []Range
+	}{
+		{"empty set", nil, 5, 15, nil},
+		{"empty range", base, 15, 15, nil},
+		{"inverted range", base, 15, 5, nil},
+		{"all below", base, 0, 10, nil},
+		{"all above", base, 40, 50, nil},
+		{"gap exactly", base, 20, 30, nil},
+		{"inside", base, 12, 18, []Range{{12, 18}}},
+		{"straddle start", base, 5, 15, []Range{{10, 15}}},
+		{"straddle end", base, 15, 25, []Range{{15, 20}}},
+		{"everything", base, 0, 50, []Range{{10, 20}, {30, 40}}},
+		{"from a range end", base, 20, 35, []Range{{30, 35}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := rs(tt.set...)
+			prefix := []Range{{1, 2}}
+			got := s.Intersect(prefix, tt.start, tt.end)
+			if !slices.Equal(got[:1], prefix) {
+				t.Fatalf("Intersect overwrote dst: %v", got)
+			}
+			if got := got[1:]; !slices.Equal(got, tt.want) {
+				t.Errorf("Intersect(%d, %d) = %v, want %v", tt.start, tt.end, got, tt.want)
+			}
+			if o := s.Overlaps(tt.start, tt.end); o != (len(tt.want) > 0) {
+				t.Errorf("Overlaps(%d, %d) = %v, want %v", tt.start, tt.end, o, len(tt.want) > 0)
+			}
+		})
+	}
+}

@@ -96,6 +96,7 @@ const (
 	ErrorCode_INTERNAL             ErrorCode = 9  // KWIK_INTERNAL
 	ErrorCode_PATH_REMOVED         ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
 	ErrorCode_CONNECTION_REFUSED   ErrorCode = 11 // KWIK_CONNECTION_REFUSED: accept queue full, or the server is closing
+	ErrorCode_DELEGATION_TIMEOUT   ErrorCode = 12 // KWIK_DELEGATION_TIMEOUT: a delegated range made no progress for its deadline
 )
 
 // Enum value maps for ErrorCode.
@@ -113,6 +114,7 @@ var (
 		9:  "INTERNAL",
 		10: "PATH_REMOVED",
 		11: "CONNECTION_REFUSED",
+		12: "DELEGATION_TIMEOUT",
 	}
 	ErrorCode_value = map[string]int32{
 		"NO_ERROR":             0,
@@ -127,6 +129,7 @@ var (
 		"INTERNAL":             9,
 		"PATH_REMOVED":         10,
 		"CONNECTION_REFUSED":   11,
+		"DELEGATION_TIMEOUT":   12,
 	}
 )
 
@@ -339,7 +342,7 @@ const file_common_proto_rawDesc = "" +
 	"\n" +
 	"CONNECTING\x10\x02\x12\x11\n" +
 	"\rDISCONNECTING\x10\x03\x12\v\n" +
-	"\aREMOVED\x10\x04*\xef\x01\n" +
+	"\aREMOVED\x10\x04*\x87\x02\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\x12\n" +
 	"\x0ePATH_NOT_FOUND\x10\x01\x12\r\n" +
@@ -353,7 +356,8 @@ const file_common_proto_rawDesc = "" +
 	"\bINTERNAL\x10\t\x12\x10\n" +
 	"\fPATH_REMOVED\x10\n" +
 	"\x12\x16\n" +
-	"\x12CONNECTION_REFUSED\x10\vB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\x12CONNECTION_REFUSED\x10\v\x12\x16\n" +
+	"\x12DELEGATION_TIMEOUT\x10\fB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once

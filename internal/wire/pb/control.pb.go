@@ -1431,8 +1431,11 @@ type StopSending struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	LogicalStreamId uint64                 `protobuf:"varint,1,opt,name=logical_stream_id,json=logicalStreamId,proto3" json:"logical_stream_id,omitempty"`
 	ErrorCode       uint64                 `protobuf:"varint,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Client -> secondary only: the delegations of the stream to stop (their progress deadline
+	// passed). Empty: every delegation of the stream on that path.
+	DelegationIds []uint64 `protobuf:"varint,3,rep,packed,name=delegation_ids,json=delegationIds,proto3" json:"delegation_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StopSending) Reset() {
@@ -1477,6 +1480,13 @@ func (x *StopSending) GetErrorCode() uint64 {
 		return x.ErrorCode
 	}
 	return 0
+}
+
+func (x *StopSending) GetDelegationIds() []uint64 {
+	if x != nil {
+		return x.DelegationIds
+	}
+	return nil
 }
 
 // MaxStreamData grants send credit: the sender may send bytes of the stream below maximum.
@@ -1649,8 +1659,12 @@ type DelegateRange struct {
 	Request         []byte                 `protobuf:"bytes,6,opt,name=request,proto3" json:"request,omitempty"` // for the secondary's application
 	Expiry          uint64                 `protobuf:"varint,7,opt,name=expiry,proto3" json:"expiry,omitempty"`  // Unix nanoseconds after which the secondary refuses the assignment
 	Auth            []byte                 `protobuf:"bytes,8,opt,name=auth,proto3" json:"auth,omitempty"`       // the primary's MAC over the assignment (docs/PROTOCOL.md, section 15), for the secondary
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// How long, in milliseconds, the range may deliver nothing new while it is its secondary's
+	// next range and has credit, before the client fails it (docs/PROTOCOL.md, section 14).
+	// 0: the client's default, from the paths' RTTs and the secondary's rate.
+	ProgressTimeoutMs uint64 `protobuf:"varint,9,opt,name=progress_timeout_ms,json=progressTimeoutMs,proto3" json:"progress_timeout_ms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DelegateRange) Reset() {
@@ -1737,6 +1751,13 @@ func (x *DelegateRange) GetAuth() []byte {
 		return x.Auth
 	}
 	return nil
+}
+
+func (x *DelegateRange) GetProgressTimeoutMs() uint64 {
+	if x != nil {
+		return x.ProgressTimeoutMs
+	}
+	return 0
 }
 
 // DelegationAssign (client -> secondary): fill bytes [offset, offset+length) of the client's
@@ -2092,11 +2113,12 @@ const file_control_proto_rawDesc = "" +
 	"\n" +
 	"error_code\x18\x02 \x01(\x04R\terrorCode\x12\x1d\n" +
 	"\n" +
-	"final_size\x18\x03 \x01(\x04R\tfinalSize\"X\n" +
+	"final_size\x18\x03 \x01(\x04R\tfinalSize\"\x7f\n" +
 	"\vStopSending\x12*\n" +
 	"\x11logical_stream_id\x18\x01 \x01(\x04R\x0flogicalStreamId\x12\x1d\n" +
 	"\n" +
-	"error_code\x18\x02 \x01(\x04R\terrorCode\"U\n" +
+	"error_code\x18\x02 \x01(\x04R\terrorCode\x12%\n" +
+	"\x0edelegation_ids\x18\x03 \x03(\x04R\rdelegationIds\"U\n" +
 	"\rMaxStreamData\x12*\n" +
 	"\x11logical_stream_id\x18\x01 \x01(\x04R\x0flogicalStreamId\x12\x18\n" +
 	"\amaximum\x18\x02 \x01(\x04R\amaximum\"N\n" +
@@ -2107,7 +2129,7 @@ const file_control_proto_rawDesc = "" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xef\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x9f\x02\n" +
 	"\rDelegateRange\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
@@ -2116,7 +2138,8 @@ const file_control_proto_rawDesc = "" +
 	"\apath_id\x18\x05 \x01(\tR\x06pathId\x12\x18\n" +
 	"\arequest\x18\x06 \x01(\fR\arequest\x12\x16\n" +
 	"\x06expiry\x18\a \x01(\x04R\x06expiry\x12\x12\n" +
-	"\x04auth\x18\b \x01(\fR\x04auth\"\xf8\x01\n" +
+	"\x04auth\x18\b \x01(\fR\x04auth\x12.\n" +
+	"\x13progress_timeout_ms\x18\t \x01(\x04R\x11progressTimeoutMs\"\xf8\x01\n" +
 	"\x10DelegationAssign\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
