@@ -71,7 +71,11 @@ func TestWriteAndWriteAtShareCredit(t *testing.T) {
 	go func() { _, err := st.Write(content(W+16<<10, 16<<10)); errs <- err }()
 	go func() { _, err := st.WriteAt(content(W, 16<<10), W); errs <- err }()
 	// Both now wait for credit; reading the first window grants it.
-	time.Sleep(50 * time.Millisecond)
+	waitWithin(t, 10*time.Second, "Write and WriteAt waiting for credit", func() bool {
+		st.send.mu.Lock()
+		defer st.send.mu.Unlock()
+		return st.send.waiting == 2
+	})
 	cs, err := p.client.AcceptStream(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -70,6 +70,8 @@ type stream struct {
 		completeWanted bool
 	}
 
+	writeCall *sendCall // Write's part of the send loop, made with the stream (no allocation per Write)
+
 	// announced is set once the peer has been told of the stream, by its first data frame or
 	// by a STREAM_CREATE_NOTIFICATION, whichever goes first.
 	announced atomic.Bool
@@ -92,6 +94,7 @@ func newStream(id uint64, sess *session, p *path, local bool) *stream {
 	s.ctx, s.cancelCtx = context.WithCancelCause(sess.ctx)
 	s.recv.fc = flowcontrol.NewReceiver(sess.conf.initialStreamWindow(), uint64(sess.conf.StreamReceiveWindow), p, creditLoop(p), time.Now())
 	s.recv.loan = loan{c: &sess.credit, s: s}
+	s.writeCall = s.newWriteCall()
 	s.send.maxOffset = p.peer.streamWindow
 	if streamDir(id) == dirUni {
 		if local {
@@ -396,7 +399,12 @@ func (s *stream) completeRecv() {
 // that nobody waits for (see Delegation.Wait), it returns an error wrapping its
 // *DelegationError: the reader cannot pass that gap, so credit would never come.
 func (s *stream) Write(p []byte) (int, error) {
-	return s.send.send(s.sess, s.id, s.path.peer.maxFrameData, p, &sendCall{
+	return s.send.send(s.sess, s.id, s.path.peer.maxFrameData, p, s.writeCall)
+}
+
+// newWriteCall is Write's part of the send loop. Its functions hold no state of their own.
+func (s *stream) newWriteCall() *sendCall {
+	return &sendCall{
 		next: func() (uint64, uint64, error) {
 			if s.send.closed {
 				return 0, 0, ErrWriteAfterClose
@@ -414,7 +422,7 @@ func (s *stream) Write(p []byte) (int, error) {
 		},
 		failed: s.writeError,
 		ended:  s.completeSend,
-	})
+	}
 }
 
 // realStreamLocked returns the real stream this logical stream sends on, assigning one from
