@@ -683,17 +683,24 @@ func (sess *session) failDelegations(p *path, code ErrorCode, reason string) {
 }
 
 func (sess *session) failDelegation(d *delegationRecord, code ErrorCode, reason string) {
-	st := d.st
-	st.recv.mu.Lock()
+	d.st.recv.mu.Lock()
+	missing, ok := d.failLocked()
+	d.st.recv.mu.Unlock()
+	if ok {
+		sess.reportOutcome(d, delegationFailed, missing, code, reason)
+	}
+}
+
+// failLocked decides an active record as failed and detaches it, returning the first byte the
+// client misses; ok is false if the record was already decided. st.recv.mu is held.
+func (d *delegationRecord) failLocked() (missing uint64, ok bool) {
 	if d.state != delegationActive {
-		st.recv.mu.Unlock()
-		return
+		return 0, false
 	}
 	d.state = delegationFailed
-	missing := d.firstMissing()
+	missing = d.firstMissing()
 	d.detach()
-	st.recv.mu.Unlock()
-	sess.reportOutcome(d, delegationFailed, missing, code, reason)
+	return missing, true
 }
 
 // ---- secondary ----

@@ -3,6 +3,7 @@ package kwik
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/wire"
@@ -154,13 +155,11 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 	for _, d := range ds {
 		st := d.st
 		st.recv.mu.Lock()
-		if d.state != delegationActive {
+		missing, ok := d.failLocked()
+		if !ok {
 			st.recv.mu.Unlock()
 			continue
 		}
-		d.state = delegationFailed
-		missing := d.firstMissing()
-		d.detach()
 		sess.clientDelegs.mu.Lock()
 		if len(sess.clientDelegs.stopped) >= maxStoppedDelegations {
 			// Forget those of streams that take no more data (their late bytes are dropped
@@ -176,7 +175,7 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 		}
 		if len(sess.clientDelegs.stopped) < maxStoppedDelegations {
 			sess.clientDelegs.stopped[d.id] = d
-			st.recv.stopped = append(slices0(st.recv.stopped), d)
+			st.recv.stopped = append(slices.Clip(st.recv.stopped), d) // copy on write, as delegs
 		}
 		sess.clientDelegs.mu.Unlock()
 		st.recv.mu.Unlock()
@@ -188,10 +187,6 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 		p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: id, DelegationIds: ids}}})
 	}
 }
-
-// slices0 returns l with no spare capacity, so that appending copies: the list is replaced,
-// never edited in place, as delegs is.
-func slices0[T any](l []T) []T { return l[:len(l):len(l)] }
 
 // stoppedFor returns the range of path p failed by its deadline that holds [off, end), if
 // any. s.recv.mu is held.
