@@ -261,16 +261,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}
 		off := sched.off
 		if ks != nil {
-			ks.send.mu.Lock()
-			sched.credit = int64(ks.send.maxOffset) - base
-			ks.send.mu.Unlock()
 			st := &ks.path.stats
 			if n := st.packetsSent.Load(); n > 0 {
 				sched.pathDelivered(time.Now(), int64(st.packetsAcked.Load()*st.bytesSent.Load()/n))
 			}
 		}
 		dup(time.Now()) // a piece overdue from a secondary, sent again at once
-		to, n, ok := sched.next()
+		to, n, ok := sched.next(time.Now())
 		if ok && n == 0 {
 			// Everything is assigned: the client learns the final size now. The primary then
 			// sends again what a slow secondary would deliver last, until all is resolved.

@@ -22,27 +22,31 @@ import (
 //   - A secondary's piece is a quarter of its target (64 KiB to 1 MiB), and 64 KiB until its
 //     rate is measured: completions come often enough to measure it, and one piece holds the
 //     reader up little.
-//   - ECF's end game: a secondary never gets a piece it would deliver after all the sources
-//     together should have sent everything; so a resource too small for delegation to pay
-//     off is the primary's alone, and a slow secondary does not hold up the tail.
-//   - Credit: a secondary gets no piece lying further past the client's credit than the
-//     reader will have read by the time the secondary can send it; it would wait, and the
-//     reader with it.
+//   - ECF: a secondary never gets a piece it would deliver after all the sources together
+//     should have sent everything; so a resource too small for delegation to pay off is the
+//     primary's alone, and a slow secondary does not hold up the tail. At the end (what is
+//     left fits in the queues), each piece goes to the source that would deliver it first,
+//     the primary included; one that would, but has no room yet, is waited for.
+//   - Credit is not the scheduler's concern: the client's window covers every range
+//     delegated (handleDelegateRange), and with it the primary's own pieces below them.
 //
-// Estimates: the primary's rate is its path's congestion window over its round trip (or,
-// without one, what its writes achieved). A secondary's rate is the best of its recent
-// delivery rates (each completion over the time its pipe was busy with it): a source kept
-// short of work shows less than it can carry, never more. Until its first completion a
-// secondary is assumed as fast as the primary, with at most fanoutProbe outstanding. Its
-// latency is the least time a delegation took beyond its transfer, starting from two round
-// trips of the primary's path.
+// Estimates: the primary's rate is the median of its path's recent delivery rates (bytes
+// acknowledged over four round trips), or what its writes achieved. A secondary's rate is the
+// best of its recent delivery rates (each completion over the time its pipe was busy with
+// it; none older than ten latencies): a source kept short of work shows less than it can
+// carry, never more. Until its first completion a secondary is assumed as fast as the
+// primary, with at most fanoutProbe outstanding; then, while its rate still grows round after
+// round (its slow start), it may have twice as much outstanding as later, as a slow start
+// doubles what it delivered. Its latency is the least time a delegation took beyond its
+// transfer, starting from two round trips of the primary's path. When a piece would arrive
+// is modelled per source (arrival): a secondary serves its pieces in order, each no sooner
+// than its trip after it was given, from the arrival of the last one completed.
 type fanoutScheduler struct {
-	size   int64 // bytes to serve
-	off    int64 // next byte to assign
-	chunk  int64 // fixed piece size for secondaries; 0: adaptive
-	count  int   // fixed cap on a secondary's outstanding delegations; 0: none
-	rtt    time.Duration
-	credit int64 // the client's credit for the stream, in the resource's offsets; <0: unknown
+	size  int64 // bytes to serve
+	off   int64 // next byte to assign
+	chunk int64 // fixed piece size for secondaries; 0: adaptive
+	count int   // fixed cap on a secondary's outstanding delegations; 0: none
+	rtt   time.Duration
 	// pathRate is what the primary's own path carries, in bytes per second: the best recent
 	// rate at which the client acknowledged its bytes (pathDelivered); 0: unknown (then its
 	// writes measure it).
@@ -67,11 +71,26 @@ type fanoutSource struct {
 	dead        bool
 	outstanding int64 // bytes delegated and not yet resolved
 	pieces      []fanoutPiece
-	lat         time.Duration // least delegation latency beyond transfer; 0: none measured
-	lastDone    time.Time     // the latest completion
-	rate        float64       // bytes per second, the best recent delivery rate; 0 until measured
-	done        []fanoutDone  // the last completions
-	samples     []float64     // recent delivery rates
+	lat         time.Duration  // least delegation latency beyond transfer; 0: none measured
+	lastDone    time.Time      // the latest completion
+	rate        float64        // bytes per second, the best recent delivery rate; 0 until measured
+	done        []fanoutDone   // the last completions
+	samples     []fanoutSample // recent delivery rates
+	// Startup, as BBR's: while the rate grows by a quarter or more every round (a latency),
+	// the source is still in slow start, and its measured rate lags what it can carry.
+	round     time.Time // the start of the current round
+	roundRate float64   // the rate at its start
+	flat      int       // rounds in a row the rate did not grow by a quarter
+	delivered int64     // bytes of its completed pieces
+}
+
+// startup says whether src's rate is still growing (see fanoutSource.round).
+func (src *fanoutSource) startup() bool { return src.rate > 0 && src.flat < fanoutStartupRounds }
+
+// fanoutSample is a delivery rate measured at a time.
+type fanoutSample struct {
+	rate float64
+	at   time.Time
 }
 
 // fanoutMark is a count of bytes at a time.
@@ -127,6 +146,7 @@ const (
 	fanoutMinChunk     = 64 << 10
 	fanoutMaxChunk     = 1 << 20
 	fanoutRateWindow   = 16      // completions a secondary's rate is the best of
+	fanoutRateAge      = 10      // latencies (at least rounds) a rate sample counts for
 	fanoutProbe        = 1 << 20 // outstanding on a secondary until its rate is known
 	// fanoutRound is how often, at least, the scheduler decides: the margin every source's
 	// queue keeps beyond its latency.
@@ -134,6 +154,11 @@ const (
 	// fanoutGain is how much more than its rate × (latency + a round) a secondary may have
 	// outstanding: a pipe given just what it carries cannot show that it carries more.
 	fanoutGain = 2
+	// fanoutStartupGain replaces fanoutGain while a secondary's rate still grows round after
+	// round (its congestion window doubles every round trip; what it delivered lags by two),
+	// until fanoutStartupRounds rounds in a row without growth.
+	fanoutStartupGain   = 4
+	fanoutStartupRounds = 3
 	// fanoutOverdue is how late, at least, a secondary's piece is before the primary sends it
 	// again (two of the primary's round trips if longer).
 	fanoutOverdue = 100 * time.Millisecond
@@ -142,7 +167,7 @@ const (
 )
 
 func newFanoutScheduler(size int64, rtt time.Duration, paths []string, o *FanoutOptions) *fanoutScheduler {
-	s := &fanoutScheduler{size: size, chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt, credit: -1}
+	s := &fanoutScheduler{size: size, chunk: o.ChunkSize, count: o.MaxInFlight, rtt: rtt}
 	for _, p := range paths {
 		s.secs = append(s.secs, &fanoutSource{path: p})
 	}
@@ -178,11 +203,59 @@ func (s *fanoutScheduler) latOf(src *fanoutSource) time.Duration {
 
 // targetOf is how many bytes src may have outstanding.
 func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
+	t := s.steadyTarget(src)
+	if src.startup() {
+		// Its first measures come from its slow start: a larger gain, never less than the
+		// probe, and, as a slow start, not more than twice what it delivered beyond it.
+		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
+		t = min(max(t, fanoutProbe), fanoutProbe+2*src.delivered)
+	}
+	return max(t, fanoutMinChunk)
+}
+
+// steadyTarget is src's target out of its startup.
+func (s *fanoutScheduler) steadyTarget(src *fanoutSource) int64 {
 	t := int64(fanoutGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
 	if src.rate == 0 {
 		t = min(t, fanoutProbe)
 	}
 	return max(t, fanoutMinChunk)
+}
+
+// tripOf is how long a piece given to src now takes to start reaching the client: the
+// delegation's trip primary → client → secondary and the bytes' back (its latency without
+// the completion's notice).
+func (s *fanoutScheduler) tripOf(src *fanoutSource) time.Duration {
+	return max(s.latOf(src)-s.rtt/2, s.latOf(src)/2)
+}
+
+// arrival is when the last byte of a piece of n bytes given to src now should reach the
+// client: its pieces come in order, each no sooner than its trip after it was given, at its
+// rate, from the arrival of the last one completed (its notice took half a round trip). A
+// source late with its first piece (not known complete a round after it was due) is as late
+// with the others.
+func (s *fanoutScheduler) arrival(src *fanoutSource, now time.Time, n int64) time.Time {
+	rate, trip := s.rateOf(src), s.tripOf(src)
+	var t, first time.Time
+	if !src.lastDone.IsZero() {
+		t = src.lastDone.Add(-s.rtt / 2)
+	}
+	for i, p := range src.pieces {
+		t = maxTime(t, p.at.Add(trip)).Add(dur(p.n, rate))
+		if i == 0 {
+			first = t
+		}
+	}
+	if late := now.Sub(first.Add(s.rtt/2 + fanoutRound)); !first.IsZero() && late > 0 {
+		t = t.Add(late)
+	}
+	return maxTime(t, now.Add(trip)).Add(dur(n, rate))
+}
+
+// ownArrival is when the last byte of a piece of n bytes the primary takes now should reach
+// the client: after its queue, at its rate, and half a round trip.
+func (s *fanoutScheduler) ownArrival(now time.Time, n int64) time.Time {
+	return now.Add(dur(s.ownQueued+n, s.ownRate()) + s.rtt/2)
 }
 
 // ownTarget is how many bytes the primary keeps queued for its writer: as long a queue, in
@@ -193,7 +266,7 @@ func (s *fanoutScheduler) ownTarget() int64 {
 	var wait time.Duration
 	for _, src := range s.secs {
 		if !src.dead {
-			wait = max(wait, time.Duration(float64(s.targetOf(src))/s.rateOf(src)*float64(time.Second)))
+			wait = max(wait, dur(s.steadyTarget(src), s.rateOf(src)))
 		}
 	}
 	t := max(int64(s.ownRate()*max(wait, fanoutRound).Seconds()), fanoutOwnQueue)
@@ -214,11 +287,11 @@ func (s *fanoutScheduler) chunkFor(src *fanoutSource) int64 {
 	return min(max(n, fanoutMinChunk), fanoutMaxChunk) &^ (16<<10 - 1)
 }
 
-// next says who serves the piece at the current offset: a secondary's path and the piece's
-// length, or "" and the length the primary takes for itself. ok is false when no source is
-// short of work: then the caller waits until a piece is written or a delegation resolves. n is
-// 0 when everything is assigned.
-func (s *fanoutScheduler) next() (path string, n int64, ok bool) {
+// next says who serves the piece at the current offset, now: a secondary's path and the
+// piece's length, or "" and the length the primary takes for itself. ok is false when no
+// source should take it yet: then the caller waits until a piece is written or a delegation
+// resolves. n is 0 when everything is assigned.
+func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 	rest := s.size - s.off
 	if rest <= 0 {
 		return "", 0, true
@@ -236,55 +309,54 @@ func (s *fanoutScheduler) next() (path string, n int64, ok bool) {
 		}
 	}
 	// When everything should be at the client if every source keeps its pace.
-	end := float64(rest+s.ownQueued) / total
+	left := rest + s.ownQueued
 	for _, src := range s.secs {
-		end += float64(src.outstanding) / total
+		left += src.outstanding
 	}
-	ownEta := float64(s.ownQueued+fanoutOwnPiece) / s.ownRate()
+	end := now.Add(dur(left, total))
+	ownArr := s.ownArrival(now, min(rest, fanoutOwnPiece))
 	ownFill := float64(s.ownQueued) / float64(s.ownTarget())
 	// The end: what is left fits in the sources' queues. Each piece then goes to the source
-	// that would deliver it first (ECF), the primary included, so that all finish together.
+	// that would deliver it first (ECF), the primary included, so that all finish together;
+	// a secondary that would, but has no room yet, is waited for.
 	endPhase := s.chunk == 0 && rest <= s.ownTarget()+s.queued()
 	var best *fanoutSource
-	var bestFill, bestEta float64
+	var bestFill float64
+	var bestArr time.Time
+	waitFor := false
 	for _, src := range s.secs {
-		if src.dead {
+		if src.dead || s.count > 0 && len(src.pieces) >= s.count {
 			continue
 		}
 		piece := min(s.chunkFor(src), rest)
 		target := s.targetOf(src)
-		if s.count > 0 && len(src.pieces) >= s.count || (s.chunk == 0 || s.count == 0) && src.outstanding+piece > max(target, piece) {
+		arr := s.arrival(src, now, piece)
+		if s.chunk == 0 {
+			// ECF: not a piece this secondary would deliver after all the sources together
+			// should have sent everything, unless the primary would be later still.
+			if arr.After(maxTime(end, ownArr)) {
+				continue
+			}
+		}
+		if (s.chunk == 0 || s.count == 0) && src.outstanding+piece > max(target, piece) {
+			waitFor = waitFor || endPhase && arr.Before(ownArr)
 			continue
 		}
-		rate := s.rateOf(src)
-		lat := s.latOf(src).Seconds()
-		eta := max(lat, float64(src.outstanding)/rate) + float64(piece)/rate
-		if s.chunk == 0 {
-			// ECF's end game: not a piece this secondary would deliver after all the sources
-			// together should have sent everything, unless the primary would be later still.
-			if eta > max(end, ownEta) {
-				continue
-			}
-			// The credit will have moved on by what the reader reads meanwhile.
-			if s.credit >= 0 && s.off+piece > s.credit+int64(total*lat) {
-				continue
-			}
-		}
 		fill := float64(src.outstanding) / float64(target)
-		if best == nil || (endPhase && eta < bestEta) || (!endPhase && fill < bestFill) {
-			best, bestFill, bestEta = src, fill, eta
+		if best == nil || (endPhase && arr.Before(bestArr)) || (!endPhase && fill < bestFill) {
+			best, bestFill, bestArr = src, fill, arr
 		}
 	}
 	switch {
 	case best == nil:
 	case s.chunk > 0:
 		return best.path, min(s.chunkFor(best), rest), true
-	case endPhase && bestEta < ownEta:
+	case endPhase && bestArr.Before(ownArr):
 		return best.path, min(s.chunkFor(best), rest), true
 	case !endPhase && (ownFill >= 1 || bestFill < ownFill):
 		return best.path, min(s.chunkFor(best), rest), true
 	}
-	if ownFill < 1 {
+	if ownFill < 1 && !waitFor {
 		return "", min(rest, fanoutOwnPiece), true
 	}
 	return "", 0, false
@@ -352,16 +424,18 @@ func (s *fanoutScheduler) rescue(now time.Time) (off, n int64, ok bool) {
 		if len(src.pieces) == 0 {
 			continue
 		}
-		// Its pieces come in order: each is due once those before it are.
-		rate, lat := s.rateOf(src), s.latOf(src)
-		due := maxTime(src.pieces[0].at.Add(lat), src.lastDone)
+		// Its pieces come in order: each is due once those before it are, and its latency
+		// after it was given, at three quarters of its rate (the best it showed: its bytes
+		// come in bursts, and a path recovering a loss holds them for a round trip or two).
+		rate, lat := 0.75*s.rateOf(src), s.latOf(src)
+		due := src.lastDone
 		for i := range src.pieces {
 			p := &src.pieces[i]
-			due = due.Add(dur(p.n, rate))
+			due = maxTime(due, p.at.Add(lat)).Add(dur(p.n, rate))
 			if low != nil && p.off > low.off {
 				break
 			}
-			if !p.dup && s.dupBytes+p.n <= s.size/8 && now.Sub(due) >= max(2*s.rtt, fanoutOverdue) {
+			if !p.dup && s.dupBytes+p.n <= s.size/8 && now.Sub(due) >= max(3*s.rtt, fanoutOverdue) {
 				low = p
 				break
 			}
@@ -468,21 +542,35 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		src.done = src.done[1:]
 	}
 	src.lastDone = maxTime(src.lastDone, now)
+	src.delivered += delivered
 	var bytes int64
 	span := max(lat, 2*fanoutRound)
 	for i := len(src.done) - 1; i >= 0; i-- {
 		bytes += src.done[i].bytes
 		if el := now.Sub(src.done[i].start); el >= span || i == 0 {
-			src.samples = append(src.samples, float64(bytes)/max(el, time.Millisecond).Seconds())
+			src.samples = append(src.samples, fanoutSample{float64(bytes) / max(el, time.Millisecond).Seconds(), now})
 			break
 		}
 	}
-	if len(src.samples) > fanoutRateWindow {
+	// The best of the last fanoutRateWindow samples, none older than fanoutRateAge rounds:
+	// a source that slows down shows it soon, even with few completions.
+	age := max(fanoutRateAge*lat, fanoutRateAge*fanoutRound)
+	for len(src.samples) > fanoutRateWindow || now.Sub(src.samples[0].at) > age {
 		src.samples = src.samples[1:]
 	}
 	src.rate = 0
 	for _, r := range src.samples {
-		src.rate = max(src.rate, r)
+		src.rate = max(src.rate, r.rate)
+	}
+	if src.round.IsZero() {
+		src.round, src.roundRate = now, src.rate
+	} else if now.Sub(src.round) >= lat {
+		if src.rate >= 1.25*src.roundRate {
+			src.flat = 0
+		} else {
+			src.flat++
+		}
+		src.round, src.roundRate = now, src.rate
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
 	// (with others outstanding, their transfer times blur it).

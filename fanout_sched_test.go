@@ -65,7 +65,7 @@ func (sim *fanoutSim) run() time.Duration {
 			sim.t.Fatal("scheduler does not finish")
 		}
 		off := s.off
-		to, n, ok := s.next()
+		to, n, ok := s.next(sim.now)
 		switch {
 		case !ok:
 			if !sim.step() {
@@ -242,7 +242,7 @@ func TestFanoutSchedulerDuplicate(t *testing.T) {
 	took := sim.run()
 	// Now the secondary slows down tenfold for the same resource, once measured fast.
 	s2 := newFanoutSim(t, 8<<20, 20*time.Millisecond, []float64{50 * mbit, 50 * mbit}, []time.Duration{40 * time.Millisecond})
-	s2.s.source("a").rate, s2.s.source("a").samples = 50*mbit, []float64{50 * mbit}
+	s2.s.source("a").rate, s2.s.source("a").samples = 50*mbit, []fanoutSample{{50 * mbit, s2.now}}
 	s2.s.source("a").lat = 40 * time.Millisecond
 	s2.srcs["a"].rate = 5 * mbit
 	slow := s2.run()
@@ -254,41 +254,13 @@ func TestFanoutSchedulerDuplicate(t *testing.T) {
 	}
 }
 
-// No piece is delegated further past the client's credit than the reader reads in the time
-// the secondary takes to start on it: it would wait, and the reader with it.
-func TestFanoutSchedulerCredit(t *testing.T) {
-	s := newFanoutScheduler(8<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{})
-	to, n, _ := s.next()
-	if to != "" {
-		t.Fatalf("first piece to %q", to)
-	}
-	s.reserved(n)
-	s.wrote(n, dur(n, 50*mbit), true)
-	s.reserved(1 << 20) // the primary's own, queued
-	s.credit = 0        // the reader has read nothing
-	for s.off < 4<<20 {
-		to, n, ok := s.next()
-		if !ok {
-			break
-		}
-		if to == "a" {
-			t.Fatalf("a piece at %d, far past the credit %d, went to the secondary", s.off, s.credit)
-		}
-		s.reserved(n)
-	}
-	s.credit = s.off + 4<<20
-	if to, _, _ := s.next(); to != "a" {
-		t.Fatalf("with credit the piece went to %q, want the secondary", to)
-	}
-}
-
 // An explicit chunk size makes every piece but the first a secondary's while one has room.
 func TestFanoutSchedulerStatic(t *testing.T) {
 	s := newFanoutScheduler(8<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{ChunkSize: 1 << 20, MaxInFlight: 2})
 	now := time.Unix(0, 0)
 	var got []string
 	for range 4 {
-		to, n, _ := s.next()
+		to, n, _ := s.next(time.Unix(0, 0))
 		got = append(got, to)
 		if to == "" {
 			s.reserved(n)
