@@ -27,6 +27,9 @@ import (
 //     primary's alone, and a slow secondary does not hold up the tail. At the end (what is
 //     left fits in the queues), each piece goes to the source that would deliver it first,
 //     the primary included; one that would, but has no room yet, is waited for.
+//   - BLEST: out of the end, a measured secondary gets no piece it would deliver more than a
+//     round trip after the primary's bytes taken now (its queue full): the reader would
+//     wait at its gap with the window full of the primary's bytes.
 //   - Credit is not the scheduler's concern: the client's window covers every range
 //     delegated (handleDelegateRange), and with it the primary's own pieces below them.
 //
@@ -125,8 +128,8 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 // fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
 // start on it.
 type fanoutDone struct {
-	bytes int64
-	start time.Time
+	bytes      int64
+	start, end time.Time
 }
 
 type fanoutPiece struct {
@@ -208,7 +211,7 @@ func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 		// Its first measures come from its slow start: a larger gain, never less than the
 		// probe, and, as a slow start, not more than twice what it delivered beyond it.
 		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
-		t = min(max(t, fanoutProbe), fanoutProbe+2*src.delivered)
+		t = min(max(t, fanoutProbe), fanoutProbe+fanoutStartupGain*src.delivered)
 	}
 	return max(t, fanoutMinChunk)
 }
@@ -261,12 +264,14 @@ func (s *fanoutScheduler) ownArrival(now time.Time, n int64) time.Time {
 // ownTarget is how many bytes the primary keeps queued for its writer: as long a queue, in
 // time, as the secondaries' (their pieces and its own, taken at the same time, then reach the
 // client at about the same time, and the reader finds few gaps), and at least enough not to
-// run dry between two decisions.
+// run dry between two decisions. A secondary in its startup counts with what it may have
+// outstanding now, not with its gain: the primary would otherwise take, at its first
+// measure, far more than the secondaries, and its bytes would wait above their gaps.
 func (s *fanoutScheduler) ownTarget() int64 {
 	var wait time.Duration
 	for _, src := range s.secs {
 		if !src.dead {
-			wait = max(wait, dur(s.steadyTarget(src), s.rateOf(src)))
+			wait = max(wait, dur(min(s.targetOf(src), s.steadyTarget(src)), s.rateOf(src)))
 		}
 	}
 	t := max(int64(s.ownRate()*max(wait, fanoutRound).Seconds()), fanoutOwnQueue)
@@ -316,6 +321,9 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 	end := now.Add(dur(left, total))
 	ownArr := s.ownArrival(now, min(rest, fanoutOwnPiece))
 	ownFill := float64(s.ownQueued) / float64(s.ownTarget())
+	// The latest a secondary's piece may arrive: a round trip (at least two rounds) after
+	// the primary's would with its queue full.
+	ownLatest := now.Add(dur(max(s.ownTarget(), s.ownQueued), s.ownRate()) + s.rtt/2 + max(s.rtt, 2*fanoutRound))
 	// The end: what is left fits in the sources' queues. Each piece then goes to the source
 	// that would deliver it first (ECF), the primary included, so that all finish together;
 	// a secondary that would, but has no room yet, is waited for.
@@ -335,6 +343,12 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 			// ECF: not a piece this secondary would deliver after all the sources together
 			// should have sent everything, unless the primary would be later still.
 			if arr.After(maxTime(end, ownArr)) {
+				continue
+			}
+			// BLEST: not a piece that would reach the client so long after the primary's
+			// bytes taken now that the reader, waiting for it, would hold the window full of
+			// them: the primary takes it (or, its queue full, the piece waits).
+			if !endPhase && src.rate > 0 && !src.startup() && arr.After(ownLatest) {
 				continue
 			}
 		}
@@ -533,22 +547,26 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	}
 	// A secondary sends its pieces in order (sendOrder), so its pipe carried this one from
 	// when it reached the secondary, or from the previous completion if later, until now. A
-	// delivery rate spans the last completions over at least a latency (notices that travel
-	// together would make one alone look instantaneous); the source's rate is the best of the
-	// recent ones.
+	// delivery rate is the last completions' bytes over the time the pipe was busy with them
+	// (not the time it waited for work), over at least two latencies: notices that travel
+	// together would make one alone look instantaneous, and the bytes a path recovering a
+	// loss held arrive at once. The source's rate is the best of the recent ones.
 	lat := s.latOf(src)
-	src.done = append(src.done, fanoutDone{bytes: delivered, start: maxTime(p.at.Add(lat), src.lastDone)})
+	src.done = append(src.done, fanoutDone{bytes: delivered, start: maxTime(p.at.Add(lat), src.lastDone), end: now})
 	if len(src.done) > fanoutRateWindow {
 		src.done = src.done[1:]
 	}
 	src.lastDone = maxTime(src.lastDone, now)
 	src.delivered += delivered
 	var bytes int64
-	span := max(lat, 2*fanoutRound)
+	var busy time.Duration
+	span := max(2*lat, 4*fanoutRound)
 	for i := len(src.done) - 1; i >= 0; i-- {
-		bytes += src.done[i].bytes
-		if el := now.Sub(src.done[i].start); el >= span || i == 0 {
-			src.samples = append(src.samples, fanoutSample{float64(bytes) / max(el, time.Millisecond).Seconds(), now})
+		d := src.done[i]
+		bytes += d.bytes
+		busy += max(d.end.Sub(d.start), 0)
+		if busy >= span || i == 0 {
+			src.samples = append(src.samples, fanoutSample{float64(bytes) / max(busy, time.Millisecond).Seconds(), now})
 			break
 		}
 	}
@@ -571,6 +589,9 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.flat++
 		}
 		src.round, src.roundRate = now, src.rate
+	}
+	if last := src.samples[len(src.samples)-1].rate; last < src.rate/2 {
+		src.flat = fanoutStartupRounds // slower than it was: not a slow start
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
 	// (with others outstanding, their transfer times blur it).
