@@ -58,9 +58,10 @@ type Config struct {
 	// delivered), as quic-go tunes its windows, or once per round trip while the senders use
 	// up all the credit (a secondary's credit loop counts as its RTT plus the primary's: the
 	// credit reaches the primary, whose delegation reaches the secondary through this side);
-	// each secondary path that starts filling a range of the stream adds 1 MiB, and the
-	// window always covers the ranges the primary has delegated; it does not grow while the
-	// reader waits at a gap with half the window buffered above it. 0 means 16 MiB: enough
+	// it does not grow while the reader waits at a gap with half the window buffered above
+	// it. A stream that a secondary starts filling (a range delegated to it) gets its whole
+	// window at once: its reader then waits at the gaps of the slowest source, and the window
+	// holds what the others send meanwhile. 0 means 16 MiB: enough
 	// for several servers at 100 Mbit/s each, 100 ms away; at most 1 GiB.
 	StreamReceiveWindow int
 

@@ -563,11 +563,13 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	var wake bool
 	if !slices.Contains(st.recv.fed, p) {
 		st.recv.fed = append(st.recv.fed, p)
-		// A path starts feeding the stream: its bytes in flight need room of their own, as a
-		// connection of its own would have (quic-go starts each with about 1 MiB). The window
-		// grows from there as it does for any stream. Granted before the assignment, which
-		// carries the new limit.
-		st.recv.fc.AtLeast(st.recv.fc.Size() + perSourceWindow)
+		// A path starts feeding the stream: the stream gets its whole window at once
+		// (StreamReceiveWindow, lent by the session's budget like any growth). Its reader now
+		// waits at the gaps of the slowest source, whose trip through the primary is longer,
+		// and the window must hold what the others send meanwhile: reads that slow source
+		// paces cannot show that need to the auto-tuning, which also holds still while the
+		// reader waits at a gap. Granted before the assignment, which carries the new limit.
+		st.recv.fc.AtLeast(uint64(sess.conf.StreamReceiveWindow))
 		grant, wake = st.grantLocked()
 	}
 	if read := st.recv.buf.ReadOffset(); end > read && end-read > st.recv.fc.Size() {
@@ -599,9 +601,6 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	notify(p.progressPoke) // its watchdog keeps the range's progress deadline
 	return nil
 }
-
-// perSourceWindow is the room a stream's window makes for each path that starts feeding it.
-const perSourceWindow = 1 << 20
 
 // delegationFor finds the active delegation of path p covering [off, end). st.recv.mu is held.
 func (s *stream) delegationFor(p *path, off, end uint64) *delegationRecord {
