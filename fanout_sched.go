@@ -552,7 +552,13 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// together would make one alone look instantaneous, and the bytes a path recovering a
 	// loss held arrive at once. The source's rate is the best of the recent ones.
 	lat := s.latOf(src)
-	src.done = append(src.done, fanoutDone{bytes: delivered, start: maxTime(p.at.Add(lat), src.lastDone), end: now})
+	start := maxTime(p.at.Add(lat), src.lastDone)
+	if !start.Before(now) {
+		// Done before its latency was up (the estimate, from the primary's round trip, was
+		// too long): its whole time since it was given, or a burst would look instantaneous.
+		start = p.at
+	}
+	src.done = append(src.done, fanoutDone{bytes: delivered, start: start, end: now})
 	if len(src.done) > fanoutRateWindow {
 		src.done = src.done[1:]
 	}
@@ -597,7 +603,10 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// (with others outstanding, their transfer times blur it).
 	if p.outstanding == p.n {
 		took := now.Sub(p.at) - time.Duration(float64(p.n)/src.rate*float64(time.Second))
-		took = max(took, time.Millisecond)
+		// A delegation goes primary → client → secondary and its notice back: at least the
+		// primary's round trip (half of it: its smoothed RTT counts its queue), whatever a
+		// piece completed early (its bytes sent again by the primary) suggests.
+		took = max(took, s.rtt/2, time.Millisecond)
 		if src.lat == 0 || took < src.lat {
 			src.lat = took
 		}
