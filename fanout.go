@@ -2,6 +2,7 @@ package kwik
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,15 @@ type FanoutOptions struct {
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
 	Request func(off, n int64) []byte
+	// NoDigests turns off the content digests of delegated pieces. By default the primary
+	// reads each piece it delegates from src and gives the client the SHA-256 of each 64 KiB
+	// block of it: the client reads a secondary's bytes only once they match, and a stale
+	// or lying replica's piece fails (errors.Is ErrDigestMismatch) and is refilled by the
+	// primary, so the reader never sees a wrong byte. It costs the primary a read and a hash
+	// of every delegated byte and the client a hash, 32 bytes of DelegateRange per block,
+	// and no more round trips (measured on loopback in the README: BenchmarkFanoutDigests).
+	// Turn them off only when src is not the content the secondaries should serve.
+	NoDigests bool
 }
 
 // FanoutResult says who served what.
@@ -226,6 +236,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}()
 	}
 	buf := make([]byte, fanoutOwnPiece)
+	var digestBuf []byte // reads src for digests, made at first use
 	// dup has the primary send again a piece a secondary owes (fanoutScheduler.duplicate), on
 	// a goroutine of its own: the primary's own queue, which may wait for credit behind that
 	// very piece, does not hold it up.
@@ -313,7 +324,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			own <- ownPiece{off: off, n: n, at: at} // never blocks: ownTarget stays below the queue's size
 			continue
 		}
-		d, derr := st.Delegate(to, n, o.Request(off, n))
+		var d *Delegation
+		var derr error
+		if req := o.Request(off, n); ks != nil && !o.NoDigests {
+			d, n, derr = delegateDigested(ks, to, off, n, req, src, &o, &digestBuf)
+		} else {
+			d, derr = st.Delegate(to, n, req)
+		}
 		if derr != nil {
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
 				sched.kill(to)
@@ -341,6 +358,31 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		err = failed()
 	}
 	return res, err
+}
+
+// delegateDigested delegates bytes [off, off+n) of src, which the stream's offsets hold from
+// ks's current offset, to path with the digests of their blocks. A piece too long for its
+// digests to fit in one message is shortened to what fits; it returns the length delegated.
+// A request that leaves no room for digests is delegated without them.
+func delegateDigested(ks *stream, path string, off, n int64, req []byte, src io.ReaderAt, o *FanoutOptions, buf *[]byte) (*Delegation, int64, error) {
+	if m := ks.maxDigestedLength(len(req)); m < n && m > 0 {
+		n = m
+		req = o.Request(off, n)
+	}
+	block, ok := ks.digestBlockFor(n, len(req))
+	if !ok {
+		d, err := ks.Delegate(path, n, req)
+		return d, n, err
+	}
+	if *buf == nil {
+		*buf = make([]byte, digestBlock)
+	}
+	digests, err := appendDigests(make([]byte, 0, (n+block-1)/block*sha256.Size), src, off, n, block, *buf)
+	if err != nil {
+		return nil, n, err
+	}
+	d, err := ks.delegate(path, n, req, digests, block)
+	return d, n, err
 }
 
 // ServeFanout answers, on a secondary, every delegation made by Fanout with the default

@@ -115,11 +115,14 @@ func TestFanoutSourceKilled(t *testing.T) {
 	// and any after it cannot deliver.
 	var ms *multiSource
 	var once sync.Once
+	built := make(chan struct{}) // ms is set: the behaviour runs on the secondaries' goroutines
 	ms = newMultiSource(t, 2, delegationConf, nil, func(st Stream, off, n int64) error {
+		<-built
 		once.Do(func() { ms.relay[1].SetBlackhole(true) })
 		_, err := st.Write(content(off, n))
 		return err
 	})
+	close(built)
 	ms.behaved = true
 	resource := content(0, 8<<20)
 	// After a header, so that stream offsets are not the resource's: the refill must read src
