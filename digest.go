@@ -130,18 +130,18 @@ func (s *stream) heldFromLocked() (from, blockEnd uint64, ok bool) {
 }
 
 // verifyLocked checks the blocks of the digest-carrying delegations that bytes [off, end),
-// just stored, may have completed. It returns a delegation one of whose blocks did not match
-// (the caller fails it with digestMismatchLocked), or nil. s.recv.mu is held.
-func (s *stream) verifyLocked(off, end uint64) *delegationRecord {
+// just stored, may have completed, and appends to bad those one of whose blocks did not match
+// (the caller fails them with digestMismatchLocked). s.recv.mu is held.
+func (s *stream) verifyLocked(bad []*delegationRecord, off, end uint64) []*delegationRecord {
 	for _, d := range s.recv.delegs {
 		if d.digests == nil || d.state != delegationActive || end <= d.verified || off >= d.end {
 			continue
 		}
 		if !d.verifyLocked() {
-			return d
+			bad = append(bad, d)
 		}
 	}
-	return nil
+	return bad
 }
 
 // verifyLocked hashes, in order from the first unverified one, each block of d that the buffer

@@ -11,7 +11,9 @@ package kwik
 // Issue 13's trust boundaries (docs/PROTOCOL.md section 15), one test per attack, follow
 // TestDelegationPastRangeEnd: listener roles, forged, replayed and excess delegations, tokens
 // bound to their secondary and their issue time, per-session join state, rejoin token limits,
-// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind.
+// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind; then stale
+// replicas (finding 8): content digests of delegated ranges, from TestStaleReplicaSameSizeIsRefilled
+// on (malformed digests from a primary: TestHostilePrimaries).
 
 import (
 	"bytes"

@@ -250,11 +250,12 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 	}
 	// Digest-carrying ranges these bytes complete blocks of (whoever sent them) are checked
 	// before anything decides their delegation: bytes that do not match are never complete.
-	var bad *delegationRecord
-	var badAt uint64
+	var bad []*delegationRecord // rarely any
+	var badAt []uint64
 	if err == nil {
-		if bad = s.verifyLocked(off, end); bad != nil {
-			badAt = s.sess.digestMismatchLocked(bad)
+		bad = s.verifyLocked(nil, off, end)
+		for _, b := range bad {
+			badAt = append(badAt, s.sess.digestMismatchLocked(b))
 		}
 	}
 	state, missing := delegationActive, uint64(0)
@@ -264,8 +265,8 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 		}
 	}
 	s.recv.mu.Unlock()
-	if bad != nil {
-		s.sess.digestMismatch(bad, badAt)
+	for i, b := range bad {
+		s.sess.digestMismatch(b, badAt[i])
 	}
 	if state != delegationActive {
 		s.sess.reportOutcome(d, state, missing, CodeOffsetMismatch, "the secondary closed short")
