@@ -46,7 +46,7 @@ type FanoutResult struct {
 	// Duplicated is what the primary sent again of pieces slow secondaries still owed at the
 	// end (the client keeps the first copy; Bytes counts them as the secondary's).
 	Duplicated int64
-	Failed     []*DelegationError // the delegations that did not deliver everything
+	Failed     []*DelegationError // the delegations that did not deliver everything (errors.Is ErrDigestMismatch: other bytes than src's)
 }
 
 // FanoutRequest is the default request for bytes [off, off+n): 16 bytes, big-endian.

@@ -1115,6 +1115,10 @@ func TestDigestMismatchNeverReadable(t *testing.T) {
 	if _, ok := pathByID(p.client.GetActivePaths(), pathID); !ok {
 		t.Fatalf("the secondary's path ended: %v", p.client.GetDeadPaths())
 	}
+	// The discarded bytes' blocks went back, and were counted as they went.
+	if n := p.client.credit.blocks.Load(); n != 0 {
+		t.Fatalf("the client counts %d receive blocks held after the stream's end", n)
+	}
 }
 
 // A delegated range that its secondary sends only a part of, which the primary sends again
