@@ -76,6 +76,7 @@ type fanoutEvent struct {
 	took     time.Duration // the primary's piece: the time its write took
 	credited bool          // the primary's piece: it had the client's credit when written
 	dup      bool          // the primary's piece: a secondary's, sent again
+	queued   int64         // a piece sent again: its length, as the scheduler queued it
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
@@ -162,7 +163,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	handle := func(ev fanoutEvent) {
 		if ev.dup {
-			sched.duplicated(ev.n)
+			// All of it is off the queue, even if the write failed part way (the session or
+			// the stream ended): a duplicate is a spare copy, and Fanout must not wait for it.
+			sched.duplicated(ev.queued)
 			mu.Lock()
 			res.Duplicated += ev.n
 			mu.Unlock()
@@ -251,7 +254,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			events <- writePiece(make([]byte, min(n, fanoutOwnPiece)), off, n, base+off, true)
+			ev := writePiece(make([]byte, min(n, fanoutOwnPiece)), off, n, base+off, true)
+			ev.queued = n
+			events <- ev
 		}()
 		return true
 	}
