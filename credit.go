@@ -166,6 +166,12 @@ func (s *stream) grantLocked() (grant uint64, wake bool) {
 	s.recv.loan.wake = false
 	now := time.Now()
 	grant = s.recv.fc.Update(now, covered, &s.recv.loan)
+	if _, end, ok := s.heldFromLocked(); ok {
+		// The reader may wait for that whole block (digest.go): its credit must reach its end.
+		if g := s.recv.fc.Cover(end); g > 0 {
+			grant = g
+		}
+	}
 	if grant > 0 {
 		for _, d := range s.recv.delegs {
 			d.path.ctrl.queueMaxStreamData(s.id, grant)

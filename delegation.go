@@ -107,6 +107,12 @@ type primaryDelegations struct {
 // Delegate reserves the next length bytes of the stream for the secondary on pathID and sends
 // it request. The primary's later Writes land after the range.
 func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegation, error) {
+	return s.delegate(pathID, length, request, nil, 0)
+}
+
+// delegate is Delegate, with the digests of the range's blocks of block bytes (digest.go) when
+// digests is not empty.
+func (s *stream) delegate(pathID string, length int64, request, digests []byte, block int64) (*Delegation, error) {
 	sess := s.sess
 	if sess.role != RolePrimary {
 		return nil, ErrNotPrimary
@@ -114,8 +120,11 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	if length <= 0 || length > 1<<48 {
 		return nil, fmt.Errorf("kwik: Delegate: length %d out of range", length)
 	}
-	if len(request) > maxDelegationRequest(s.path.peer.maxMessageSize) {
+	if len(request)+digestsOverhead(digests) > maxDelegationRequest(s.path.peer.maxMessageSize) {
 		return nil, &Error{Code: CodePacketTooLarge, Message: "delegation request too large"}
+	}
+	if len(digests) > 0 && !digestsValid(uint64(length), digests, uint64(block), s.path.peer.streamWindow) {
+		return nil, errors.New("kwik: Delegate: digests do not fit the range")
 	}
 	if pathID == sess.primary.id {
 		return nil, errors.New("kwik: Delegate: the primary path is the primary's own: Write instead")
@@ -151,6 +160,9 @@ func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegat
 	m := &pb.DelegateRange{
 		LogicalStreamId: s.id, Offset: off, Length: uint64(length), PathId: pathID, Request: bytes.Clone(request),
 		ProgressTimeoutMs: uint64(sess.conf.DelegationProgressTimeout.Milliseconds()),
+	}
+	if len(digests) > 0 {
+		m.Digests, m.DigestBlockSize = digests, uint64(block)
 	}
 	// Queued in the order of their IDs: a secondary takes only increasing ones (trust.go).
 	sess.delegs.mu.Lock()
@@ -409,6 +421,12 @@ type delegationRecord struct {
 	// timeout (0: the path's default) since `since`, while eligible.
 	timeout time.Duration
 	since   time.Time // the last byte, or when the range last became its secondary's next with credit
+
+	// Content digests (digest.go): the SHA-256 of each block of the range, or nil. The
+	// reader reads no further than verified, the end of the blocks checked so far.
+	digests  []byte
+	block    uint64
+	verified uint64
 }
 
 type clientDelegations struct {
@@ -499,6 +517,11 @@ func (sess *session) report(d *delegationRecord, st *pb.DelegationStatus) {
 }
 
 func (sess *session) reportOutcome(d *delegationRecord, state delegationState, missing uint64, code ErrorCode, reason string) {
+	if state == delegationFailed && missing >= d.end {
+		// The client holds the whole range all the same, verified (the primary sent it
+		// again): nothing is missing.
+		state = delegationComplete
+	}
 	switch state {
 	case delegationComplete:
 		sess.report(d, &pb.DelegationStatus{Complete: true})
@@ -512,6 +535,9 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	end := m.Offset + m.Length
 	if m.Length == 0 || end < m.Offset || end > 1<<62 {
 		return &Error{Code: CodeInvalidFrame, Message: "delegated range out of bounds"}
+	}
+	if !digestsValid(m.Length, m.Digests, m.DigestBlockSize, sess.conf.initialStreamWindow()) {
+		return &Error{Code: CodeInvalidFrame, Message: "delegated range's digests malformed"}
 	}
 	refuse := func(code ErrorCode, reason string) error {
 		sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
@@ -544,6 +570,9 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	now := time.Now()
 	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end,
 		timeout: time.Duration(min(m.ProgressTimeoutMs, maxProgressTimeoutMs)) * time.Millisecond, since: now}
+	if len(m.Digests) > 0 {
+		d.digests, d.block, d.verified = m.Digests, m.DigestBlockSize, m.Offset
+	}
 	sess.clientDelegs.mu.Lock()
 	if sess.clientDelegs.byID[d.id] != nil {
 		sess.clientDelegs.mu.Unlock()
@@ -557,6 +586,14 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		d.state = delegationFailed
 		st.recv.mu.Unlock()
 		sess.reportOutcome(d, delegationFailed, d.off, CodeInternal, "the stream is no longer read")
+		return nil
+	}
+	if d.digests != nil && st.recv.buf.ReadOffset() > d.off {
+		// The reader already has bytes of the range (the primary's, sent again before this
+		// reached us): they cannot be checked any more. The primary sends the range itself.
+		d.state = delegationFailed
+		st.recv.mu.Unlock()
+		sess.reportOutcome(d, delegationFailed, d.off, CodeOffsetMismatch, "the reader is past the range's start")
 		return nil
 	}
 	var grant uint64
@@ -581,6 +618,12 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		}
 	}
 	st.recv.delegs = append(slices.Clip(st.recv.delegs), d) // copy on write, as detach
+	if d.digests != nil {
+		// The reader may already wait at the range's first block: its credit must cover it.
+		if g, w := st.grantLocked(); g > 0 {
+			grant, wake = g, wake || w
+		}
+	}
 	// Queued under recv.mu, so that no credit update can overtake the assignment (the
 	// secondary would drop it, not knowing the delegation yet).
 	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
@@ -646,9 +689,9 @@ func (sess *session) handleDelegationDone(p *path, m *pb.DelegationDone) error {
 	}
 	d.doneKnown, d.written = true, m.Written
 	state := d.outcome()
-	missing := d.firstMissing()
+	var missing uint64
 	if state != delegationActive {
-		d.detach()
+		missing = d.settleLocked()
 	}
 	st.recv.mu.Unlock()
 	sess.reportOutcome(d, state, missing, CodeOffsetMismatch, "the secondary closed short")
@@ -697,9 +740,20 @@ func (d *delegationRecord) failLocked() (missing uint64, ok bool) {
 		return 0, false
 	}
 	d.state = delegationFailed
+	return d.settleLocked(), true
+}
+
+// settleLocked detaches a record just decided and returns the first byte the client misses of
+// it. With digests, that is the first byte not verified: the rest, whoever sent it, is
+// discarded, so that the primary's refill replaces it. st.recv.mu is held.
+func (d *delegationRecord) settleLocked() (missing uint64) {
 	missing = d.firstMissing()
+	if d.state == delegationFailed && d.digests != nil {
+		missing = d.verified
+		d.st.discardLocked(d.verified, d.end)
+	}
 	d.detach()
-	return missing, true
+	return missing
 }
 
 // ---- secondary ----

@@ -157,7 +157,9 @@ func TestREADMEPatternSecondaryBlackholed(t *testing.T) {
 		once sync.Once
 		ms   *multiSource
 	)
+	built := make(chan struct{}) // ms is set: the behaviour runs on the secondary's goroutines
 	ms = newMultiSource(t, 1, smallWindowConf, func(st Stream, off, n int64) error {
+		<-built
 		half := n / 2
 		if _, err := st.Write(content(off, half)); err != nil {
 			return err
@@ -172,6 +174,7 @@ func TestREADMEPatternSecondaryBlackholed(t *testing.T) {
 		_, err := st.Write(content(off+half, n-half))
 		return err
 	})
+	close(built)
 	if err := ms.relay[0].SetConfig(link40); err != nil {
 		t.Fatal(err)
 	}

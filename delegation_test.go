@@ -231,7 +231,9 @@ func TestDelegationSecondaryBlackholed(t *testing.T) {
 	var once sync.Once
 	blackholed := make(chan struct{})
 	var ms *multiSource
+	built := make(chan struct{}) // ms is set: the behaviour runs on the secondaries' goroutines
 	ms = newMultiSource(t, 2, delegationConf, nil, func(st Stream, off, n int64) error {
+		<-built
 		// Half the first range goes out, then the path goes dark.
 		if _, err := st.Write(content(off, n/2)); err != nil {
 			return err
@@ -243,6 +245,7 @@ func TestDelegationSecondaryBlackholed(t *testing.T) {
 		_, err := st.Write(content(off+n/2, n-n/2))
 		return err
 	})
+	close(built)
 	failures := ms.download(t, 12<<20, 256<<10)
 	<-blackholed
 	if len(failures) == 0 {

@@ -126,9 +126,11 @@
 //     deadline or by CancelWrite: receivers always drain their real streams, so such waits last
 //     about one message's sending time, unless the path is dead, in which case the Write fails
 //     once the path is declared dead.
-//   - A secondary is trusted with the content of the ranges delegated to it: the client rejects
-//     bytes outside them, not wrong bytes inside them. Verify content end to end (a digest)
-//     when a secondary may be compromised.
+//   - A secondary is trusted with the content of the ranges delegated to it unless the primary
+//     gives their digests, as Fanout does by default: the client rejects bytes outside a
+//     range, and wrong bytes inside one only when it has its digests. A range delegated with
+//     plain Stream.Delegate carries none; verify such content end to end (a digest) when a
+//     secondary may be stale or compromised.
 //   - SendRawData travels on the control streams, in order with control frames, and is
 //     dropped (and counted in SessionStats.RawDataDropped) beyond Config.MaxPendingRawData
 //     when the receiver does not call ReceiveRawData.

@@ -30,6 +30,9 @@ const (
 	// deadline (Config.DelegationProgressTimeout) while it had credit and was its
 	// secondary's next range.
 	CodeDelegationTimeout ErrorCode = 12
+	// KWIK_DIGEST_MISMATCH: a delegated range's bytes did not hash to the digest the primary
+	// gave for them (a stale or lying secondary): the client discarded them.
+	CodeDigestMismatch ErrorCode = 13
 )
 
 var codeNames = map[ErrorCode]string{
@@ -45,6 +48,7 @@ var codeNames = map[ErrorCode]string{
 	CodePathRemoved:        "KWIK_PATH_REMOVED",
 	CodeConnectionRefused:  "KWIK_CONNECTION_REFUSED",
 	CodeDelegationTimeout:  "KWIK_DELEGATION_TIMEOUT",
+	CodeDigestMismatch:     "KWIK_DIGEST_MISMATCH",
 }
 
 // String returns the code's protocol name, such as KWIK_INVALID_FRAME.
@@ -97,6 +101,7 @@ var (
 	ErrFlowControl        = &Error{Code: CodeFlowControl}
 	ErrPathRemoved        = &Error{Code: CodePathRemoved}
 	ErrDelegationTimeout  = &Error{Code: CodeDelegationTimeout}
+	ErrDigestMismatch     = &Error{Code: CodeDigestMismatch}
 )
 
 // ErrNotPrimary is returned by operations that only the primary server of a session may do.

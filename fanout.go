@@ -2,6 +2,7 @@ package kwik
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -27,6 +28,15 @@ type FanoutOptions struct {
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
 	Request func(off, n int64) []byte
+	// NoDigests turns off the content digests of delegated pieces. By default the primary
+	// reads each piece it delegates from src and gives the client the SHA-256 of each 64 KiB
+	// block of it: the client reads a secondary's bytes only once they match, and a stale
+	// or lying replica's piece fails (errors.Is ErrDigestMismatch) and is refilled by the
+	// primary, so the reader never sees a wrong byte. It costs the primary a read and a hash
+	// of every delegated byte and the client a hash, 32 bytes of DelegateRange per block,
+	// and no more round trips (measured on loopback in the README: BenchmarkFanoutDigests).
+	// Turn them off only when src is not the content the secondaries should serve.
+	NoDigests bool
 }
 
 // FanoutResult says who served what.
@@ -36,7 +46,7 @@ type FanoutResult struct {
 	// Duplicated is what the primary sent again of pieces slow secondaries still owed at the
 	// end (the client keeps the first copy; Bytes counts them as the secondary's).
 	Duplicated int64
-	Failed     []*DelegationError // the delegations that did not deliver everything
+	Failed     []*DelegationError // the delegations that did not deliver everything (errors.Is ErrDigestMismatch: other bytes than src's)
 }
 
 // FanoutRequest is the default request for bytes [off, off+n): 16 bytes, big-endian.
@@ -66,6 +76,7 @@ type fanoutEvent struct {
 	took     time.Duration // the primary's piece: the time its write took
 	credited bool          // the primary's piece: it had the client's credit when written
 	dup      bool          // the primary's piece: a secondary's, sent again
+	queued   int64         // a piece sent again: its length, as the scheduler queued it
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
@@ -152,7 +163,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	handle := func(ev fanoutEvent) {
 		if ev.dup {
-			sched.duplicated(ev.n)
+			// All of it is off the queue, even if the write failed part way (the session or
+			// the stream ended): a duplicate is a spare copy, and Fanout must not wait for it.
+			sched.duplicated(ev.queued)
 			mu.Lock()
 			res.Duplicated += ev.n
 			mu.Unlock()
@@ -226,6 +239,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}()
 	}
 	buf := make([]byte, fanoutOwnPiece)
+	var digestBuf []byte // reads src for digests, made at first use
 	// dup has the primary send again a piece a secondary owes (fanoutScheduler.duplicate), on
 	// a goroutine of its own: the primary's own queue, which may wait for credit behind that
 	// very piece, does not hold it up.
@@ -240,7 +254,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			events <- writePiece(make([]byte, min(n, fanoutOwnPiece)), off, n, base+off, true)
+			ev := writePiece(make([]byte, min(n, fanoutOwnPiece)), off, n, base+off, true)
+			ev.queued = n
+			events <- ev
 		}()
 		return true
 	}
@@ -313,7 +329,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			own <- ownPiece{off: off, n: n, at: at} // never blocks: ownTarget stays below the queue's size
 			continue
 		}
-		d, derr := st.Delegate(to, n, o.Request(off, n))
+		var d *Delegation
+		var derr error
+		if req := o.Request(off, n); ks != nil && !o.NoDigests {
+			d, n, derr = delegateDigested(ks, to, off, n, req, src, &o, &digestBuf)
+		} else {
+			d, derr = st.Delegate(to, n, req)
+		}
 		if derr != nil {
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
 				sched.kill(to)
@@ -341,6 +363,31 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		err = failed()
 	}
 	return res, err
+}
+
+// delegateDigested delegates bytes [off, off+n) of src, which the stream's offsets hold from
+// ks's current offset, to path with the digests of their blocks. A piece too long for its
+// digests to fit in one message is shortened to what fits; it returns the length delegated.
+// A request that leaves no room for digests is delegated without them.
+func delegateDigested(ks *stream, path string, off, n int64, req []byte, src io.ReaderAt, o *FanoutOptions, buf *[]byte) (*Delegation, int64, error) {
+	if m := ks.maxDigestedLength(len(req)); m < n && m > 0 {
+		n = m
+		req = o.Request(off, n)
+	}
+	block, ok := ks.digestBlockFor(n, len(req))
+	if !ok {
+		d, err := ks.Delegate(path, n, req)
+		return d, n, err
+	}
+	if *buf == nil {
+		*buf = make([]byte, digestBlock)
+	}
+	digests, err := appendDigests(make([]byte, 0, (n+block-1)/block*sha256.Size), src, off, n, block, *buf)
+	if err != nil {
+		return nil, n, err
+	}
+	d, err := ks.delegate(path, n, req, digests, block)
+	return d, n, err
 }
 
 // ServeFanout answers, on a secondary, every delegation made by Fanout with the default

@@ -115,11 +115,14 @@ func TestFanoutSourceKilled(t *testing.T) {
 	// and any after it cannot deliver.
 	var ms *multiSource
 	var once sync.Once
+	built := make(chan struct{}) // ms is set: the behaviour runs on the secondaries' goroutines
 	ms = newMultiSource(t, 2, delegationConf, nil, func(st Stream, off, n int64) error {
+		<-built
 		once.Do(func() { ms.relay[1].SetBlackhole(true) })
 		_, err := st.Write(content(off, n))
 		return err
 	})
+	close(built)
 	ms.behaved = true
 	resource := content(0, 8<<20)
 	// After a header, so that stream offsets are not the resource's: the refill must read src
@@ -156,9 +159,12 @@ func TestFanoutSlowSecondaryTail(t *testing.T) {
 		t.Fatalf("the primary sent again %d bytes, want some and at most an eighth; shares %v", fr.Duplicated, fr.Bytes)
 	}
 	// A saturated 2 Mbit/s path may also be found dead on a loaded machine (the tests' short
-	// PathTimeout): its delegations then fail and are refilled, which is fine too.
+	// PathTimeout), or one of its ranges miss its progress deadline there (the secondary's
+	// credit and data wait in the link's queue): those delegations fail and are refilled,
+	// which is fine too. (On main as of 088177b the deadline failed 3 runs of 6 with a second
+	// copy of the test running beside it.)
 	for _, de := range fr.Failed {
-		if !errors.Is(de, ErrPathDead) {
+		if !errors.Is(de, ErrPathDead) && !errors.Is(de, ErrDelegationTimeout) {
 			t.Fatalf("failure %+v: %v", de, de.Err)
 		}
 	}

@@ -903,6 +903,13 @@ func addPathRequest(target, sid, pathID string, token []byte) *pb.ControlFrame {
 
 func isAddPathResponse(f *pb.ControlFrame) bool { return f.GetAddPathResponse() != nil }
 
+// digestRange is a DelegateRange of stream 1 with these digests.
+func digestRange(length uint64, digests []byte, block uint64) *pb.ControlFrame {
+	return &pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+		LogicalStreamId: 1, Length: length, PathId: randomID(8), Digests: digests, DigestBlockSize: block,
+	}}}
+}
+
 var primaryAttacks = []primaryAttack{
 	{name: "garbage on the control stream", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
 		h.write(garbage)
@@ -939,6 +946,25 @@ var primaryAttacks = []primaryAttack{
 	}},
 	{name: "empty delegated range", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
 		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{LogicalStreamId: 1, PathId: randomID(8)}}})
+	}},
+	// Digests that cannot be those of the range's blocks (docs/PROTOCOL.md section 14): not
+	// whole SHA-256 digests, one too few, a block size of 0 or above the client's initial
+	// stream window, a block size without digests.
+	{name: "delegated range with a partial digest", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+		h.send(digestRange(100, make([]byte, 31), 100))
+	}},
+	{name: "delegated range with a digest too few", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+		h.send(digestRange(100, make([]byte, 32), 99))
+	}},
+	{name: "delegated range with digests and no block size", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+		h.send(digestRange(100, make([]byte, 32), 0))
+	}},
+	{name: "delegated range with a digest block above the window", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+		w := v.conf.initialStreamWindow()
+		h.send(digestRange(w+1, make([]byte, 32), w+1))
+	}},
+	{name: "delegated range with a block size and no digests", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+		h.send(digestRange(100, nil, 100))
 	}},
 	{name: "delegation on a stream the client never opened", want: ErrInvalidFrame, attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
 		h.send(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{LogicalStreamId: 0, Length: 10, PathId: randomID(8)}}})

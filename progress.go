@@ -3,7 +3,6 @@ package kwik
 import (
 	"fmt"
 	"math"
-	"slices"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/wire"
@@ -160,24 +159,7 @@ func (sess *session) expireDelegations(p *path, ds []*delegationRecord, reason s
 			st.recv.mu.Unlock()
 			continue
 		}
-		sess.clientDelegs.mu.Lock()
-		if len(sess.clientDelegs.stopped) >= maxStoppedDelegations {
-			// Forget those of streams that take no more data (their late bytes are dropped
-			// anyway): the others' secondaries ignored the stop.
-			for id, o := range sess.clientDelegs.stopped {
-				if o.st != st && o.st.recv.mu.TryLock() {
-					if o.st.recv.done {
-						delete(sess.clientDelegs.stopped, id)
-					}
-					o.st.recv.mu.Unlock()
-				}
-			}
-		}
-		if len(sess.clientDelegs.stopped) < maxStoppedDelegations {
-			sess.clientDelegs.stopped[d.id] = d
-			st.recv.stopped = append(slices.Clip(st.recv.stopped), d) // copy on write, as delegs
-		}
-		sess.clientDelegs.mu.Unlock()
+		sess.stopLocked(d)
 		st.recv.mu.Unlock()
 		sess.log.Debug("kwik: delegation timed out", "path", p.id, "stream", st.id, "offset", missing, "reason", reason)
 		sess.reportOutcome(d, delegationFailed, missing, CodeDelegationTimeout, reason)

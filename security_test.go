@@ -11,7 +11,9 @@ package kwik
 // Issue 13's trust boundaries (docs/PROTOCOL.md section 15), one test per attack, follow
 // TestDelegationPastRangeEnd: listener roles, forged, replayed and excess delegations, tokens
 // bound to their secondary and their issue time, per-session join state, rejoin token limits,
-// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind.
+// zstd bombs, sealed orders, scanning through AddPath, and a flood of every kind; then stale
+// replicas (finding 8): content digests of delegated ranges, from TestStaleReplicaSameSizeIsRefilled
+// on (malformed digests from a primary: TestHostilePrimaries).
 
 import (
 	"bytes"
@@ -20,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"strings"
 	"sync"
@@ -902,5 +905,266 @@ func TestConcurrentDelegationsInIDOrder(t *testing.T) {
 	}
 	if err := ms.secs[0].Context().Err(); err != nil {
 		t.Fatalf("the secondary's path ended: %v", context.Cause(ms.secs[0].Context()))
+	}
+}
+
+// ---- content digests (finding 8: stale replicas) ----
+
+// staleFrom is a secondary whose replica has the resource's size and other bytes from offset
+// from on (a file changed in place): it serves what it has.
+func staleFrom(from int64) secondaryBehaviour {
+	return func(st Stream, off, n int64) error {
+		b := content(off, n)
+		for i := range b {
+			if off+int64(i) >= from {
+				b[i] ^= 0x5a
+			}
+		}
+		_, err := st.Write(b)
+		return err
+	}
+}
+
+// A secondary whose replica has the right size and other bytes (from its 100,000th byte on)
+// serves pieces through Fanout next to an honest one: the client reads exactly the primary's
+// bytes. Each of the stale secondary's pieces fails with KWIK_DIGEST_MISMATCH at the block
+// where its bytes go wrong (the blocks before count as delivered), the primary refills the
+// rest, the stale secondary gets no more pieces, and its path survives (what it sends after
+// the stop is dropped). The honest secondary's pieces all complete.
+func TestStaleReplicaSameSizeIsRefilled(t *testing.T) {
+	const wrongFrom = 100_000
+	var mu sync.Mutex
+	pieces := map[int64]int64{} // the stale secondary's pieces: start by end, in the resource
+	serveStale := staleFrom(wrongFrom)
+	ms := newMultiSource(t, 2, delegationConf, nil, func(st Stream, off, n int64) error {
+		mu.Lock()
+		pieces[off+n] = off
+		mu.Unlock()
+		return serveStale(st, off, n)
+	})
+	ms.behaved = true
+	resource := content(0, 8<<20)
+	header := content(1, 1001) // stream offsets are not the resource's
+	const chunk = 256 << 10
+	fr := fanoutDownload(t, ms, header, resource, &FanoutOptions{ChunkSize: chunk}, nil)
+	honest, stale := ms.ids[0], ms.ids[1]
+	if fr.Refilled == 0 || len(fr.Failed) == 0 {
+		t.Fatalf("nothing refilled: %+v", fr)
+	}
+	for _, de := range fr.Failed {
+		if de.PathID != stale || !errors.Is(de, ErrDigestMismatch) {
+			t.Fatalf("failure %v of path %s, want only the stale path %s failing on digests", de, de.PathID, stale)
+		}
+		// The first bad block is the piece's first, or the one holding the resource's byte
+		// 100,000 if the piece starts before it.
+		mu.Lock()
+		start, ok := pieces[de.Offset+de.Remaining-int64(len(header))]
+		mu.Unlock()
+		wantAt := start + int64(len(header))
+		if start < wrongFrom {
+			wantAt += (wrongFrom - start) / digestBlock * digestBlock
+		}
+		if !ok || de.Offset != wantAt {
+			t.Errorf("failure at %d, want at the first wrong block, %d", de.Offset, wantAt)
+		}
+	}
+	if fr.Bytes[honest] == 0 {
+		t.Errorf("the honest secondary served nothing: %v", fr.Bytes)
+	}
+	if got := fr.Bytes[stale]; got > wrongFrom {
+		t.Errorf("the stale secondary is credited with %d bytes, more than its replica has right", got)
+	}
+	if err := ms.secs[1].Context().Err(); err != nil {
+		t.Fatalf("the stale secondary's path ended: %v", context.Cause(ms.secs[1].Context()))
+	}
+}
+
+// Honest secondaries with digests on (Fanout's default): no piece fails, nothing is refilled
+// or sent twice, and every secondary serves its share.
+func TestHonestReplicasDigestsCostNoRefill(t *testing.T) {
+	ms := newMultiSource(t, 2, delegationConf)
+	ms.behaved = true // the default behaviour serves content: no ServeFanout competing
+	resource := content(0, 8<<20)
+	fr := fanoutDownload(t, ms, nil, resource, &FanoutOptions{ChunkSize: 256 << 10}, nil)
+	if len(fr.Failed) != 0 || fr.Refilled != 0 || fr.Duplicated != 0 {
+		t.Fatalf("failures %v, refilled %d, sent twice %d", fr.Failed, fr.Refilled, fr.Duplicated)
+	}
+	for _, id := range ms.ids {
+		if fr.Bytes[id] == 0 {
+			t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
+		}
+	}
+}
+
+// digestedStream has the primary of p write head bytes of content, delegate the next n to
+// the raw secondary h on pathID with their digests, and, once refill is closed, refill what
+// the delegation's failure (if any) left; dup, if not nil, is called with the stream once the
+// delegation is made. It returns the client's stream, the assignment as h received it, and a
+// channel with the delegation's outcome.
+func digestedStream(t *testing.T, p *pair, h *rawPeer, pathID string, head, n, tail int64, refill <-chan struct{}, dup func(*stream)) (Stream, *pb.DelegationAssign, <-chan error) {
+	t.Helper()
+	ctx := boundContext(t)
+	result := make(chan error, 1)
+	go func() {
+		st, err := p.server.OpenStreamSync(ctx)
+		if err != nil {
+			result <- err
+			return
+		}
+		ks := st.(*stream)
+		st.Write(content(0, head))
+		block, ok := ks.digestBlockFor(n, 16)
+		digests, err := appendDigests(nil, bytes.NewReader(content(0, head+n)), head, n, block, make([]byte, 4096))
+		if !ok || err != nil {
+			result <- fmt.Errorf("digests: %v, %v", ok, err)
+			return
+		}
+		d, err := ks.delegate(pathID, n, chunkRequest(head, n), digests, block)
+		if err != nil {
+			result <- err
+			return
+		}
+		go func() {
+			err := d.Wait(ctx)
+			var de *DelegationError
+			if errors.As(err, &de) {
+				<-refill
+				if _, werr := st.WriteAt(content(de.Offset, de.Remaining), de.Offset); werr != nil {
+					err = werr
+				}
+			}
+			result <- err
+		}()
+		if dup != nil {
+			dup(ks)
+		}
+		st.Write(content(head+n, tail))
+		st.Close()
+	}()
+	cs, err := p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.SetReadDeadline(time.Now().Add(hostileBound))
+	assign := h.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
+	return cs, assign, result
+}
+
+// readExact reads n bytes of st from offset off, each of which must be content's.
+func readExact(t *testing.T, st Stream, off, n int64) {
+	t.Helper()
+	got := make([]byte, n)
+	if _, err := io.ReadFull(st, got); err != nil {
+		t.Fatalf("reading [%d, %d): %v", off, off+n, err)
+	}
+	if want := content(off, n); !bytes.Equal(got, want) {
+		i := 0
+		for got[i] == want[i] {
+			i++
+		}
+		t.Fatalf("read a wrong byte at offset %d", off+int64(i))
+	}
+}
+
+// A secondary (a raw server) sends a delegated range whose third block has one wrong byte:
+// the reader gets the two blocks before it and never a byte of it, even once the rest of the
+// range is there; the primary hears KWIK_DIGEST_MISMATCH with the bad block's start as the
+// missing offset, the secondary is told to stop that delegation, and what it still sends is
+// dropped without costing its path; the primary's refill of the rest is what the reader gets.
+func TestDigestMismatchNeverReadable(t *testing.T) {
+	conf := secondarySuiteConf()
+	p := newPair(t, conf, conf)
+	h, pathID := joinHostile(t, p.server, nil)
+	const head, tail = 1000, 3000
+	const n = 5*digestBlock + 1234 // six blocks, the last short
+	refill := make(chan struct{})
+	cs, assign, result := digestedStream(t, p, h, pathID, head, n, tail, refill, nil)
+	sid := assign.LogicalStreamId
+	bad := content(head, n)
+	bad[2*digestBlock+7] ^= 1
+	send := func(from, to int64) { // bad's bytes [from, to) of the range, in frames of 16 KiB
+		for off := from; off < to; off += 16 << 10 {
+			end := min(off+16<<10, to)
+			h.data(t, h.packet(frame(sid, uint64(head+off), bad[off:end], false)))
+		}
+	}
+	send(0, 4*digestBlock) // two good blocks, the bad one, a good one
+	readExact(t, cs, 0, head+2*digestBlock)
+	stop := h.next(t, func(f *pb.ControlFrame) bool { return f.GetStopSending() != nil }).GetStopSending()
+	if stop.LogicalStreamId != sid || len(stop.DelegationIds) != 1 || stop.DelegationIds[0] != assign.DelegationId {
+		t.Fatalf("StopSending %v, want one naming delegation %d", stop, assign.DelegationId)
+	}
+	send(4*digestBlock, n) // late: dropped
+	// Nothing more is readable until the primary refills: not the bad block, not the good
+	// blocks around it.
+	cs.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if k, err := cs.Read(make([]byte, 1)); k != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read before the refill: %d bytes, %v; want nothing until the deadline", k, err)
+	}
+	cs.SetReadDeadline(time.Now().Add(hostileBound))
+	close(refill)
+	readExact(t, cs, head+2*digestBlock, n-2*digestBlock+tail)
+	if k, err := cs.Read(make([]byte, 1)); k != 0 || err != io.EOF {
+		t.Fatalf("after the stream's end: %d bytes, %v", k, err)
+	}
+	err := <-result
+	var de *DelegationError
+	if !errors.As(err, &de) || !errors.Is(err, ErrDigestMismatch) || de.Offset != head+2*digestBlock || de.Remaining != n-2*digestBlock {
+		t.Fatalf("delegation outcome %v, want a digest mismatch from offset %d", err, head+2*digestBlock)
+	}
+	if _, ok := pathByID(p.client.GetActivePaths(), pathID); !ok {
+		t.Fatalf("the secondary's path ended: %v", p.client.GetDeadPaths())
+	}
+	// The discarded bytes' blocks went back, and were counted as they went.
+	if n := p.client.credit.blocks.Load(); n != 0 {
+		t.Fatalf("the client counts %d receive blocks held after the stream's end", n)
+	}
+}
+
+// A delegated range that its secondary sends only a part of, which the primary sends again
+// (Fanout's rescue of an overdue piece): the primary's copy, checked like the secondary's, is
+// what the reader gets, the delegation completes when the reader reaches the end, and the
+// secondary is told to stop.
+func TestDigestVerifiedDuplicateSatisfiesRange(t *testing.T) {
+	conf := secondarySuiteConf()
+	p := newPair(t, conf, conf)
+	h, pathID := joinHostile(t, p.server, nil)
+	const head, n, tail = 500, 3*digestBlock + 99, 700
+	dupSent := make(chan error, 1)
+	cs, assign, result := digestedStream(t, p, h, pathID, head, n, tail, make(chan struct{}), func(ks *stream) {
+		_, err := ks.duplicate(content(head, n), head)
+		dupSent <- err
+	})
+	// The secondary's first half block arrives too; the first copy wins either way.
+	h.data(t, h.packet(frame(assign.LogicalStreamId, head, content(head, digestBlock/2), false)))
+	if err := <-dupSent; err != nil {
+		t.Fatal(err)
+	}
+	readExact(t, cs, 0, head+n+tail)
+	if k, err := cs.Read(make([]byte, 1)); k != 0 || err != io.EOF {
+		t.Fatalf("after the stream's end: %d bytes, %v", k, err)
+	}
+	if err := <-result; err != nil {
+		t.Fatalf("delegation outcome %v, want complete", err)
+	}
+	stop := h.next(t, func(f *pb.ControlFrame) bool { return f.GetStopSending() != nil }).GetStopSending()
+	if stop.LogicalStreamId != assign.LogicalStreamId {
+		t.Fatalf("StopSending %v", stop)
+	}
+}
+
+// With a receive window of one digest block, the reader waits at every block of a delegated
+// piece until all of it is there and checked: the credit must cover the whole block, which
+// the window's usual updates alone may not grant a reader that does not move. Everything
+// arrives, with no failure.
+func TestDigestsSmallWindowNoDeadlock(t *testing.T) {
+	conf := *delegationConf
+	conf.StreamReceiveWindow = 32 << 10
+	conf.QUIC = &quic.Config{InitialStreamReceiveWindow: 32 << 10}
+	ms := newMultiSource(t, 2, &conf)
+	ms.behaved = true
+	fr := fanoutDownload(t, ms, content(1, 333), content(0, 2<<20), &FanoutOptions{ChunkSize: 256 << 10}, nil)
+	if len(fr.Failed) != 0 {
+		t.Fatalf("failures %v", fr.Failed)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math"
 	"sync"
@@ -48,6 +49,7 @@ type stream struct {
 		delegs    []*delegationRecord // client: active delegations of this stream
 		stopped   []*delegationRecord // client: delegations failed by their deadline, whose late bytes are dropped
 		fed       []*path             // client: the paths that had a delegation of this stream
+		hash      hash.Hash           // client: SHA-256 of delegated blocks (digest.go), made at first use
 	}
 	recvSignal chan struct{} // cap 1: data, fin, reset or deadline change
 
@@ -161,8 +163,13 @@ func (s *stream) Read(p []byte) (int, error) {
 			s.recv.mu.Unlock()
 			return 0, nil
 		}
+		q := p
+		if held, _, ok := s.heldFromLocked(); ok {
+			// Not past a delegated block whose digest has not been checked yet.
+			q = q[:min(uint64(len(q)), held-min(held, s.recv.buf.ReadOffset()))]
+		}
 		blocks := s.recv.buf.BufferedBlocks()
-		n := s.recv.buf.Read(p)
+		n := s.recv.buf.Read(q)
 		s.sess.credit.held(s.recv.buf.BufferedBlocks() - blocks)
 		if n > 0 {
 			off := s.recv.buf.ReadOffset()
@@ -231,7 +238,6 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 			err = &Error{Code: CodeOffsetMismatch, Message: ke.Message}
 		}
 	}
-	state, missing := delegationActive, uint64(0)
 	if err == nil && d != nil {
 		now := time.Now()
 		d.since = now
@@ -241,12 +247,27 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 		if d.got.Len() > maxRangesPerDelegation {
 			err = &Error{Code: CodeOffsetMismatch, Message: "secondary's range too fragmented"}
 		}
+	}
+	// Digest-carrying ranges these bytes complete blocks of (whoever sent them) are checked
+	// before anything decides their delegation: bytes that do not match are never complete.
+	var bad []*delegationRecord // rarely any
+	var badAt []uint64
+	if err == nil {
+		bad = s.verifyLocked(nil, off, end)
+		for _, b := range bad {
+			badAt = append(badAt, s.sess.digestMismatchLocked(b))
+		}
+	}
+	state, missing := delegationActive, uint64(0)
+	if err == nil && d != nil && d.state == delegationActive {
 		if state = d.outcome(); state != delegationActive {
-			missing = d.firstMissing()
-			d.detach()
+			missing = d.settleLocked()
 		}
 	}
 	s.recv.mu.Unlock()
+	for i, b := range bad {
+		s.sess.digestMismatch(b, badAt[i])
+	}
 	if state != delegationActive {
 		s.sess.reportOutcome(d, state, missing, CodeOffsetMismatch, "the secondary closed short")
 	}

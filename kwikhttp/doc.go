@@ -50,10 +50,15 @@
 //
 // # Integrity
 //
-// A secondary is trusted for liveness, not content. A response may carry a Content-Digest
-// (RFC 9530) of its body, or, when it is a 200 without content coding, a Repr-Digest of the
-// representation: the Transport checks a sha-256 one as the body is read, and a body that
-// does not match ends with an error that errors.Is ErrDigestMismatch instead of io.EOF.
+// A secondary is trusted for liveness, not content. kwik.Fanout gives the client the SHA-256
+// of each block of every delegated range, read from the primary's own source: a replica with
+// the same size and validators and other bytes (stale, or lying) has its ranges fail with
+// KWIK_DIGEST_MISMATCH before the reader sees a byte of them, and the primary sends them
+// itself. End to end, a response may also carry a Content-Digest (RFC 9530) of its body, or,
+// when it is a 200 without content coding, a Repr-Digest of the representation: the
+// Transport checks a sha-256 one as the body is read, and a body that does not match (the
+// primary's own bytes differ from its digest) ends with an error that errors.Is
+// ErrDigestMismatch instead of io.EOF.
 //
 // # Limitations
 //

@@ -265,12 +265,18 @@ func TestSecondaryKilled(t *testing.T) {
 	}
 }
 
-// A replica that claims the primary's validator and sends other bytes is caught by the
-// digest the primary announces: the body's last Read fails instead of returning io.EOF.
-func TestLyingReplica(t *testing.T) {
+// A replica that claims the primary's validators (same size, same modification time) and
+// sends other bytes is caught by the digests of the delegated ranges (kwik.Fanout's
+// default): its pieces fail with KWIK_DIGEST_MISMATCH, the primary refills them, and the
+// body arrives intact, its Repr-Digest checked too.
+func TestLyingReplicaCaughtByRangeDigests(t *testing.T) {
+	ctx := testContext(t)
 	const size = 4 << 20
 	modtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	good := make([]byte, size)
+	for i := range good {
+		good[i] = byte(i * 7 / 5)
+	}
 	bad := bytes.Repeat([]byte{'x'}, size)
 	digest := sha256.Sum256(good)
 	serve := func(content []byte) http.Handler {
@@ -280,6 +286,35 @@ func TestLyingReplica(t *testing.T) {
 		})
 	}
 	c := newCluster(t, serve(good), []http.Handler{serve(bad)}, func(s *kwikhttp.Server) {
+		s.Fanout = &kwik.FanoutOptions{ChunkSize: 256 << 10}
+	})
+	resp, body := c.get(t, ctx, "/f.bin", nil)
+	if resp.StatusCode != http.StatusOK || sum(body) != sum(good) {
+		t.Fatalf("status %d, body intact: %v", resp.StatusCode, sum(body) == sum(good))
+	}
+	res := c.lastFanout()
+	if res == nil || res.Refilled == 0 || len(res.Failed) == 0 {
+		t.Fatalf("fan-out %+v: want the lying replica's pieces refilled", res)
+	}
+	for _, de := range res.Failed {
+		if !errors.Is(de, kwik.ErrDigestMismatch) {
+			t.Errorf("failure %v, want a digest mismatch", de)
+		}
+	}
+}
+
+// A primary whose own Repr-Digest is not its body's (its file changed, say): the body's last
+// Read fails with ErrDigestMismatch instead of returning io.EOF, whoever sent the bytes.
+func TestPrimaryDigestMismatch(t *testing.T) {
+	const size = 4 << 20
+	modtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	content := make([]byte, size)
+	other := sha256.Sum256([]byte("another file"))
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Repr-Digest", kwikhttp.SHA256Field(other[:]))
+		kwikhttp.ServeContent(w, r, "f.bin", modtime, bytes.NewReader(content), size)
+	})
+	c := newCluster(t, h, []http.Handler{h}, func(s *kwikhttp.Server) {
 		s.Fanout = &kwik.FanoutOptions{ChunkSize: 256 << 10}
 	})
 	resp, err := c.client.Get(c.base + "/f.bin")

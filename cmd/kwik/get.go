@@ -44,7 +44,9 @@ func getCommand() *cobra.Command {
 		Long: `get downloads the file NAME from the primary at PRIMARY-ADDRESS (an http.Client over
 kwikhttp: GET https://PRIMARY-ADDRESS/NAME), which has its secondaries send parts of it, shows
 the progress and then what each path brought, and checks the size and the SHA-256 of the
-whole file against the primary's Repr-Digest (a replica with other bytes shows there).
+whole file against the primary's Repr-Digest. The primary gives the digests of the parts the
+secondaries send, so a secondary's replica with other bytes costs time, not content; a file
+that fails the whole-file check all the same is moved to NAME.corrupt and get fails.
 
 Trust: --ca (a PEM file of trusted certificates, such as the servers' own), or --pin with the
 SHA-256 fingerprint of a server's certificate (as kwik serve prints it): a bare fingerprint
@@ -201,7 +203,7 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 		progress.Wait()
 	}
 	if errors.Is(err, kwikhttp.ErrDigestMismatch) {
-		return fmt.Errorf("get: %s is CORRUPT: its SHA-256 is not the primary's file's (a secondary's replica differs?); delete it and download again", o.output)
+		return corrupt(out, o.output, "its SHA-256 is not the one the primary announced")
 	}
 	if err != nil {
 		return fmt.Errorf("get: after %d bytes: %w", offset+got, err)
@@ -219,7 +221,7 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	checked := "size checked"
 	if want != nil {
 		if got := sum.Sum(nil); !bytes.Equal(got, want) {
-			return fmt.Errorf("get: %s is CORRUPT: its SHA-256 is %x, the primary's file's %x (a secondary's replica differs?); delete it and download again", o.output, got, want)
+			return corrupt(nil, o.output, fmt.Sprintf("its SHA-256 is %x, the primary's file's %x", got, want))
 		}
 		checked = "size and SHA-256 checked"
 	}
@@ -230,6 +232,20 @@ func runGet(ctx context.Context, o getOptions, addr, name string, stdout, stderr
 	fmt.Fprintf(stdout, "\n%s: %d bytes (%d this time) in %v = %.1f Mbit/s, %s\n",
 		o.output, size, got, elapsed.Round(time.Millisecond), mbit, checked)
 	return nil
+}
+
+// corrupt moves a downloaded file that failed its digest check out of the way (NAME.corrupt),
+// so that nothing takes it for the file, nor resumes it, and returns the error that says so.
+// out, if not nil, is the file still open.
+func corrupt(out *os.File, name, why string) error {
+	if out != nil {
+		out.Close()
+	}
+	aside := name + ".corrupt"
+	if err := os.Rename(name, aside); err != nil {
+		return fmt.Errorf("get: %s is CORRUPT (%s), and could not be moved aside: %v; delete it", name, why, err)
+	}
+	return fmt.Errorf("get: the download is CORRUPT: %s; kept as %s, nothing left at %s (the primary's file changed during the download, or a secondary's replica differs and the primary gave no digests of its parts)", why, aside, name)
 }
 
 // contentRange reads "bytes start-end/total".

@@ -58,6 +58,14 @@ func FuzzRecvBuffer(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 0, 0, 0x40, 0, 7, 4, 0x40, 0})
 	f.Add([]byte{1, 0, 1, 0x38, 0, 0xff, 0xff, 9, 4, 0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 1})
 	f.Add([]byte{2, 0, 0, 0x10, 0, 0x10, 0, 3, 0, 0, 0, 0x20, 0, 5, 7, 0, 0, 0, 0, 0x40, 0, 4, 4, 0xff, 0xff})
+	// Discard (op 6), then the discarded bytes written again with other content, across
+	// blocks; below the read offset and at the top of uint64; everything, then Release.
+	f.Add([]byte{0, 0, 0, 0, 0x80, 0, 1, 1, 0, 0x80, 0, 0x40, 0, 2, 6, 0, 0x40, 0, 0x60, 0, 4, 0x40, 0,
+		2, 0, 0x30, 0, 0x80, 0, 9, 5, 0x80, 0})
+	f.Add([]byte{1, 0, 0, 0, 0, 0x30, 0, 3, 6, 0, 0, 0, 0x10, 0, 4, 0x40, 0, 2, 0x01, 0x20, 0, 0xff, 0xff, 4,
+		6, 0x01, 0x20, 0, 0x10, 0, 6, 0x01, 0x30, 0, 0xff, 0xff})
+	f.Add([]byte{2, 3, 0, 0, 0, 0xff, 0xff, 7, 6, 0, 0, 0, 0xff, 0xff, 3, 0, 0, 0, 0x80, 0, 8, 4, 0xff, 0xff,
+		7, 6, 0, 0, 0, 0x10, 0})
 	f.Fuzz(recvBufferOps)
 }
 
@@ -92,12 +100,19 @@ func recvBufferOps(t *testing.T, in []byte) {
 			if want := m.write(off, p); got != want {
 				t.Fatalf("op %d: Write(%d, %d bytes) = %d, want %d", op, off, n, got, want)
 			}
-		case kind < 7:
+		case kind < 6:
 			n := input.uint(2) % uint64(len(buf)+1)
 			got := b.Read(buf[:n])
 			want := m.read(int(n))
 			if !bytes.Equal(buf[:got], want) {
 				t.Fatalf("op %d: Read(%d) = %d bytes %x, want %d bytes %x", op, n, got, buf[:got], len(want), want)
+			}
+		case kind < 7:
+			off := input.uint(3) % min(fuzzUniverse, m.limit+1)
+			n := input.uint(2) % (m.limit - off + 1) // an end past 2^64 has no uint64
+			got := b.Discard(m.origin+off, m.origin+off+n)
+			if want := m.discard(off, off+n); got != want {
+				t.Fatalf("op %d: Discard(%d, %d) = %d, want %d", op, off, off+n, got, want)
 			}
 		default:
 			b.Release()
@@ -139,6 +154,22 @@ func (m *recvModel) read(n int) []byte {
 
 func (m *recvModel) release() { clear(m.have) }
 
+// discard forgets what was stored in [off, end) at or above the read offset, and
+// returns how many bytes that was.
+func (m *recvModel) discard(off, end uint64) int {
+	off, end = max(off, m.readOff), min(end, m.limit)
+	n := 0
+	for i := off; i < end; {
+		from := m.have.next(i, end, true)
+		i = m.have.next(from, end, false)
+		n += int(i - from)
+	}
+	if off < end {
+		m.have.setRange(off, end, false)
+	}
+	return n
+}
+
 // check compares every observable of b with the model.
 func (m *recvModel) check(t *testing.T, op int, b *RecvBuffer) {
 	t.Helper()
@@ -176,6 +207,19 @@ func (m *recvModel) check(t *testing.T, op int, b *RecvBuffer) {
 	checkInvariants(t, b.Received())
 	if got := b.Readable(); got != readable {
 		t.Fatalf("op %d: Readable() = %d, want %d", op, got, readable)
+	}
+	// Peek shows each received range as stored, and refuses one byte more.
+	for _, r := range want {
+		var peeked []byte
+		if !b.Peek(r.Start, r.End, func(p []byte) { peeked = append(peeked, p...) }) {
+			t.Fatalf("op %d: Peek(%d, %d) refused a received range", op, r.Start, r.End)
+		}
+		if w := m.data[r.Start-m.origin : r.End-m.origin]; !bytes.Equal(peeked, w) {
+			t.Fatalf("op %d: Peek(%d, %d) = %x, want %x", op, r.Start, r.End, peeked, w)
+		}
+		if r.End < m.origin+m.limit && b.Peek(r.Start, r.End+1, func([]byte) { t.Fatalf("op %d: Peek past a received range called fn", op) }) {
+			t.Fatalf("op %d: Peek(%d, %d) accepted a byte never received", op, r.Start, r.End+1)
+		}
 	}
 	// Exactly the blocks holding unread bytes are held; that is what keeps
 	// memory within one block of the received window.

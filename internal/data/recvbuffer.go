@@ -229,3 +229,77 @@ func (b *RecvBuffer) Release() {
 	b.head = 0
 	b.received.r = b.received.r[:0]
 }
+
+// Peek calls fn with the stored bytes of [off, end), in order, in as many calls
+// as blocks hold them, without reading them. Every byte of the range must have
+// been received and lie at or above the read offset; otherwise Peek calls fn
+// for nothing and returns false. fn must not keep or modify the slices.
+func (b *RecvBuffer) Peek(off, end uint64, fn func([]byte)) bool {
+	if off >= end {
+		return true
+	}
+	if off < b.readOff || !b.received.ContainsRange(off, end) {
+		return false
+	}
+	live := b.blocks[b.head:]
+	i, _ := slices.BinarySearchFunc(live, off/blockSize, func(r blockRef, idx uint64) int {
+		switch {
+		case r.idx < idx:
+			return -1
+		case r.idx > idx:
+			return 1
+		}
+		return 0
+	})
+	// Received bytes have their blocks, consecutive from the one holding off.
+	for ; off < end; i++ {
+		from := off % blockSize
+		n := min(end-off, blockSize-from)
+		fn(live[i].b[from : from+n])
+		off += n
+	}
+	return true
+}
+
+// Discard forgets the bytes received in [start, end) at or above the read
+// offset, as if they had never arrived, so that a later Write stores them
+// afresh: the way to replace bytes found wrong, which Write never overwrites.
+// Blocks left holding no received byte go back to the pool. HighestReceived
+// stays. It returns how many bytes it forgot.
+func (b *RecvBuffer) Discard(start, end uint64) int {
+	start = max(start, b.readOff)
+	if start >= end || !b.received.Overlaps(start, end) {
+		return 0
+	}
+	n := 0
+	b.missing = b.received.Intersect(b.missing[:0], start, end)
+	for _, r := range b.missing {
+		n += int(r.End - r.Start)
+	}
+	b.received.Remove(start, end)
+	first, last := start/blockSize, (end-1)/blockSize
+	keep := b.blocks[:b.head]
+	for _, r := range b.blocks[b.head:] {
+		if r.idx >= first && r.idx <= last && !b.received.Overlaps(r.idx*blockSize, blockEnd(r.idx)) {
+			blockPool.Put(r.b)
+			continue
+		}
+		keep = append(keep, r)
+	}
+	clear(b.blocks[len(keep):])
+	b.blocks = keep
+	if b.head == len(b.blocks) {
+		b.blocks = b.blocks[:0]
+		b.head = 0
+	}
+	return n
+}
+
+// blockEnd is the first offset after block idx, or 2^64-1 for the last block
+// (2^64 has no uint64; no byte is stored at 2^64-1, since its end would be 2^64).
+func blockEnd(idx uint64) uint64 {
+	if idx >= math.MaxUint64/blockSize {
+		return math.MaxUint64
+	}
+	return (idx + 1) * blockSize
+}

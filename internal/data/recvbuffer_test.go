@@ -245,6 +245,77 @@ func TestRecvBufferBlocks(t *testing.T) {
 	}
 }
 
+// Discard is how wrong bytes are replaced: what it forgets is stored afresh by the next
+// Write (the first writer wins otherwise), bytes it keeps stay, blocks left empty go back to
+// the pool, and nothing below the read offset is touched.
+func TestRecvBufferDiscard(t *testing.T) {
+	bad := bytes.Repeat([]byte{'x'}, 4*blockSize)
+	var b RecvBuffer
+	b.Write(0, pattern(0, blockSize))     // block 0: good
+	b.Write(blockSize, bad[:3*blockSize]) // blocks 1-3: wrong
+	b.Read(make([]byte, 100))             // the reader is inside block 0
+	if n := b.Discard(0, blockSize+blockSize/2); n != blockSize-100+blockSize/2 {
+		t.Fatalf("Discard forgot %d bytes, want %d (nothing below the read offset)", n, blockSize-100+blockSize/2)
+	}
+	// Block 0 held only discarded unread bytes; block 1 keeps its second half.
+	if got := b.BufferedBlocks(); got != 3 {
+		t.Fatalf("after Discard: %d blocks, want 3", got)
+	}
+	if got := b.Received().Ranges(); !slices.Equal(got, []Range{{blockSize + blockSize/2, 4 * blockSize}}) {
+		t.Fatalf("received %v after Discard", got)
+	}
+	if n := b.Discard(4*blockSize, 5*blockSize); n != 0 {
+		t.Fatalf("Discard of nothing forgot %d", n)
+	}
+	// The good bytes land where the wrong ones were; the wrong ones kept stay.
+	if n := b.Write(0, pattern(0, 4*blockSize)); n != blockSize-100+blockSize/2 {
+		t.Fatalf("Write after Discard stored %d", n)
+	}
+	want := slices.Concat(pattern(100, blockSize+blockSize/2-100), bad[:blockSize*5/2])
+	if got := readAll(&b); !bytes.Equal(got, want) {
+		t.Fatal("read after Discard and Write: not the rewritten bytes")
+	}
+	if b.BufferedBlocks() != 0 || b.HighestReceived() != 4*blockSize {
+		t.Fatalf("after reading all: %d blocks, highest %d", b.BufferedBlocks(), b.HighestReceived())
+	}
+	// At the top of uint64.
+	top := newRecvBufferAt(math.MaxUint64 - 3*blockSize)
+	top.Write(math.MaxUint64-3*blockSize, bad[:3*blockSize])
+	if n := top.Discard(math.MaxUint64-2*blockSize, math.MaxUint64); n != 2*blockSize {
+		t.Fatalf("Discard at the top forgot %d", n)
+	}
+	if n := top.Write(math.MaxUint64-2*blockSize, pattern(0, 2*blockSize)); n != 2*blockSize {
+		t.Fatalf("Write at the top after Discard stored %d", n)
+	}
+}
+
+// Peek shows received bytes without reading them, across blocks, and only bytes received.
+func TestRecvBufferPeek(t *testing.T) {
+	var b RecvBuffer
+	b.Write(10, pattern(10, 3*blockSize))
+	var got []byte
+	calls := 0
+	if !b.Peek(blockSize-5, 2*blockSize+5, func(p []byte) { got = append(got, p...); calls++ }) {
+		t.Fatal("Peek refused received bytes")
+	}
+	if !bytes.Equal(got, pattern(blockSize-5, blockSize+10)) || calls != 3 {
+		t.Fatalf("Peek gave %d bytes in %d calls, want the stored ones in 3", len(got), calls)
+	}
+	for _, r := range []Range{{0, 20}, {5, 10}, {3*blockSize + 5, 3*blockSize + 11}} {
+		if b.Peek(r.Start, r.End, func([]byte) { t.Fatal("fn called") }) {
+			t.Fatalf("Peek(%d, %d) accepted bytes never received", r.Start, r.End)
+		}
+	}
+	if b.Readable() != 0 || b.ReadOffset() != 0 {
+		t.Fatal("Peek read")
+	}
+	b.Write(0, pattern(0, 10))
+	b.Read(make([]byte, 50))
+	if b.Peek(40, 60, func([]byte) {}) {
+		t.Fatal("Peek accepted bytes below the read offset")
+	}
+}
+
 func TestRecvBufferRelease(t *testing.T) {
 	var b RecvBuffer
 	b.Write(0, pattern(0, 100))

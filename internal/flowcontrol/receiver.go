@@ -88,6 +88,20 @@ func (r *Receiver[K]) Borrowed() uint64 { return r.borrowed }
 // stream: credit follows at the next Update.
 func (r *Receiver[K]) AtLeast(n uint64) { r.size = max(r.size, min(n, r.max)) }
 
+// Cover raises the credit to end when the reader cannot read on before every byte below end
+// has arrived (a block it may read only once all of it is there and checked): Update alone
+// may leave less credit ahead of a reader that does not move than such a block needs. end
+// must lie within the initial window of the reader, which the stream holds without
+// borrowing, so unread data stays within the usual bound; otherwise Cover does nothing. It
+// returns the new limit to announce, or 0.
+func (r *Receiver[K]) Cover(end uint64) uint64 {
+	if end <= r.limit || end-min(end, r.read) > r.initial {
+		return 0
+	}
+	r.limit = end
+	return r.limit
+}
+
 // Arrived records that bytes up to end have arrived (duplicates included).
 func (r *Receiver[K]) Arrived(end uint64) { r.highest = max(r.highest, end) }
 

@@ -294,3 +294,28 @@ func TestReceiverAtLeast(t *testing.T) {
 		t.Fatalf("AtLeast shrank the window to %d", r.Size())
 	}
 }
+
+// A reader that waits for a whole block before it reads on (a digest-checked one) gets credit
+// for the block, whatever Update left it, once the block lies within the initial window of the
+// reader: the credit then stays within what the stream holds without borrowing.
+func TestCoverBlockAheadOfTheReader(t *testing.T) {
+	b := &budget{}
+	rd := newReader(t, 64*kib, 4*mib, map[string]time.Duration{"primary": 10 * time.Millisecond}, b)
+	r := rd.r
+	if got := r.Cover(80 * kib); got != 0 {
+		t.Fatalf("Cover past the initial window of the reader = %d, want 0", got)
+	}
+	r.Read(20*kib, rd.now) // no Update: the credit is still the initial window
+	if got := r.Cover(80 * kib); got != 80*kib || r.Limit() != 80*kib {
+		t.Fatalf("Cover = %d, limit %d, want the block's end", got, r.Limit())
+	}
+	if got := r.Cover(70 * kib); got != 0 || r.Limit() != 80*kib {
+		t.Fatalf("Cover below the limit = %d, limit %d", got, r.Limit())
+	}
+	if got := r.Cover(20*kib + 64*kib + 1); got != 0 {
+		t.Fatalf("Cover one byte past the initial window = %d, want 0", got)
+	}
+	if b.lent != 0 {
+		t.Fatalf("Cover borrowed %d", b.lent)
+	}
+}

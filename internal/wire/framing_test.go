@@ -346,6 +346,15 @@ func controlFrames() map[string]*pb.ControlFrame {
 			DelegationId: 3, LogicalStreamId: 1, Offset: 1 << 20, Length: 1 << 18, PathId: "0123456789abcdef",
 			Request: []byte("file=a range=1"), Expiry: 1_800_000_000_000_000_000, Auth: pattern(32, 3),
 		}}},
+		"delegate range with digests": {FrameId: 8, Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+			DelegationId: 4, LogicalStreamId: 1, Offset: 1<<20 + 1<<18, Length: 3<<16 + 5, PathId: "0123456789abcdef",
+			Request: []byte("file=a range=2"), Expiry: 1_800_000_000_000_000_000, Auth: pattern(32, 4), ProgressTimeoutMs: 2500,
+			Digests: pattern(4*32, 5), DigestBlockSize: 1 << 16,
+		}}},
+		"delegation status digest mismatch": {FrameId: 9, Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
+			DelegationId: 4, MissingOffset: 1<<20 + 1<<18 + 2<<16, Remaining: 1<<16 + 5, ErrorCode: pb.ErrorCode_DIGEST_MISMATCH,
+			Reason: "the block at offset 1441792 does not match the primary's digest",
+		}}},
 		"delegation assign": {FrameId: 7, Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
 			DelegationId: 3, LogicalStreamId: 1, Offset: 1 << 20, Length: 1 << 18, Request: []byte("file=a range=1"),
 			MaxOffset: 1 << 21, Expiry: 1_800_000_000_000_000_000, Auth: pattern(32, 3),

@@ -97,6 +97,7 @@ const (
 	ErrorCode_PATH_REMOVED         ErrorCode = 10 // KWIK_PATH_REMOVED: the primary removed the path
 	ErrorCode_CONNECTION_REFUSED   ErrorCode = 11 // KWIK_CONNECTION_REFUSED: accept queue full, or the server is closing
 	ErrorCode_DELEGATION_TIMEOUT   ErrorCode = 12 // KWIK_DELEGATION_TIMEOUT: a delegated range made no progress for its deadline
+	ErrorCode_DIGEST_MISMATCH      ErrorCode = 13 // KWIK_DIGEST_MISMATCH: a delegated range's bytes do not match the primary's digest
 )
 
 // Enum value maps for ErrorCode.
@@ -115,6 +116,7 @@ var (
 		10: "PATH_REMOVED",
 		11: "CONNECTION_REFUSED",
 		12: "DELEGATION_TIMEOUT",
+		13: "DIGEST_MISMATCH",
 	}
 	ErrorCode_value = map[string]int32{
 		"NO_ERROR":             0,
@@ -130,6 +132,7 @@ var (
 		"PATH_REMOVED":         10,
 		"CONNECTION_REFUSED":   11,
 		"DELEGATION_TIMEOUT":   12,
+		"DIGEST_MISMATCH":      13,
 	}
 )
 
@@ -342,7 +345,7 @@ const file_common_proto_rawDesc = "" +
 	"\n" +
 	"CONNECTING\x10\x02\x12\x11\n" +
 	"\rDISCONNECTING\x10\x03\x12\v\n" +
-	"\aREMOVED\x10\x04*\x87\x02\n" +
+	"\aREMOVED\x10\x04*\x9c\x02\n" +
 	"\tErrorCode\x12\f\n" +
 	"\bNO_ERROR\x10\x00\x12\x12\n" +
 	"\x0ePATH_NOT_FOUND\x10\x01\x12\r\n" +
@@ -357,7 +360,8 @@ const file_common_proto_rawDesc = "" +
 	"\fPATH_REMOVED\x10\n" +
 	"\x12\x16\n" +
 	"\x12CONNECTION_REFUSED\x10\v\x12\x16\n" +
-	"\x12DELEGATION_TIMEOUT\x10\fB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\x12DELEGATION_TIMEOUT\x10\f\x12\x13\n" +
+	"\x0fDIGEST_MISMATCH\x10\rB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_common_proto_rawDescOnce sync.Once

@@ -1663,8 +1663,14 @@ type DelegateRange struct {
 	// next range and has credit, before the client fails it (docs/PROTOCOL.md, section 14).
 	// 0: the client's default, from the paths' RTTs and the secondary's rate.
 	ProgressTimeoutMs uint64 `protobuf:"varint,9,opt,name=progress_timeout_ms,json=progressTimeoutMs,proto3" json:"progress_timeout_ms,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Content digests (docs/PROTOCOL.md, section 14): the SHA-256 of each digest_block_size
+	// bytes of the range, the last block shorter, concatenated (32 bytes each). The client
+	// gives the reader a block only once it holds it and it hashes to its digest. Empty: none,
+	// and digest_block_size is 0. Not forwarded to the secondary, and not in auth.
+	Digests         []byte `protobuf:"bytes,10,opt,name=digests,proto3" json:"digests,omitempty"`
+	DigestBlockSize uint64 `protobuf:"varint,11,opt,name=digest_block_size,json=digestBlockSize,proto3" json:"digest_block_size,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DelegateRange) Reset() {
@@ -1756,6 +1762,20 @@ func (x *DelegateRange) GetAuth() []byte {
 func (x *DelegateRange) GetProgressTimeoutMs() uint64 {
 	if x != nil {
 		return x.ProgressTimeoutMs
+	}
+	return 0
+}
+
+func (x *DelegateRange) GetDigests() []byte {
+	if x != nil {
+		return x.Digests
+	}
+	return nil
+}
+
+func (x *DelegateRange) GetDigestBlockSize() uint64 {
+	if x != nil {
+		return x.DigestBlockSize
 	}
 	return 0
 }
@@ -1921,7 +1941,7 @@ type DelegationStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	DelegationId  uint64                 `protobuf:"varint,1,opt,name=delegation_id,json=delegationId,proto3" json:"delegation_id,omitempty"`
 	Complete      bool                   `protobuf:"varint,2,opt,name=complete,proto3" json:"complete,omitempty"`                                // the client holds the whole range
-	MissingOffset uint64                 `protobuf:"varint,3,opt,name=missing_offset,json=missingOffset,proto3" json:"missing_offset,omitempty"` // otherwise: the first byte it does not hold
+	MissingOffset uint64                 `protobuf:"varint,3,opt,name=missing_offset,json=missingOffset,proto3" json:"missing_offset,omitempty"` // otherwise: the first byte it does not hold (with digests: hold verified)
 	Remaining     uint64                 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`                              // bytes from missing_offset to the end of the range
 	ErrorCode     ErrorCode              `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3,enum=kwik.common.ErrorCode" json:"error_code,omitempty"`
 	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
@@ -2129,7 +2149,7 @@ const file_control_proto_rawDesc = "" +
 	"\fSessionClose\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\x04R\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\x9f\x02\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xe5\x02\n" +
 	"\rDelegateRange\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
@@ -2139,7 +2159,10 @@ const file_control_proto_rawDesc = "" +
 	"\arequest\x18\x06 \x01(\fR\arequest\x12\x16\n" +
 	"\x06expiry\x18\a \x01(\x04R\x06expiry\x12\x12\n" +
 	"\x04auth\x18\b \x01(\fR\x04auth\x12.\n" +
-	"\x13progress_timeout_ms\x18\t \x01(\x04R\x11progressTimeoutMs\"\xf8\x01\n" +
+	"\x13progress_timeout_ms\x18\t \x01(\x04R\x11progressTimeoutMs\x12\x18\n" +
+	"\adigests\x18\n" +
+	" \x01(\fR\adigests\x12*\n" +
+	"\x11digest_block_size\x18\v \x01(\x04R\x0fdigestBlockSize\"\xf8\x01\n" +
 	"\x10DelegationAssign\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12*\n" +
 	"\x11logical_stream_id\x18\x02 \x01(\x04R\x0flogicalStreamId\x12\x16\n" +
