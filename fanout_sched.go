@@ -1,9 +1,6 @@
 package kwik
 
-import (
-	"slices"
-	"time"
-)
+import "time"
 
 // fanoutScheduler decides, for Fanout, who serves each next piece of a resource: the primary
 // itself or one of the secondaries. It is free of I/O and of the clock (every method is given
@@ -90,48 +87,6 @@ type fanoutSource struct {
 // startup says whether src's rate is still growing (see fanoutSource.round).
 func (src *fanoutSource) startup() bool { return src.rate > 0 && src.flat < fanoutStartupRounds }
 
-// fanoutSample is a delivery rate measured at a time.
-type fanoutSample struct {
-	rate float64
-	at   time.Time
-}
-
-// fanoutMark is a count of bytes at a time.
-type fanoutMark struct {
-	at    time.Time
-	bytes int64
-}
-
-// pathDelivered records that the client had acknowledged bytes of the primary's path by now.
-// Every four round trips of the path (at least 4 fanoutRound: acknowledgements come in
-// batches, and reads in bursts) give a delivery rate; the path's rate is the median of the
-// recent ones. A rate too high would make the primary queue more than it sends in the time
-// the secondaries take (it would finish last); too low, it only takes pieces more often.
-func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
-	if s.pathMark.at.IsZero() || bytes < s.pathMark.bytes {
-		s.pathMark = fanoutMark{now, bytes}
-		return
-	}
-	el := now.Sub(s.pathMark.at)
-	if el < max(4*s.rtt, 4*fanoutRound) {
-		return
-	}
-	s.pathRates = append(s.pathRates, float64(bytes-s.pathMark.bytes)/el.Seconds())
-	if len(s.pathRates) > 5 {
-		s.pathRates = s.pathRates[1:]
-	}
-	s.pathMark = fanoutMark{now, bytes}
-	rates := slices.Sorted(slices.Values(s.pathRates))
-	s.pathRate = rates[len(rates)/2]
-}
-
-// fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
-// start on it.
-type fanoutDone struct {
-	bytes      int64
-	start, end time.Time
-}
-
 type fanoutPiece struct {
 	off, n      int64
 	at          time.Time
@@ -177,33 +132,6 @@ func newFanoutScheduler(size int64, rtt time.Duration, paths []string, o *Fanout
 	return s
 }
 
-// ownRate is the primary's rate, in bytes per second.
-func (s *fanoutScheduler) ownRate() float64 {
-	if s.pathRate > 0 {
-		return s.pathRate
-	}
-	if s.own.busy <= 0 || s.own.bytes < fanoutOwnPiece {
-		return fanoutDefaultRate
-	}
-	return float64(s.own.bytes) / s.own.busy.Seconds()
-}
-
-// rateOf is a secondary's rate, or the primary's until measured.
-func (s *fanoutScheduler) rateOf(src *fanoutSource) float64 {
-	if src.rate > 0 {
-		return src.rate
-	}
-	return s.ownRate()
-}
-
-// latOf is a secondary's delegation latency.
-func (s *fanoutScheduler) latOf(src *fanoutSource) time.Duration {
-	if src.lat > 0 {
-		return src.lat
-	}
-	return max(2*s.rtt, time.Millisecond)
-}
-
 // targetOf is how many bytes src may have outstanding.
 func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 	t := s.steadyTarget(src)
@@ -223,42 +151,6 @@ func (s *fanoutScheduler) steadyTarget(src *fanoutSource) int64 {
 		t = min(t, fanoutProbe)
 	}
 	return max(t, fanoutMinChunk)
-}
-
-// tripOf is how long a piece given to src now takes to start reaching the client: the
-// delegation's trip primary → client → secondary and the bytes' back (its latency without
-// the completion's notice).
-func (s *fanoutScheduler) tripOf(src *fanoutSource) time.Duration {
-	return max(s.latOf(src)-s.rtt/2, s.latOf(src)/2)
-}
-
-// arrival is when the last byte of a piece of n bytes given to src now should reach the
-// client: its pieces come in order, each no sooner than its trip after it was given, at its
-// rate, from the arrival of the last one completed (its notice took half a round trip). A
-// source late with its first piece (not known complete a round after it was due) is as late
-// with the others.
-func (s *fanoutScheduler) arrival(src *fanoutSource, now time.Time, n int64) time.Time {
-	rate, trip := s.rateOf(src), s.tripOf(src)
-	var t, first time.Time
-	if !src.lastDone.IsZero() {
-		t = src.lastDone.Add(-s.rtt / 2)
-	}
-	for i, p := range src.pieces {
-		t = maxTime(t, p.at.Add(trip)).Add(dur(p.n, rate))
-		if i == 0 {
-			first = t
-		}
-	}
-	if late := now.Sub(first.Add(s.rtt/2 + fanoutRound)); !first.IsZero() && late > 0 {
-		t = t.Add(late)
-	}
-	return maxTime(t, now.Add(trip)).Add(dur(n, rate))
-}
-
-// ownArrival is when the last byte of a piece of n bytes the primary takes now should reach
-// the client: after its queue, at its rate, and half a round trip.
-func (s *fanoutScheduler) ownArrival(now time.Time, n int64) time.Time {
-	return now.Add(dur(s.ownQueued+n, s.ownRate()) + s.rtt/2)
 }
 
 // ownTarget is how many bytes the primary keeps queued for its writer: as long a queue, in
@@ -480,11 +372,6 @@ func (s *fanoutScheduler) busy() bool {
 	return false
 }
 
-// dur is the time n bytes take at rate bytes per second.
-func dur(n int64, rate float64) time.Duration {
-	return time.Duration(float64(n) / rate * float64(time.Second))
-}
-
 // queued is what the secondaries may have outstanding together.
 func (s *fanoutScheduler) queued() int64 {
 	var n int64
@@ -521,103 +408,6 @@ func (s *fanoutScheduler) delegated(path string, n int64, now time.Time) {
 	src.outstanding += n
 	src.pieces = append(src.pieces, fanoutPiece{off: s.off, n: n, at: now, outstanding: src.outstanding})
 	s.off += n
-}
-
-// resolved records the outcome of the delegation of path at off: delivered bytes of it reached
-// the client (all of them unless failed), known at now. A failed secondary gets no more.
-func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed bool, now time.Time) {
-	src := s.source(path)
-	i := -1
-	for j, p := range src.pieces {
-		if p.off == off {
-			i = j
-			break
-		}
-	}
-	if i < 0 {
-		return
-	}
-	p := src.pieces[i]
-	src.pieces = append(src.pieces[:i], src.pieces[i+1:]...)
-	src.outstanding -= p.n
-	s.delivered += p.n // delivered, or refilled by the primary
-	if failed {
-		src.dead = true
-		return
-	}
-	// A secondary sends its pieces in order (sendOrder), so its pipe carried this one from
-	// when it reached the secondary, or from the previous completion if later, until now. A
-	// delivery rate is the last completions' bytes over the time the pipe was busy with them
-	// (not the time it waited for work), over at least two latencies: notices that travel
-	// together would make one alone look instantaneous, and the bytes a path recovering a
-	// loss held arrive at once. The source's rate is the best of the recent ones.
-	lat := s.latOf(src)
-	start := maxTime(p.at.Add(lat), src.lastDone)
-	if !start.Before(now) {
-		// Done before its latency was up (the estimate, from the primary's round trip, was
-		// too long): its whole time since it was given, or a burst would look instantaneous.
-		start = p.at
-	}
-	src.done = append(src.done, fanoutDone{bytes: delivered, start: start, end: now})
-	if len(src.done) > fanoutRateWindow {
-		src.done = src.done[1:]
-	}
-	src.lastDone = maxTime(src.lastDone, now)
-	src.delivered += delivered
-	var bytes int64
-	var busy time.Duration
-	span := max(2*lat, 4*fanoutRound)
-	for i := len(src.done) - 1; i >= 0; i-- {
-		d := src.done[i]
-		bytes += d.bytes
-		busy += max(d.end.Sub(d.start), 0)
-		if busy >= span || i == 0 {
-			src.samples = append(src.samples, fanoutSample{float64(bytes) / max(busy, time.Millisecond).Seconds(), now})
-			break
-		}
-	}
-	// The best of the last fanoutRateWindow samples, none older than fanoutRateAge rounds:
-	// a source that slows down shows it soon, even with few completions.
-	age := max(fanoutRateAge*lat, fanoutRateAge*fanoutRound)
-	for len(src.samples) > fanoutRateWindow || now.Sub(src.samples[0].at) > age {
-		src.samples = src.samples[1:]
-	}
-	src.rate = 0
-	for _, r := range src.samples {
-		src.rate = max(src.rate, r.rate)
-	}
-	if src.round.IsZero() {
-		src.round, src.roundRate = now, src.rate
-	} else if now.Sub(src.round) >= lat {
-		if src.rate >= 1.25*src.roundRate {
-			src.flat = 0
-		} else {
-			src.flat++
-		}
-		src.round, src.roundRate = now, src.rate
-	}
-	if last := src.samples[len(src.samples)-1].rate; last < src.rate/2 {
-		src.flat = fanoutStartupRounds // slower than it was: not a slow start
-	}
-	// The latency: what a delegation made to an idle secondary took beyond its transfer
-	// (with others outstanding, their transfer times blur it).
-	if p.outstanding == p.n {
-		took := now.Sub(p.at) - time.Duration(float64(p.n)/src.rate*float64(time.Second))
-		// A delegation goes primary → client → secondary and its notice back: at least the
-		// primary's round trip (half of it: its smoothed RTT counts its queue), whatever a
-		// piece completed early (its bytes sent again by the primary) suggests.
-		took = max(took, s.rtt/2, time.Millisecond)
-		if src.lat == 0 || took < src.lat {
-			src.lat = took
-		}
-	}
-}
-
-func maxTime(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
 }
 
 func (s *fanoutScheduler) source(path string) *fanoutSource {
