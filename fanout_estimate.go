@@ -85,26 +85,39 @@ func (s *fanoutScheduler) tripOf(src *fanoutSource) time.Duration {
 }
 
 // arrival is when the last byte of a piece of n bytes given to src now should reach the
-// client: its pieces come in order, each no sooner than its trip after it was given, at its
-// rate, from the arrival of the last one completed (its notice took half a round trip). A
-// source late with its first piece (not known complete a round after it was due) is as late
-// with the others.
+// client (see arrivals).
 func (s *fanoutScheduler) arrival(src *fanoutSource, now time.Time, n int64) time.Time {
-	rate, trip := s.rateOf(src), s.tripOf(src)
-	var t, first time.Time
+	t := now
+	if a := s.arrivals(src, now, s.rateOf(src)); len(a) > 0 {
+		t = a[len(a)-1]
+	}
+	return maxTime(t, now.Add(s.tripOf(src))).Add(dur(n, s.rateOf(src)))
+}
+
+// arrivals is when the last byte of each of src's outstanding pieces should reach the client,
+// at rate: its pieces come in order, each no sooner than its trip after it was given, from
+// the arrival of the last one completed (its notice took half a round trip). A source late
+// with its first piece (not known complete a round after it was due) is as late with the
+// others.
+func (s *fanoutScheduler) arrivals(src *fanoutSource, now time.Time, rate float64) []time.Time {
+	trip := s.tripOf(src)
+	var t time.Time
 	if !src.lastDone.IsZero() {
 		t = src.lastDone.Add(-s.rtt / 2)
 	}
+	out := make([]time.Time, len(src.pieces))
 	for i, p := range src.pieces {
 		t = maxTime(t, p.at.Add(trip)).Add(dur(p.n, rate))
-		if i == 0 {
-			first = t
+		out[i] = t
+	}
+	if len(out) > 0 {
+		if late := now.Sub(out[0].Add(s.rtt/2 + fanoutRound)); late > 0 {
+			for i := range out {
+				out[i] = out[i].Add(late)
+			}
 		}
 	}
-	if late := now.Sub(first.Add(s.rtt/2 + fanoutRound)); !first.IsZero() && late > 0 {
-		t = t.Add(late)
-	}
-	return maxTime(t, now.Add(trip)).Add(dur(n, rate))
+	return out
 }
 
 // ownArrival is when the last byte of a piece of n bytes the primary takes now should reach

@@ -184,6 +184,11 @@ func (s *fanoutScheduler) chunkFor(src *fanoutSource) int64 {
 	return min(max(n, fanoutMinChunk), fanoutMaxChunk) &^ (16<<10 - 1)
 }
 
+// endPhase says whether what is left to assign fits in the sources' queues.
+func (s *fanoutScheduler) endPhase() bool {
+	return s.chunk == 0 && s.size-s.off <= s.ownTarget()+s.queued()
+}
+
 // next says who serves the piece at the current offset, now: a secondary's path and the
 // piece's length, or "" and the length the primary takes for itself. ok is false when no
 // source should take it yet: then the caller waits until a piece is written or a delegation
@@ -219,7 +224,7 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 	// The end: what is left fits in the sources' queues. Each piece then goes to the source
 	// that would deliver it first (ECF), the primary included, so that all finish together;
 	// a secondary that would, but has no room yet, is waited for.
-	endPhase := s.chunk == 0 && rest <= s.ownTarget()+s.queued()
+	endPhase := s.endPhase()
 	var best *fanoutSource
 	var bestFill float64
 	var bestArr time.Time
@@ -269,17 +274,17 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 }
 
 // duplicate picks a piece a secondary owes for the primary to send again: while the transfer is
-// under way, an overdue one (rescue); once everything is assigned and the primary's own queue
-// is empty, one the primary would deliver sooner itself: of those, the one the
-// secondary is expected to deliver last (its pieces come in order, at its rate, after its
-// latency). The primary sends it again and the client keeps the first copy, so a secondary
-// slower than estimated does not hold the tail. At most an eighth of the resource is sent
-// twice.
+// under way, an overdue one (rescue); once everything is assigned, one the primary would
+// deliver sooner itself, after what it has queued: of those, the one the secondary is
+// expected to deliver last (arrival's model: in order, at its rate, from its last
+// completion). The primary sends it again and the client keeps the first copy, so a
+// secondary slower than estimated does not hold the tail. At most an eighth of the resource
+// is sent twice.
 func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 	if s.chunk > 0 || s.dupQueued > 0 {
 		return 0, 0, false
 	}
-	if s.off < s.size || s.ownQueued > 0 {
+	if s.off < s.size {
 		return s.rescue(now)
 	}
 	var best *fanoutPiece
@@ -294,16 +299,12 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			// over that time, whatever the primary's rate suggested.
 			rate = min(rate, float64(src.pieces[0].n)/waited.Seconds())
 		}
-		start := maxTime(now, src.pieces[0].at.Add(s.latOf(src)))
-		var cum int64
-		for i := range src.pieces {
+		for i, arrival := range s.arrivals(src, now, rate) {
 			p := &src.pieces[i]
-			cum += p.n
 			if p.dup || s.dupBytes+p.n > s.size/8 {
 				continue
 			}
-			arrival := start.Add(dur(cum, rate))
-			mine := now.Add(dur(p.n, s.ownRate()) + s.rtt/2)
+			mine := now.Add(dur(s.ownQueued+p.n, s.ownRate()) + s.rtt/2)
 			if late := arrival.Sub(mine); late > 0 && (best == nil || late > bestLate) {
 				best, bestLate = p, late
 			}
