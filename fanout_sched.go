@@ -137,7 +137,8 @@ func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 	t := s.steadyTarget(src)
 	if src.startup() {
 		// Its first measures come from its slow start: a larger gain, never less than the
-		// probe, and, as a slow start, not more than twice what it delivered beyond it.
+		// probe, and, as a slow start over a loop of two round trips, not more than four
+		// times what it delivered beyond it.
 		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
 		t = min(max(t, fanoutProbe), fanoutProbe+fanoutStartupGain*src.delivered)
 	}
