@@ -118,16 +118,16 @@ func (s *stream) delegate(pathID string, length int64, request, digests []byte, 
 		return nil, ErrNotPrimary
 	}
 	if length <= 0 || length > 1<<48 {
-		return nil, fmt.Errorf("kwik: Delegate: length %d out of range", length)
+		return nil, invalidArgument(fmt.Sprintf("kwik: Delegate: length %d out of range", length))
 	}
 	if len(request)+digestsOverhead(digests) > maxDelegationRequest(s.path.peer.maxMessageSize) {
 		return nil, &Error{Code: CodePacketTooLarge, Message: "delegation request too large"}
 	}
 	if len(digests) > 0 && !digestsValid(uint64(length), digests, uint64(block), s.path.peer.streamWindow) {
-		return nil, errors.New("kwik: Delegate: digests do not fit the range")
+		return nil, invalidArgument("kwik: Delegate: digests do not fit the range")
 	}
 	if pathID == sess.primary.id {
-		return nil, errors.New("kwik: Delegate: the primary path is the primary's own: Write instead")
+		return nil, &detailError{msg: "kwik: Delegate: the primary path is the primary's own: Write instead", is: ErrPrimaryPath}
 	}
 	if sess.ctx.Err() != nil {
 		return nil, sess.closeErr()
@@ -261,7 +261,7 @@ func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 		return 0, ErrNotPrimary
 	}
 	if off < 0 {
-		return 0, errors.New("kwik: WriteAt: negative offset")
+		return 0, invalidArgument("kwik: WriteAt: negative offset")
 	}
 	start, end := uint64(off), uint64(off)+uint64(len(p))
 	s.send.mu.Lock()

@@ -86,10 +86,10 @@ func (s *session) AddPath(address string) error {
 		return ErrNotPrimary
 	}
 	if len(s.conf.JoinKey) == 0 {
-		return errors.New("kwik: AddPath needs Config.JoinKey, shared with the secondaries")
+		return &detailError{msg: "kwik: AddPath needs Config.JoinKey, shared with the secondaries", is: ErrNoJoinKey}
 	}
 	if address == "" {
-		return errors.New("kwik: AddPath: empty address")
+		return invalidArgument("kwik: AddPath: empty address")
 	}
 	id := randomID(8)
 	now := time.Now()
@@ -163,7 +163,7 @@ func (s *session) RemovePath(pathID string) error {
 		return ErrNotPrimary
 	}
 	if pathID == s.primary.id {
-		return errors.New("kwik: the primary path cannot be removed")
+		return &detailError{msg: "kwik: the primary path cannot be removed", is: ErrPrimaryPath}
 	}
 	// A dead path can be removed too: the client then stops rejoining it.
 	if err := s.pathError(pathID); err != nil && !errors.Is(err, ErrPathDead) {

@@ -22,7 +22,7 @@ const rawEntryCost = 64
 const rawOverhead = 256
 
 // errClientReceivesNoRaw: raw data targets servers' paths only.
-var errClientReceivesNoRaw = errors.New("kwik: the client receives no raw data (it relays it)")
+var errClientReceivesNoRaw = &detailError{msg: "kwik: the client receives no raw data (it relays it)", is: ErrWrongRole}
 
 type rawState struct {
 	mu      sync.Mutex
