@@ -45,8 +45,11 @@ type path struct {
 	ctrlStream *quic.Stream
 	ctrlReader *wire.Reader
 	ctrl       *controlWriter
-	pool       sendPool
-	order      sendOrder // a secondary's delegated writers take turns on the path
+	// roleControl handles the control frames of the session's role on this kind of path
+	// (controlHandlerFor); handleControl rejects what it does not take.
+	roleControl controlHandler
+	pool        sendPool
+	order       sendOrder // a secondary's delegated writers take turns on the path
 
 	nextPacket atomic.Uint64 // next DataPacket ID this side sends on the path
 	lastActive atomic.Int64  // Unix nanoseconds of the last message received
@@ -85,6 +88,7 @@ func newPath(sess *session, conn *quic.Conn, id, address string, primary, essent
 	p.ctx, p.cancel = context.WithCancel(sess.ctx)
 	p.lastActive.Store(p.createdAt.UnixNano())
 	p.ctrl = newControlWriter(p)
+	p.roleControl = controlHandlerFor(sess.role, primary)
 	p.pool.p = p
 	p.progressPoke = make(chan struct{}, 1)
 	return p

@@ -299,6 +299,13 @@ func (s *session) rejoin(rec *pathRecord) {
 	s.log.Info("kwik: path not rejoined", "path", rec.id, "address", rec.address, "err", last)
 }
 
+// handlePathTokenResponse (client) hands the primary's answer to the rejoin waiting for it.
+func (s *session) handlePathTokenResponse(r *pb.PathTokenResponse) {
+	if ch := take(&s.paths.mu, s.paths.tokens, r.PathId); ch != nil {
+		ch <- r
+	}
+}
+
 // requestToken (client) asks the primary for a fresh join token for a dead path.
 func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, error) {
 	ch := make(chan *pb.PathTokenResponse, 1)
