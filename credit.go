@@ -17,7 +17,7 @@ import (
 // as the reads catch up or the stream ends. A stream that wanted to borrow and found too
 // little is remembered and served when credit comes back.
 //
-// Lock order: a stream's recv.mu, then sessionCredit.mu.
+// Lock order: a stream's recv.mu, then sessionCredit.mu (every order: docs/ARCHITECTURE.md).
 type sessionCredit struct {
 	max uint64
 
