@@ -154,7 +154,7 @@ func (l *loan) Pressed() bool { return l.c.pressed() }
 // served (sess.serveStalled, once s.recv.mu is released). Secondaries filling delegated
 // ranges are told here; the caller tells the stream's own path. s.recv.mu is held.
 func (s *stream) grantLocked() (grant uint64, wake bool) {
-	if s.recv.done {
+	if s.recv.state.ended() {
 		// endRecvLocked gave the loan back: a stream that ends while serveStalled holds it
 		// borrows nothing more, nor stays stalled.
 		return 0, false

@@ -185,7 +185,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	sess.clientDelegs.mu.Unlock()
 
 	st.recv.mu.Lock()
-	if st.recv.done {
+	if st.recv.state.ended() {
 		d.state = delegationFailed
 		st.recv.mu.Unlock()
 		sess.reportOutcome(d, delegationFailed, d.off, CodeInternal, "the stream is no longer read")

@@ -153,7 +153,7 @@ func (s *stream) delegationResolved(failed bool, from, to uint64) {
 		s.send.owed.Add(from, to)
 		s.send.refill.Add(from, to)
 	}
-	want := s.send.completeWanted
+	want := s.send.completion.wanted()
 	s.send.mu.Unlock()
 	if want {
 		s.completeSend()
@@ -249,7 +249,7 @@ func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 			s.send.refill.Add(r.Start, r.End)
 		}
 	}
-	want := s.send.completeWanted
+	want := s.send.completion.wanted()
 	s.send.mu.Unlock()
 	if want {
 		s.completeSend()
