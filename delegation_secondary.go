@@ -114,23 +114,13 @@ func (sess *session) acceptDelegation(ctx context.Context) (*delegatedStream, er
 			sec.mu.Unlock()
 			return nil, sess.closeErr()
 		}
-		if len(sec.accept) > 0 {
-			ds := sec.accept[0]
-			sec.accept[0] = nil
-			sec.accept = sec.accept[1:]
-			if len(sec.accept) > 0 {
-				notify(sec.signal)
-			}
+		if ds, ok := acceptFront(&sec.accept, sec.signal); ok {
 			sec.mu.Unlock()
 			return ds, nil
 		}
 		sec.mu.Unlock()
-		select {
-		case <-sec.signal:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-sess.ctx.Done():
-			return nil, sess.closeErr()
+		if err := sess.waitAccept(ctx, sec.signal); err != nil {
+			return nil, err
 		}
 	}
 }
