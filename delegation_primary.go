@@ -58,7 +58,7 @@ func (s *stream) delegate(pathID string, length int64, request, digests []byte, 
 		s.send.mu.Unlock()
 		return nil, err
 	}
-	if s.send.closed {
+	if s.send.state.closed() {
 		s.send.mu.Unlock()
 		return nil, ErrWriteAfterClose
 	}
@@ -102,7 +102,7 @@ func (s *stream) reserve(n int64) (int64, error) {
 	if s.send.err != nil {
 		return 0, s.send.err
 	}
-	if s.send.closed {
+	if s.send.state.closed() {
 		return 0, ErrWriteAfterClose
 	}
 	off := s.send.offset
@@ -266,7 +266,7 @@ func (s *stream) writeAt(p []byte, off int64, dup bool) (int, error) {
 func (s *stream) retainRealStream() (*realStream, error) {
 	s.send.mu.Lock()
 	defer s.send.mu.Unlock()
-	if s.send.rs != nil && !s.send.done {
+	if s.send.rs != nil && s.send.state != sendEnded {
 		s.path.pool.retain(s.send.rs)
 		return s.send.rs, nil
 	}

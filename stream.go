@@ -55,8 +55,7 @@ type stream struct {
 	send struct {
 		sendCredit             // credit, error, deadline and the wake-up of waiting writers; mu guards all below
 		offset     uint64      // next byte to send
-		closed     bool        // Close was called
-		done       bool        // fin or reset sent: the real stream is given back
+		state      sendState   // open, closing (Close was called), ended (fin or reset sent: the real stream is given back)
 		rs         *realStream // assigned real stream, nil until the first frame
 
 		// Primary: delegations not yet resolved, and the undelivered suffixes of failed ones
@@ -104,7 +103,7 @@ func newStream(id uint64, sess *session, p *path, local bool) *stream {
 		} else {
 			s.recvOnly = true
 			s.send.err = fmt.Errorf("kwik: stream %d is receive-only", id)
-			s.send.done, s.send.completion, s.sendFinished = true, sendComplete, true
+			s.send.state, s.send.completion, s.sendFinished = sendEnded, sendComplete, true
 			s.cancelCtx(s.send.err) // a receive stream has no context of its own
 		}
 	}
@@ -423,7 +422,7 @@ func (s *stream) Write(p []byte) (int, error) {
 func (s *stream) newWriteCall() *sendCall {
 	return &sendCall{
 		next: func() (uint64, uint64, error) {
-			if s.send.closed {
+			if s.send.state.closed() {
 				return 0, 0, ErrWriteAfterClose
 			}
 			return s.send.offset, math.MaxUint64, nil
@@ -469,7 +468,7 @@ func (s *stream) Close() error {
 		s.completeSend()
 		return err
 	}
-	if s.send.closed {
+	if s.send.state.closed() {
 		s.send.mu.Unlock()
 		return nil
 	}
@@ -477,7 +476,7 @@ func (s *stream) Close() error {
 		s.send.mu.Unlock()
 		return s.sess.closeErr()
 	}
-	s.send.closed = true
+	s.send.state.close()
 	off := s.send.offset
 	rs, err := s.realStreamLocked()
 	s.send.mu.Unlock()
@@ -501,7 +500,7 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	s.send.mu.Lock()
 	// After Close the fin is on its way over a reliable stream: a cancel (or a STOP_SENDING
 	// racing the fin) changes nothing.
-	if s.send.done || s.send.err != nil || s.send.closed {
+	if s.send.state.closed() || s.send.err != nil {
 		s.send.mu.Unlock()
 		if !remote {
 			s.completeSend()
@@ -537,11 +536,10 @@ func (s *stream) completeSend() {
 // context is canceled.
 func (s *stream) endSend(cause error) {
 	s.send.mu.Lock()
-	if s.send.done {
+	if !s.send.state.end() {
 		s.send.mu.Unlock()
 		return
 	}
-	s.send.done = true
 	rs := s.send.rs
 	s.send.mu.Unlock()
 	if rs != nil {

@@ -44,6 +44,44 @@ func (st *recvState) see() bool {
 	return true
 }
 
+// sendState is where a logical stream's send half is. Why it failed, if it did (CancelWrite,
+// the peer's StopSending), is sendCredit.err, set before the half ends; every check of the
+// state comes after a check of err.
+type sendState uint8
+
+const (
+	// sendOpen: Write may send.
+	sendOpen sendState = iota
+	// sendClosing: Close was called: Write fails with ErrWriteAfterClose, the fin is being
+	// written, and a cancel changes nothing. WriteAt may still fill owed ranges.
+	sendClosing
+	// sendEnded: the fin is written, or the reset queued (err is set): the real stream went
+	// back to the pool and the stream's context is canceled (endSend).
+	sendEnded
+)
+
+// closed says whether Close was called or the half ended: no more Write.
+func (st sendState) closed() bool { return st != sendOpen }
+
+// close records Close, and reports whether the half was open: the caller then writes the fin.
+func (st *sendState) close() bool {
+	if *st != sendOpen {
+		return false
+	}
+	*st = sendClosing
+	return true
+}
+
+// end ends the half, and reports whether it had not ended: the caller then gives the real
+// stream back and cancels the context.
+func (st *sendState) end() bool {
+	if *st == sendEnded {
+		return false
+	}
+	*st = sendEnded
+	return true
+}
+
 // sendCompletion is how far a send half is from complete: the application must have seen its
 // end (Close, CancelWrite, or the error from Write), and, on the primary, its delegations
 // must owe nothing (all resolved, every failed suffix refilled) unless the half failed.

@@ -67,3 +67,33 @@ func TestSendCompletion(t *testing.T) {
 		})
 	}
 }
+
+func TestSendState(t *testing.T) {
+	t.Run("close then end", func(t *testing.T) { // Close: the fin, then endSend
+		var st sendState
+		if st.closed() {
+			t.Fatal("a new half is closed")
+		}
+		if !st.close() || !st.closed() || st != sendClosing {
+			t.Fatal("close of an open half did not close it")
+		}
+		if st.close() {
+			t.Fatal("Close closed a half twice (two fins)")
+		}
+		if !st.end() || st != sendEnded || !st.closed() {
+			t.Fatal("end of a closing half did not end it")
+		}
+		if st.end() || st.close() {
+			t.Fatal("an ended half moved again (its real stream would be given back twice)")
+		}
+	})
+	t.Run("end without close", func(t *testing.T) { // CancelWrite: the reset, then endSend
+		var st sendState
+		if !st.end() || !st.closed() {
+			t.Fatal("an ended half must take no more Write")
+		}
+		if st.close() {
+			t.Fatal("Close of an ended half must write no fin")
+		}
+	})
+}
