@@ -294,13 +294,13 @@ func (c *Config) populate() (*Config, error) {
 		conf.JoinTokenTTL < 0 || conf.HeartbeatInterval < 0 || conf.PathTimeout < 0 || conf.MaxPaths < 0 ||
 		conf.MaxPendingRawData < 0 || conf.DelegationProgressTimeout < 0 || conf.PathRetry.InitialBackoff < 0 || conf.PathRetry.MaxBackoff < 0 ||
 		conf.PathRetry.TryTimeout < 0 {
-		return nil, errors.New("kwik: negative value in Config")
+		return nil, invalidConfig("kwik: negative value in Config")
 	}
 	if conf.ListenerRole < ListenAny || conf.ListenerRole > ListenSecondary {
-		return nil, fmt.Errorf("kwik: unknown ListenerRole %d", int(conf.ListenerRole))
+		return nil, invalidConfig(fmt.Sprintf("kwik: unknown ListenerRole %d", int(conf.ListenerRole)))
 	}
 	if conf.ListenerRole == ListenSecondary && len(conf.JoinKey) == 0 {
-		return nil, errors.New("kwik: a secondary-only listener needs Config.JoinKey")
+		return nil, invalidConfig("kwik: a secondary-only listener needs Config.JoinKey")
 	}
 	if conf.StreamsPerRealStream == 0 {
 		conf.StreamsPerRealStream = defaultStreamsPerRealStream
@@ -312,7 +312,7 @@ func (c *Config) populate() (*Config, error) {
 		conf.MaxIncomingStreams = defaultMaxIncomingStreams
 	}
 	if conf.MaxIncomingUniStreams < 0 {
-		return nil, errors.New("kwik: negative MaxIncomingUniStreams")
+		return nil, invalidConfig("kwik: negative MaxIncomingUniStreams")
 	}
 	if conf.MaxIncomingUniStreams == 0 {
 		conf.MaxIncomingUniStreams = defaultMaxIncomingStreams
@@ -322,10 +322,10 @@ func (c *Config) populate() (*Config, error) {
 		conf.StreamReceiveWindow = defaultStreamReceiveWindow
 	}
 	if conf.StreamReceiveWindow > maxStreamReceiveWindow {
-		return nil, fmt.Errorf("kwik: StreamReceiveWindow %d above %d", conf.StreamReceiveWindow, maxStreamReceiveWindow)
+		return nil, invalidConfig(fmt.Sprintf("kwik: StreamReceiveWindow %d above %d", conf.StreamReceiveWindow, maxStreamReceiveWindow))
 	}
 	if conf.MaxSessionReceiveWindow < 0 {
-		return nil, errors.New("kwik: negative MaxSessionReceiveWindow")
+		return nil, invalidConfig("kwik: negative MaxSessionReceiveWindow")
 	}
 	if conf.MaxSessionReceiveWindow == 0 {
 		conf.MaxSessionReceiveWindow = max(defaultSessionReceiveWindow, 2*conf.StreamReceiveWindow)
@@ -334,16 +334,16 @@ func (c *Config) populate() (*Config, error) {
 		conf.StreamReceiveWindow = conf.MaxSessionReceiveWindow // a session budget set alone
 	}
 	if conf.MaxSessionReceiveWindow < conf.StreamReceiveWindow {
-		return nil, fmt.Errorf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow)
+		return nil, invalidConfig(fmt.Sprintf("kwik: MaxSessionReceiveWindow %d below StreamReceiveWindow %d", conf.MaxSessionReceiveWindow, conf.StreamReceiveWindow))
 	}
 	if conf.MaxMessageSize == 0 {
 		conf.MaxMessageSize = defaultMaxMessageSize
 	}
 	if conf.MaxMessageSize < minMessageSize || conf.MaxMessageSize > maxMessageSize {
-		return nil, fmt.Errorf("kwik: MaxMessageSize %d outside [%d, %d]", conf.MaxMessageSize, minMessageSize, maxMessageSize)
+		return nil, invalidConfig(fmt.Sprintf("kwik: MaxMessageSize %d outside [%d, %d]", conf.MaxMessageSize, minMessageSize, maxMessageSize))
 	}
 	if wire.MaxFrameData(conf.MaxMessageSize) <= 0 {
-		return nil, fmt.Errorf("kwik: MaxMessageSize %d leaves no room for data", conf.MaxMessageSize)
+		return nil, invalidConfig(fmt.Sprintf("kwik: MaxMessageSize %d leaves no room for data", conf.MaxMessageSize))
 	}
 	if conf.HandshakeTimeout == 0 {
 		conf.HandshakeTimeout = defaultHandshakeTimeout
@@ -358,7 +358,7 @@ func (c *Config) populate() (*Config, error) {
 		conf.PathTimeout = max(defaultPathTimeout, 2*conf.HeartbeatInterval)
 	}
 	if conf.PathTimeout <= conf.HeartbeatInterval {
-		return nil, fmt.Errorf("kwik: PathTimeout %v must exceed HeartbeatInterval %v", conf.PathTimeout, conf.HeartbeatInterval)
+		return nil, invalidConfig(fmt.Sprintf("kwik: PathTimeout %v must exceed HeartbeatInterval %v", conf.PathTimeout, conf.HeartbeatInterval))
 	}
 	if conf.MaxPaths == 0 {
 		conf.MaxPaths = defaultMaxPaths
@@ -382,7 +382,7 @@ func (c *Config) populate() (*Config, error) {
 	case r.Jitter < 0:
 		r.Jitter = 0
 	case r.Jitter >= 1:
-		return nil, fmt.Errorf("kwik: PathRetry.Jitter %v must be below 1", r.Jitter)
+		return nil, invalidConfig(fmt.Sprintf("kwik: PathRetry.Jitter %v must be below 1", r.Jitter))
 	}
 	if r.TryTimeout == 0 {
 		r.TryTimeout = conf.HandshakeTimeout
@@ -406,15 +406,15 @@ func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 	}
 	switch {
 	case q.InitialConnectionReceiveWindow != 0:
-		return nil, errors.New("kwik: QUIC.InitialConnectionReceiveWindow is not supported: a session's streams share MaxSessionReceiveWindow (or QUIC.MaxConnectionReceiveWindow), lent as they read")
+		return nil, invalidConfig("kwik: QUIC.InitialConnectionReceiveWindow is not supported: a session's streams share MaxSessionReceiveWindow (or QUIC.MaxConnectionReceiveWindow), lent as they read")
 	case q.RequireStreamCreditRelease:
-		return nil, errors.New("kwik: QUIC.RequireStreamCreditRelease is not supported: a logical stream's credit is released when both its halves end")
+		return nil, invalidConfig("kwik: QUIC.RequireStreamCreditRelease is not supported: a logical stream's credit is released when both its halves end")
 	case q.EnableStreamResetPartialDelivery:
-		return nil, errors.New("kwik: QUIC.EnableStreamResetPartialDelivery is not supported by logical streams")
+		return nil, invalidConfig("kwik: QUIC.EnableStreamResetPartialDelivery is not supported by logical streams")
 	case q.GetConfigForClient != nil:
-		return nil, errors.New("kwik: QUIC.GetConfigForClient is not supported: a listener's Config applies to every session")
+		return nil, invalidConfig("kwik: QUIC.GetConfigForClient is not supported: a listener's Config applies to every session")
 	case q.MaxIncomingStreams < 0 || q.MaxIncomingUniStreams < 0:
-		return nil, errors.New("kwik: negative QUIC.MaxIncomingStreams or MaxIncomingUniStreams is not supported: set a limit of 1 or more")
+		return nil, invalidConfig("kwik: negative QUIC.MaxIncomingStreams or MaxIncomingUniStreams is not supported: set a limit of 1 or more")
 	}
 	take := func(name string, kwik *int, v uint64) error {
 		if v == 0 {
@@ -424,7 +424,7 @@ func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 			v = 1 << 40
 		}
 		if *kwik != 0 && uint64(*kwik) != v {
-			return fmt.Errorf("kwik: QUIC.%s (%d) and Config's own setting (%d) differ: set one", name, v, *kwik)
+			return invalidConfig(fmt.Sprintf("kwik: QUIC.%s (%d) and Config's own setting (%d) differ: set one", name, v, *kwik))
 		}
 		*kwik = int(v)
 		return nil
@@ -446,7 +446,7 @@ func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 // tlsConfig returns the TLS config to use: the caller's, with KWIK's ALPN when it names none.
 func tlsConfig(c *tls.Config) (*tls.Config, error) {
 	if c == nil {
-		return nil, errors.New("kwik: a tls.Config is required")
+		return nil, invalidConfig("kwik: a tls.Config is required")
 	}
 	if len(c.NextProtos) > 0 {
 		return c, nil

@@ -322,126 +322,99 @@ func (p *path) readControl() {
 	}
 }
 
-// handleControl dispatches one control frame. Frames out of place for the path's role are
-// KWIK_INVALID_FRAME: a secondary, for instance, may not touch the client's streams.
+// handleControl dispatches one control frame. The frames every path takes (heartbeats, acks,
+// raw data, the peer's close) are handled here; the rest go to the handler of the path's role
+// and kind, chosen once when the path was made (controlHandlerFor): the client's primary
+// path (control_client.go), a client's secondary path (control_client.go), the primary's path
+// (control_primary.go) or a secondary's (control_secondary.go). A frame that handler does not
+// take is out of place for the role, and is rejected here, with KWIK_INVALID_FRAME: a
+// secondary, for instance, may not touch the client's streams.
 func (p *path) handleControl(f *pb.ControlFrame) error {
-	sess := p.sess
-	// Logical streams live between the client and the primary only.
-	streamsAllowed := p.isPrimary
 	switch m := f.Payload.(type) {
 	case *pb.ControlFrame_Heartbeat:
 		return nil // readControl already noted that the path is alive
 	case *pb.ControlFrame_Ack:
 		return p.handleAck(m.Ack)
-	case *pb.ControlFrame_StreamCreateNotification:
-		if streamsAllowed {
-			_, err := sess.streams.get(m.StreamCreateNotification.LogicalStreamId)
-			return err
-		}
-	case *pb.ControlFrame_MaxStreamData:
-		if sess.role == RoleSecondary {
-			sess.handleDelegationCredit(m.MaxStreamData.LogicalStreamId, m.MaxStreamData.Maximum)
-			return nil
-		}
-		if streamsAllowed {
-			s, err := sess.streams.get(m.MaxStreamData.LogicalStreamId)
-			if s != nil {
-				s.handleMaxStreamData(m.MaxStreamData.Maximum)
-			}
-			return err
-		}
-	case *pb.ControlFrame_MaxStreams:
-		if streamsAllowed {
-			dir := dirBidi
-			if m.MaxStreams.Unidirectional {
-				dir = dirUni
-			}
-			sess.streams.handleMaxStreams(m.MaxStreams.Maximum, dir)
-			return nil
-		}
-	case *pb.ControlFrame_StreamReset:
-		if streamsAllowed {
-			r := m.StreamReset
-			s, err := sess.streams.get(r.LogicalStreamId)
-			if s != nil {
-				err = s.handleReset(StreamErrorCode(r.ErrorCode), r.FinalSize)
-			}
-			return err
-		}
-	case *pb.ControlFrame_StopSending:
-		if streamsAllowed {
-			s, err := sess.streams.get(m.StopSending.LogicalStreamId)
-			if s != nil {
-				s.cancelWrite(StreamErrorCode(m.StopSending.ErrorCode), true)
-			}
-			return err
-		}
-		if sess.role == RoleSecondary {
-			sess.handleDelegationStop(m.StopSending)
-			return nil
-		}
-	case *pb.ControlFrame_RawPacketTransmission:
-		return sess.handleRaw(p, m.RawPacketTransmission)
-	case *pb.ControlFrame_RawPacketResult:
-		if sess.role != RoleClient {
-			return sess.handleRawResult(m.RawPacketResult)
-		}
-	case *pb.ControlFrame_AddPathRequest:
-		if sess.role == RoleClient && p.isPrimary {
-			sess.join(m.AddPathRequest)
-			return nil
-		}
-	case *pb.ControlFrame_RemovePathRequest:
-		if sess.role == RoleClient && p.isPrimary {
-			sess.removePath(m.RemovePathRequest)
-			return nil
-		}
-	case *pb.ControlFrame_AddPathResponse:
-		if sess.role == RolePrimary {
-			return sess.handleAddPathResponse(m.AddPathResponse)
-		}
-	case *pb.ControlFrame_RemovePathResponse:
-		if sess.role == RolePrimary {
-			return sess.handleRemovePathResponse(m.RemovePathResponse)
-		}
-	case *pb.ControlFrame_DelegateRange:
-		if sess.role == RoleClient && p.isPrimary {
-			return sess.handleDelegateRange(m.DelegateRange)
-		}
-	case *pb.ControlFrame_DelegationAssign:
-		if sess.role == RoleSecondary {
-			return sess.handleDelegationAssign(p, m.DelegationAssign)
-		}
-	case *pb.ControlFrame_DelegationDone:
-		if sess.role == RoleClient && !p.isPrimary {
-			return sess.handleDelegationDone(p, m.DelegationDone)
-		}
-	case *pb.ControlFrame_DelegationStatus:
-		if sess.role == RolePrimary {
-			return sess.handleDelegationStatus(m.DelegationStatus)
-		}
-	case *pb.ControlFrame_PathStatusNotification:
-		if sess.role == RolePrimary {
-			return sess.handlePathStatus(m.PathStatusNotification)
-		}
 	case *pb.ControlFrame_SessionClose:
 		// The peer closes on purpose, after everything it queued before: as if its connection
 		// closed with that code (a secondary's path ends; any other path ends the session).
 		return &quic.ApplicationError{Remote: true, ErrorCode: ApplicationErrorCode(m.SessionClose.ErrorCode), ErrorMessage: m.SessionClose.Reason}
-	case *pb.ControlFrame_PathTokenRequest:
-		if sess.role == RolePrimary {
-			sess.handlePathTokenRequest(m.PathTokenRequest)
-			return nil
-		}
-	case *pb.ControlFrame_PathTokenResponse:
-		if sess.role == RoleClient && p.isPrimary {
-			if ch := take(&sess.paths.mu, sess.paths.tokens, m.PathTokenResponse.PathId); ch != nil {
-				ch <- m.PathTokenResponse
-			}
-			return nil
-		}
 	}
-	return &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("unexpected control frame %T on a %v path", f.Payload, sess.role)}
+	if handled, err := p.roleControl(p, f); handled {
+		return err
+	}
+	return &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("unexpected control frame %T on a %v path", f.Payload, p.sess.role)}
+}
+
+// controlHandler handles the control frames of one role and path kind. It reports
+// handled=false, having done nothing, for a frame out of place there.
+type controlHandler func(p *path, f *pb.ControlFrame) (handled bool, err error)
+
+// controlHandlerFor returns the handler of the control frames a path of a session of role
+// takes; primaryPath says whether the path is the client's path to the primary (or the
+// primary's own, its only one).
+func controlHandlerFor(role Role, primaryPath bool) controlHandler {
+	switch {
+	case role == RoleClient && primaryPath:
+		return (*path).clientPrimaryControl
+	case role == RoleClient:
+		return (*path).clientSecondaryControl
+	case role == RolePrimary:
+		return (*path).primaryControl
+	default:
+		return (*path).secondaryControl
+	}
+}
+
+// streamControl handles the frames of the logical streams, which live between the client and
+// the primary only: the client's primary path and the primary's path take them.
+func (p *path) streamControl(f *pb.ControlFrame) (handled bool, err error) {
+	streams := p.sess.streams
+	switch m := f.Payload.(type) {
+	case *pb.ControlFrame_StreamCreateNotification:
+		_, err := streams.get(m.StreamCreateNotification.LogicalStreamId)
+		return true, err
+	case *pb.ControlFrame_MaxStreamData:
+		s, err := streams.get(m.MaxStreamData.LogicalStreamId)
+		if s != nil {
+			s.handleMaxStreamData(m.MaxStreamData.Maximum)
+		}
+		return true, err
+	case *pb.ControlFrame_MaxStreams:
+		dir := dirBidi
+		if m.MaxStreams.Unidirectional {
+			dir = dirUni
+		}
+		streams.handleMaxStreams(m.MaxStreams.Maximum, dir)
+		return true, nil
+	case *pb.ControlFrame_StreamReset:
+		r := m.StreamReset
+		s, err := streams.get(r.LogicalStreamId)
+		if s != nil {
+			err = s.handleReset(StreamErrorCode(r.ErrorCode), r.FinalSize)
+		}
+		return true, err
+	case *pb.ControlFrame_StopSending:
+		s, err := streams.get(m.StopSending.LogicalStreamId)
+		if s != nil {
+			s.cancelWrite(StreamErrorCode(m.StopSending.ErrorCode), true)
+		}
+		return true, err
+	}
+	return false, nil
+}
+
+// serverRawControl handles the raw data frames a server (primary or secondary) takes from the
+// client: raw data delivered to it, and the outcome of what it sent.
+func (p *path) serverRawControl(f *pb.ControlFrame) (handled bool, err error) {
+	switch m := f.Payload.(type) {
+	case *pb.ControlFrame_RawPacketTransmission:
+		p.sess.receiveRaw(m.RawPacketTransmission)
+		return true, nil
+	case *pb.ControlFrame_RawPacketResult:
+		return true, p.sess.handleRawResult(m.RawPacketResult)
+	}
+	return false, nil
 }
 
 func (p *path) handleAck(a *pb.AckFrame) error {

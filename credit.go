@@ -17,7 +17,7 @@ import (
 // as the reads catch up or the stream ends. A stream that wanted to borrow and found too
 // little is remembered and served when credit comes back.
 //
-// Lock order: a stream's recv.mu, then sessionCredit.mu.
+// Lock order: a stream's recv.mu, then sessionCredit.mu (every order: docs/ARCHITECTURE.md).
 type sessionCredit struct {
 	max uint64
 
@@ -154,7 +154,7 @@ func (l *loan) Pressed() bool { return l.c.pressed() }
 // served (sess.serveStalled, once s.recv.mu is released). Secondaries filling delegated
 // ranges are told here; the caller tells the stream's own path. s.recv.mu is held.
 func (s *stream) grantLocked() (grant uint64, wake bool) {
-	if s.recv.done {
+	if s.recv.state.ended() {
 		// endRecvLocked gave the loan back: a stream that ends while serveStalled holds it
 		// borrows nothing more, nor stays stalled.
 		return 0, false

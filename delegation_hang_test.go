@@ -110,9 +110,9 @@ func readmeDownload(t *testing.T, ms *multiSource, size, chunk int64) []*Delegat
 			// Every refill has returned: nothing is owed, and the send side completed.
 			ks := st.(*stream)
 			ks.send.mu.Lock()
-			if ks.send.refill.Len() != 0 || ks.send.filling != 0 || !ks.send.completed {
+			if ks.send.refill.Len() != 0 || ks.send.filling != 0 || ks.send.completion != sendComplete {
 				err = fmt.Errorf("after the refills: %d ranges to refill, %d bytes being filled, completed %v",
-					ks.send.refill.Len(), ks.send.filling, ks.send.completed)
+					ks.send.refill.Len(), ks.send.filling, ks.send.completion == sendComplete)
 			}
 			ks.send.mu.Unlock()
 		}

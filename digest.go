@@ -213,7 +213,7 @@ func (sess *session) stopLocked(d *delegationRecord) {
 		// anyway): the others' secondaries ignored the stop.
 		for id, o := range sess.clientDelegs.stopped {
 			if o.st != st && o.st.recv.mu.TryLock() {
-				if o.st.recv.done {
+				if o.st.recv.state.ended() {
 					delete(sess.clientDelegs.stopped, id)
 				}
 				o.st.recv.mu.Unlock()

@@ -104,11 +104,45 @@ var (
 	ErrDigestMismatch     = &Error{Code: CodeDigestMismatch}
 )
 
-// ErrNotPrimary is returned by operations that only the primary server of a session may do.
-var ErrNotPrimary = errors.New("kwik: only the primary server may do this")
+// ErrWrongRole is matched (errors.Is) by what an operation returns on a session whose role
+// may not do it: a client's SendOrder or ReceiveRawData, ServeFanout on anything but a
+// secondary's session. ErrNotPrimary matches it too.
+var ErrWrongRole = errors.New("kwik: not an operation of this session's role")
 
-// ErrNotImplemented is returned by the multi-server operations this version does not have yet.
-var ErrNotImplemented = errors.New("kwik: not implemented yet")
+// ErrNotPrimary is returned by operations that only the primary server of a session may do.
+// It matches ErrWrongRole as well.
+var ErrNotPrimary error = &detailError{msg: "kwik: only the primary server may do this", is: ErrWrongRole}
+
+// ErrInvalidConfig is matched (errors.Is) by every error Dial, Listen and the other
+// constructors return for a Config (or tls.Config) they refuse; the message says which setting.
+var ErrInvalidConfig = errors.New("kwik: invalid Config")
+
+// ErrNoJoinKey is matched (errors.Is) by what AddPath and SendOrder return when the session's
+// Config has no JoinKey: they need the key the primary shares with its secondaries.
+var ErrNoJoinKey = errors.New("kwik: Config.JoinKey is required")
+
+// ErrInvalidArgument is matched (errors.Is) by what an operation returns for an argument out
+// of its range: an empty AddPath address, a Delegate length or digests that do not fit, a
+// negative WriteAt offset. The message says which.
+var ErrInvalidArgument = errors.New("kwik: invalid argument")
+
+// ErrPrimaryPath is returned by the operations that name a secondary's path when they are given
+// the primary path: RemovePath (the primary path cannot be removed) and Delegate (the primary
+// writes its own bytes with Write).
+var ErrPrimaryPath = errors.New("kwik: the primary path cannot be removed or delegated to")
+
+// detailError is an error with a message of its own that errors.Is matches against a sentinel,
+// so that the message can name the setting or argument while callers match the condition.
+type detailError struct {
+	msg string
+	is  error
+}
+
+func (e *detailError) Error() string { return e.msg }
+func (e *detailError) Unwrap() error { return e.is }
+
+func invalidConfig(msg string) error   { return &detailError{msg: msg, is: ErrInvalidConfig} }
+func invalidArgument(msg string) error { return &detailError{msg: msg, is: ErrInvalidArgument} }
 
 // ErrServerClosed is returned by Listener.Accept after Close.
 var ErrServerClosed = quic.ErrServerClosed

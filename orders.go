@@ -73,11 +73,11 @@ func orderAAD(sessionID, from, to string, counter uint64) []byte {
 func SendOrder(sess Session, data []byte, pathID string) error {
 	s, ok := sess.(*session)
 	if !ok || s.role == RoleClient {
-		return errors.New("kwik: SendOrder: a server's session only")
+		return &detailError{msg: "kwik: SendOrder: a server's session only", is: ErrWrongRole}
 	}
 	o := s.orders()
 	if o == nil {
-		return errors.New("kwik: SendOrder needs Config.JoinKey")
+		return &detailError{msg: "kwik: SendOrder needs Config.JoinKey", is: ErrNoJoinKey}
 	}
 	from := s.primary.id
 	o.mu.Lock()

@@ -127,13 +127,24 @@ func TestDrainServerAcceptQueue(t *testing.T) {
 	conns := dialN(t, ctx, ln, acceptQueueLen)
 	waitFor(t, func() bool { return len(ln.queue) == acceptQueueLen })
 
+	// The server queues each session when its own handshake goroutine ends, so the queue's
+	// order need not be the order of the Dials: each accepted session is matched with its
+	// client by session ID.
+	byID := make(map[string]Session, len(conns))
+	for _, c := range conns {
+		byID[c.ID()] = c
+	}
 	ln.Close()
-	for i := range acceptQueueLen {
+	for range acceptQueueLen {
 		c, err := ln.Accept(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := context.Cause(conns[i].Context()); err != nil {
+		client := byID[c.ID()]
+		if client == nil {
+			t.Fatalf("accepted session %s, which no Dial made", c.ID())
+		}
+		if err := context.Cause(client.Context()); err != nil {
 			t.Fatalf("client session closed: %v", err)
 		}
 		if err := context.Cause(c.Context()); err != nil {

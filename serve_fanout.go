@@ -2,7 +2,6 @@ package kwik
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -21,7 +20,7 @@ const (
 )
 
 // errNotSecondary is what ServeFanout returns for a session this server is not a secondary of.
-var errNotSecondary = errors.New("kwik: ServeFanout serves a secondary's session only")
+var errNotSecondary = &detailError{msg: "kwik: ServeFanout serves a secondary's session only", is: ErrWrongRole}
 
 // serveFanout answers the delegations of a secondary's session with serve, on at most workers
 // goroutines, until the session ends or ctx is canceled. It returns once every worker has.

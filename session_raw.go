@@ -22,7 +22,7 @@ const rawEntryCost = 64
 const rawOverhead = 256
 
 // errClientReceivesNoRaw: raw data targets servers' paths only.
-var errClientReceivesNoRaw = errors.New("kwik: the client receives no raw data (it relays it)")
+var errClientReceivesNoRaw = &detailError{msg: "kwik: the client receives no raw data (it relays it)", is: ErrWrongRole}
 
 type rawState struct {
 	mu      sync.Mutex
@@ -124,22 +124,24 @@ func (s *session) ReceiveRawData(ctx context.Context) (RawData, error) {
 	}
 }
 
-// handleRaw is a RawPacketTransmission arriving on path p: on the client a relay request from
-// a server, on a server a delivery.
-func (s *session) handleRaw(p *path, m *pb.RawPacketTransmission) error {
-	if s.role != RoleClient {
-		s.raw.mu.Lock()
-		// Every message is charged its overhead too, so that empty ones cannot pile up.
-		if cost := len(m.Data) + rawEntryCost; s.raw.bytes+cost > s.conf.MaxPendingRawData {
-			s.raw.dropped++
-		} else {
-			s.raw.queue = append(s.raw.queue, RawData{Data: m.Data, From: m.SourceServerId})
-			s.raw.bytes += cost
-		}
-		s.raw.mu.Unlock()
-		notify(s.raw.signal)
-		return nil
+// receiveRaw (servers) is a RawPacketTransmission delivered by the client: it waits for
+// ReceiveRawData, within Config.MaxPendingRawData.
+func (s *session) receiveRaw(m *pb.RawPacketTransmission) {
+	s.raw.mu.Lock()
+	// Every message is charged its overhead too, so that empty ones cannot pile up.
+	if cost := len(m.Data) + rawEntryCost; s.raw.bytes+cost > s.conf.MaxPendingRawData {
+		s.raw.dropped++
+	} else {
+		s.raw.queue = append(s.raw.queue, RawData{Data: m.Data, From: m.SourceServerId})
+		s.raw.bytes += cost
 	}
+	s.raw.mu.Unlock()
+	notify(s.raw.signal)
+}
+
+// relayRaw (client) is a server's RawPacketTransmission arriving on path p: it is relayed to
+// its target path, and the server hears the outcome (RawPacketResult).
+func (s *session) relayRaw(p *path, m *pb.RawPacketTransmission) error {
 	res := &pb.RawPacketResult{Id: m.Id}
 	target, err := s.livePath(m.TargetPathId)
 	switch {

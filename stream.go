@@ -42,9 +42,8 @@ type stream struct {
 		loan      loan                        // the stream's side of the session's budget
 		finalSize uint64
 		finKnown  bool
-		err       error // reset by the peer, or canceled here
-		done      bool  // EOF reached, reset, or canceled: no more data is taken
-		completed bool  // the application has seen the end (EOF, reset error, CancelRead)
+		err       error     // reset by the peer, or canceled here
+		state     recvState // open, ended (no more data is taken), seen by the application
 		deadline  time.Time
 		delegs    []*delegationRecord // client: active delegations of this stream
 		stopped   []*delegationRecord // client: delegations failed by their deadline, whose late bytes are dropped
@@ -56,20 +55,18 @@ type stream struct {
 	send struct {
 		sendCredit             // credit, error, deadline and the wake-up of waiting writers; mu guards all below
 		offset     uint64      // next byte to send
-		closed     bool        // Close was called
-		done       bool        // fin or reset sent: the real stream is given back
-		completed  bool        // the application has seen the end (Close, CancelWrite, or the error)
+		state      sendState   // open, closing (Close was called), ended (fin or reset sent: the real stream is given back)
 		rs         *realStream // assigned real stream, nil until the first frame
 
 		// Primary: delegations not yet resolved, and the undelivered suffixes of failed ones
 		// (what WriteAt may fill). The stream completes only once nothing is owed, so that
 		// the client's credit keeps reaching it.
-		pending        int
-		owed           data.RangeSet // every byte WriteAt may write: failed suffixes and reserved ranges
-		refill         data.RangeSet // the part of owed nobody has written or is writing yet
-		filling        uint64        // bytes of owed that WriteAts are writing now
-		failed         []*Delegation // failed delegations whose suffix Wait has not reported: a Write blocked behind one returns its error
-		completeWanted bool
+		pending    int
+		owed       data.RangeSet  // every byte WriteAt may write: failed suffixes and reserved ranges
+		refill     data.RangeSet  // the part of owed nobody has written or is writing yet
+		filling    uint64         // bytes of owed that WriteAts are writing now
+		failed     []*Delegation  // failed delegations whose suffix Wait has not reported: a Write blocked behind one returns its error
+		completion sendCompletion // whether the application has seen the end, and the half completed
 	}
 
 	writeCall *sendCall // Write's part of the send loop, made with the stream (no allocation per Write)
@@ -102,11 +99,11 @@ func newStream(id uint64, sess *session, p *path, local bool) *stream {
 		if local {
 			s.sendOnly = true
 			s.recv.err = fmt.Errorf("kwik: stream %d is send-only", id)
-			s.recv.done, s.recv.completed, s.recvFinished = true, true, true
+			s.recv.state, s.recvFinished = recvSeen, true
 		} else {
 			s.recvOnly = true
 			s.send.err = fmt.Errorf("kwik: stream %d is receive-only", id)
-			s.send.done, s.send.completed, s.sendFinished = true, true, true
+			s.send.state, s.send.completion, s.sendFinished = sendEnded, sendComplete, true
 			s.cancelCtx(s.send.err) // a receive stream has no context of its own
 		}
 	}
@@ -211,7 +208,7 @@ func (s *stream) handleFrame(p *path, off uint64, b []byte, fin bool) error {
 		return &Error{Code: CodeInvalidFrame, Message: "data on a stream the peer may not send on"}
 	}
 	s.recv.mu.Lock()
-	if s.recv.done {
+	if s.recv.state.ended() {
 		s.recv.mu.Unlock()
 		return nil // canceled or reset: late frames are dropped
 	}
@@ -323,7 +320,7 @@ const maxRangesPerDelegation = 64
 // handleReset is the peer's CancelWrite.
 func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	s.recv.mu.Lock()
-	if s.recv.done {
+	if s.recv.state.ended() {
 		s.recv.mu.Unlock()
 		return nil
 	}
@@ -335,7 +332,7 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 	// The stream completes when the application sees the error (Read) or cancels reading:
 	// until then it counts against the peer's stream limit, as in QUIC.
 	s.recv.err = s.streamError(code, true)
-	s.recv.done = true
+	s.recv.state.end()
 	wake := s.endRecvLocked()
 	s.releaseRecvLocked()
 	delegs := s.recv.delegs
@@ -354,13 +351,13 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 // CancelRead abandons the read side and tells the peer to stop sending.
 func (s *stream) CancelRead(code StreamErrorCode) {
 	s.recv.mu.Lock()
-	if s.recv.done {
+	if s.recv.state.ended() {
 		s.recv.mu.Unlock()
 		s.completeRecv()
 		return
 	}
 	s.recv.err = s.streamError(code, false)
-	s.recv.done = true
+	s.recv.state.end()
 	wake := s.endRecvLocked()
 	s.releaseRecvLocked()
 	delegs := s.recv.delegs
@@ -383,8 +380,7 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 func (s *stream) finishRecv() {
 	s.recv.mu.Lock()
 	wake := false
-	if !s.recv.done {
-		s.recv.done = true
+	if s.recv.state.end() {
 		wake = s.endRecvLocked()
 	}
 	s.releaseRecvLocked()
@@ -407,10 +403,9 @@ func (s *stream) finishRecv() {
 // completeRecv reports, once, that the application has seen the end of the receive half.
 func (s *stream) completeRecv() {
 	s.recv.mu.Lock()
-	was := s.recv.completed
-	s.recv.completed = true
+	first := s.recv.state.see()
 	s.recv.mu.Unlock()
-	if !was {
+	if first {
 		s.sess.streams.finished(s, true, false)
 	}
 }
@@ -427,7 +422,7 @@ func (s *stream) Write(p []byte) (int, error) {
 func (s *stream) newWriteCall() *sendCall {
 	return &sendCall{
 		next: func() (uint64, uint64, error) {
-			if s.send.closed {
+			if s.send.state.closed() {
 				return 0, 0, ErrWriteAfterClose
 			}
 			return s.send.offset, math.MaxUint64, nil
@@ -473,7 +468,7 @@ func (s *stream) Close() error {
 		s.completeSend()
 		return err
 	}
-	if s.send.closed {
+	if s.send.state.closed() {
 		s.send.mu.Unlock()
 		return nil
 	}
@@ -481,7 +476,7 @@ func (s *stream) Close() error {
 		s.send.mu.Unlock()
 		return s.sess.closeErr()
 	}
-	s.send.closed = true
+	s.send.state.close()
 	off := s.send.offset
 	rs, err := s.realStreamLocked()
 	s.send.mu.Unlock()
@@ -505,7 +500,7 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 	s.send.mu.Lock()
 	// After Close the fin is on its way over a reliable stream: a cancel (or a STOP_SENDING
 	// racing the fin) changes nothing.
-	if s.send.done || s.send.err != nil || s.send.closed {
+	if s.send.state.closed() || s.send.err != nil {
 		s.send.mu.Unlock()
 		if !remote {
 			s.completeSend()
@@ -530,11 +525,7 @@ func (s *stream) cancelWrite(code StreamErrorCode, remote bool) {
 // primary it waits for the stream's delegations to be resolved and refilled.
 func (s *stream) completeSend() {
 	s.send.mu.Lock()
-	s.send.completeWanted = true
-	ready := !s.send.completed && (s.send.err != nil || (s.send.pending == 0 && s.send.refill.Len() == 0 && s.send.filling == 0))
-	if ready {
-		s.send.completed = true
-	}
+	ready := s.send.completion.complete(s.send.err != nil || (s.send.pending == 0 && s.send.refill.Len() == 0 && s.send.filling == 0))
 	s.send.mu.Unlock()
 	if ready {
 		s.sess.streams.finished(s, false, true)
@@ -545,11 +536,10 @@ func (s *stream) completeSend() {
 // context is canceled.
 func (s *stream) endSend(cause error) {
 	s.send.mu.Lock()
-	if s.send.done {
+	if !s.send.state.end() {
 		s.send.mu.Unlock()
 		return
 	}
-	s.send.done = true
 	rs := s.send.rs
 	s.send.mu.Unlock()
 	if rs != nil {

@@ -167,24 +167,43 @@ func (m *streamsMap) acceptStream(ctx context.Context, dir int) (*stream, error)
 			m.mu.Unlock()
 			return nil, err
 		}
-		if len(k.accept) > 0 {
-			s := k.accept[0]
-			k.accept[0] = nil
-			k.accept = k.accept[1:]
-			if len(k.accept) > 0 {
-				notify(k.acceptSignal)
-			}
+		if s, ok := acceptFront(&k.accept, k.acceptSignal); ok {
 			m.mu.Unlock()
 			return s, nil
 		}
 		m.mu.Unlock()
-		select {
-		case <-k.acceptSignal:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-m.sess.ctx.Done():
-			return nil, m.sess.closeErr()
+		if err := m.sess.waitAccept(ctx, k.acceptSignal); err != nil {
+			return nil, err
 		}
+	}
+}
+
+// acceptFront takes the first of an accept queue, and passes its signal (cap 1) on to the
+// next waiter if more remain. The queue's lock is held. Logical streams (streamsMap) and a
+// secondary's delegations (acceptDelegation) are accepted alike.
+func acceptFront[T any](q *[]T, signal chan struct{}) (T, bool) {
+	var zero T
+	if len(*q) == 0 {
+		return zero, false
+	}
+	x := (*q)[0]
+	(*q)[0] = zero
+	*q = (*q)[1:]
+	if len(*q) > 0 {
+		notify(signal)
+	}
+	return x, true
+}
+
+// waitAccept waits for an accept queue's signal, and fails when ctx or the session ends.
+func (sess *session) waitAccept(ctx context.Context, signal <-chan struct{}) error {
+	select {
+	case <-signal:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-sess.ctx.Done():
+		return sess.closeErr()
 	}
 }
 
