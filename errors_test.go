@@ -70,5 +70,10 @@ func TestSentinelErrors(t *testing.T) {
 		if _, err := st.Delegate(p.server.primary.id, 10, nil); !errors.Is(err, ErrPrimaryPath) {
 			t.Errorf("Delegate(primary path) = %v, want ErrPrimaryPath", err)
 		}
+		for _, req := range [][]byte{nil, make([]byte, 15), FanoutRequest(0, 0), FanoutRequest(-1, 10)} {
+			if _, _, err := ParseFanoutRequest(req); !errors.Is(err, ErrInvalidArgument) {
+				t.Errorf("ParseFanoutRequest(%x) = %v, want ErrInvalidArgument", req, err)
+			}
+		}
 	})
 }

@@ -54,14 +54,15 @@ func FanoutRequest(off, n int64) []byte {
 	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), uint64(off)), uint64(n))
 }
 
-// ParseFanoutRequest reads a FanoutRequest.
+// ParseFanoutRequest reads a FanoutRequest. A request of another length or out of range is an
+// error that errors.Is matches with ErrInvalidArgument.
 func ParseFanoutRequest(b []byte) (off, n int64, err error) {
 	if len(b) != 16 {
-		return 0, 0, fmt.Errorf("kwik: fanout request of %d bytes, want 16", len(b))
+		return 0, 0, invalidArgument(fmt.Sprintf("kwik: fanout request of %d bytes, want 16", len(b)))
 	}
 	off, n = int64(binary.BigEndian.Uint64(b)), int64(binary.BigEndian.Uint64(b[8:]))
 	if off < 0 || n <= 0 || off+n < off {
-		return 0, 0, errors.New("kwik: fanout request out of range")
+		return 0, 0, invalidArgument("kwik: fanout request out of range")
 	}
 	return off, n, nil
 }
