@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync/atomic"
 	"testing"
 )
 
@@ -284,13 +285,18 @@ func TestBatchingCloseWithFrameQueued(t *testing.T) {
 func TestBatchingReleaseAfterIdleCheck(t *testing.T) {
 	p, s, rs := idleRealStream(t)
 	rs.mu.Lock() // a holder, which will find nothing queued
-	rs.afterIdleCheck = func() {
-		rs.afterIdleCheck = nil
+	var fired atomic.Bool
+	hook := func(r *realStream) {
+		if r != rs || !fired.CompareAndSwap(false, true) {
+			return
+		}
 		s.CancelWrite(1) // the last user goes: release finds mu held
 		if !rs.closeWhenIdle.Load() {
 			t.Error("the pool kept the real stream")
 		}
 	}
+	testHookAfterIdleCheck.Store(&hook)
+	defer testHookAfterIdleCheck.Store(nil)
 	rs.unlockAndDrain()
 	if rs.qs.Context().Err() == nil {
 		t.Fatal("the real stream the pool let go of is still open")

@@ -32,10 +32,6 @@ type realStream struct {
 	closeWhenIdle atomic.Bool
 	closed        atomic.Bool // qs closed; set under mu
 
-	// afterIdleCheck, if set (tests only), runs in unlockAndDrain between closeIfIdle and
-	// letting mu go.
-	afterIdleCheck func()
-
 	mu  sync.Mutex // serialises messages on qs
 	buf []byte
 	pkt wire.DataPacket
@@ -247,8 +243,8 @@ func (rs *realStream) unlockAndDrain() {
 	for {
 		rs.drainLocked()
 		rs.closeIfIdle()
-		if rs.afterIdleCheck != nil {
-			rs.afterIdleCheck()
+		if hook := testHookAfterIdleCheck.Load(); hook != nil {
+			(*hook)(rs)
 		}
 		rs.mu.Unlock()
 		bt.mu.Lock()
@@ -339,3 +335,7 @@ func (rs *realStream) writePacket(id, off uint64, b []byte, fin bool) error {
 
 // directWriteMin is the frame size from which writeFrame writes the caller's bytes directly.
 const directWriteMin = 8 << 10
+
+// testHookAfterIdleCheck, set by tests only, runs in unlockAndDrain between closeIfIdle and
+// letting rs.mu go, as net/http's test hooks do: no production struct carries it.
+var testHookAfterIdleCheck atomic.Pointer[func(*realStream)]
