@@ -33,11 +33,11 @@ import "time"
 // Estimates: the primary's rate is the median of its path's recent delivery rates (bytes
 // acknowledged over four round trips), or what its writes achieved. A secondary's rate is the
 // best of its recent delivery rates (each completion over the time its pipe was busy with
-// it; none older than ten latencies): a source kept short of work shows less than it can
-// carry, never more. Until its first completion a secondary is assumed as fast as the
+// it; none older than ten latencies; a piece done before its latency was up counts its
+// whole time): a source kept short of work shows less than it can carry, never more. Until its first completion a secondary is assumed as fast as the
 // primary, with at most fanoutProbe outstanding; then, while its rate still grows round after
-// round (its slow start), it may have twice as much outstanding as later, as a slow start
-// doubles what it delivered. Its latency is the least time a delegation took beyond its
+// round (its slow start), its gain is doubled, within the probe plus four times what it
+// delivered (a slow start doubles every round trip, and its loop is two). Its latency is the least time a delegation took beyond its
 // transfer, starting from two round trips of the primary's path. When a piece would arrive
 // is modelled per source (arrival): a secondary serves its pieces in order, each no sooner
 // than its trip after it was given, from the arrival of the last one completed.
