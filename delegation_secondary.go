@@ -255,10 +255,7 @@ func (ds *delegatedStream) SetReadDeadline(t time.Time) error {
 }
 
 func (ds *delegatedStream) SetWriteDeadline(t time.Time) error {
-	ds.send.mu.Lock()
-	ds.send.deadline = t
-	ds.send.wakeLocked()
-	ds.send.mu.Unlock()
+	ds.send.setDeadline(t)
 	return nil
 }
 

@@ -44,6 +44,15 @@ func (c *sendCredit) raiseLocked(max uint64) {
 	}
 }
 
+// setDeadline sets the write deadline (SetWriteDeadline) and wakes the calls waiting, so that
+// they see it.
+func (c *sendCredit) setDeadline(t time.Time) {
+	c.mu.Lock()
+	c.deadline = t
+	c.wakeLocked()
+	c.mu.Unlock()
+}
+
 // sendCall is one caller's part of the loop. Every function runs with the sendCredit's mu
 // held.
 type sendCall struct {

@@ -566,10 +566,7 @@ func (s *stream) SetReadDeadline(t time.Time) error {
 }
 
 func (s *stream) SetWriteDeadline(t time.Time) error {
-	s.send.mu.Lock()
-	s.send.deadline = t
-	s.send.wakeLocked()
-	s.send.mu.Unlock()
+	s.send.setDeadline(t)
 	return nil
 }
 
