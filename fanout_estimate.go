@@ -98,14 +98,15 @@ func (s *fanoutScheduler) arrival(src *fanoutSource, now time.Time, n int64) tim
 // at rate: its pieces come in order, each no sooner than its trip after it was given, from
 // the arrival of the last one completed (its notice took half a round trip). A source late
 // with its first piece (not known complete a round after it was due) is as late with the
-// others.
+// others. The slice is the scheduler's, reused by the next call.
 func (s *fanoutScheduler) arrivals(src *fanoutSource, now time.Time, rate float64) []time.Time {
 	trip := s.tripOf(src)
 	var t time.Time
 	if !src.lastDone.IsZero() {
 		t = src.lastDone.Add(-s.rtt / 2)
 	}
-	out := make([]time.Time, len(src.pieces))
+	out := slices.Grow(s.arrivalBuf[:0], len(src.pieces))[:len(src.pieces)]
+	s.arrivalBuf = out
 	for i, p := range src.pieces {
 		t = maxTime(t, p.at.Add(trip)).Add(dur(p.n, rate))
 		out[i] = t

@@ -62,7 +62,9 @@ type fanoutScheduler struct {
 	dupQueued int64 // bytes the primary is sending again (duplicate), not written yet
 	dupBytes  int64 // bytes the primary sent again in all
 	secs      []*fanoutSource
-	delivered int64 // bytes known to be at the client: the primary's and completed delegations'
+	// arrivalBuf is arrivals' result, reused: the scheduler decides once per piece.
+	arrivalBuf []time.Time
+	delivered  int64 // bytes known to be at the client: the primary's and completed delegations'
 }
 
 // fanoutSource is one secondary as the scheduler sees it.
