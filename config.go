@@ -396,9 +396,21 @@ func (c *Config) populate() (*Config, error) {
 	return &conf, nil
 }
 
+// The QUIC receive windows of a path's real streams and connection: all open from the start
+// (quic-go's auto-tuning starts at 512 KiB and grows with a reader that keeps up). KWIK's own
+// credit bounds what the application has not read; these only bound what quic-go holds behind
+// a lost packet, until its retransmission arrives (one to two round trips): a window below the
+// path's rate times that stops the sender outright, where striping's connections only slow
+// down. At 100 ms one way, a 64 KiB Write of the primary's waited 290 ms for the hole to fill
+// under quic-go's defaults. quic-go's own maximum per connection is 15 MiB.
+const (
+	realStreamWindow = 16 << 20
+	realConnWindow   = 16 << 20
+)
+
 // takeQUICStreamSettings moves the QUIC settings of the application's streams to KWIK's
 // fields for logical streams (see Config.QUIC), refuses those KWIK cannot honour, and returns
-// the QUIC config for the real connections, which keep quic-go's defaults for them.
+// the QUIC config for the real connections, whose windows are KWIK's (realStreamWindow).
 func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 	var q quic.Config
 	if c.QUIC != nil {
@@ -439,7 +451,8 @@ func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 	}
 	c.initialWindow = q.InitialStreamReceiveWindow
 	q.MaxIncomingStreams, q.MaxIncomingUniStreams = 0, 0
-	q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow, q.MaxConnectionReceiveWindow = 0, 0, 0
+	q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow = realStreamWindow, realStreamWindow
+	q.InitialConnectionReceiveWindow, q.MaxConnectionReceiveWindow = realConnWindow, realConnWindow
 	return &q, nil
 }
 

@@ -241,8 +241,11 @@ func TestQUICConfigStreamSettings(t *testing.T) {
 		if c.StreamReceiveWindow != 1<<20 || c.MaxSessionReceiveWindow != 4<<20 || c.initialStreamWindow() != 100<<10 {
 			t.Fatalf("stream window %d, session window %d, initial %d", c.StreamReceiveWindow, c.MaxSessionReceiveWindow, c.initialStreamWindow())
 		}
-		if c.QUIC.MaxStreamReceiveWindow != 0 || c.QUIC.InitialStreamReceiveWindow != 0 || c.QUIC.MaxConnectionReceiveWindow != 0 {
-			t.Fatal("the logical streams' windows were passed to quic-go's real streams")
+		// The real connections' windows are KWIK's, open from the start (realStreamWindow).
+		if q := c.QUIC; q.MaxStreamReceiveWindow != realStreamWindow || q.InitialStreamReceiveWindow != realStreamWindow ||
+			q.MaxConnectionReceiveWindow != realConnWindow || q.InitialConnectionReceiveWindow != realConnWindow {
+			t.Fatalf("real streams' windows %d/%d, connection's %d/%d: the logical streams' were passed to quic-go, or quic-go's auto-tuning kept",
+				q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow, q.InitialConnectionReceiveWindow, q.MaxConnectionReceiveWindow)
 		}
 		// A window of 100 bytes, as in quic-go's TestWriteWithLimitStreamFlowControl: the
 		// data still flows, 100 bytes of credit at a time.
