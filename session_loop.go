@@ -4,17 +4,19 @@ package kwik
 // owns the path registry, session.paths (the records, byID, and the calls waiting for an
 // answer: AddPath, RemovePath, the rejoins' tokens), and every change of a path's status (a
 // join, a removal, a death, a rejoin, what the client reports). Every other goroutine (the
-// application's API calls, the control readers, the joins and rejoins, a path's failure,
-// shutdown) hands it a closure and waits until the closure has run: runOnLoop. Nothing else
-// reads or writes session.paths, pathRecord or path.rec, except, once the loop has ended, the
-// frozen registry (inspect, shutdown).
+// application's API calls, the control readers, the joins and rejoins, a path's failure)
+// hands it a closure and waits until the closure has run: runOnLoop. shutdown ends it.
+// Nothing else reads or writes session.paths, pathRecord or path.rec, except session.start,
+// which records the first path before the loop starts, and anyone reading the frozen registry
+// once the loop has ended (inspect, endLoop).
 //
-// The closures the loop runs take no lock and never wait: they read and change the registry
-// and return what their caller then acts on (queueing frames, closing connections, failing
-// delegations, starting goroutines), on the caller's goroutine. A goroutine may thus wait on
-// the loop whatever it holds; a control reader waits too, so that the frames of one control
-// stream are handled in order and a peer's flood of path frames is held back by QUIC's flow
-// control, as before. No closure calls shutdown, which waits for the loop's end.
+// The closures the loop runs take no lock of the session's and never wait: they read and
+// change the registry and return what their caller then acts on (queueing frames, closing
+// connections, failing delegations, starting goroutines), on the caller's goroutine. A
+// goroutine may thus wait on the loop whatever it holds; a control reader waits too, so that
+// the frames of one control stream are handled in order and a peer's flood of path frames is
+// held back by QUIC's flow control, as before. No closure calls shutdown, which waits for the
+// loop's end.
 //
 // Data readers, streams' reads and writes and credit never touch the loop.
 
