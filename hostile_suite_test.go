@@ -1128,12 +1128,13 @@ var primaryAttacks = []primaryAttack{
 				}
 				sent += n
 			}
-			v.paths.mu.Lock()
-			records, bytes := len(v.paths.records), 0
-			for _, r := range v.paths.records {
-				bytes += len(r.address) + len(r.reason)
-			}
-			v.paths.mu.Unlock()
+			var records, bytes int
+			v.inspect(func() {
+				records = len(v.paths.records)
+				for _, r := range v.paths.records {
+					bytes += len(r.address) + len(r.reason)
+				}
+			})
 			if records > maxPathHistory || bytes > maxPathHistory*(maxAddressLen+1024) {
 				t.Fatalf("the client holds %d path records, %d bytes of addresses and reasons", records, bytes)
 			}

@@ -37,7 +37,7 @@ type path struct {
 	essential bool // the session ends with this path: every path but a client's secondaries
 	peer      peerParams
 	createdAt time.Time
-	rec       *pathRecord // guarded by sess.paths.mu
+	rec       *pathRecord // owned by the session's loop (session_loop.go)
 
 	ctx    context.Context // ends when the path (or the session) ends
 	cancel context.CancelFunc

@@ -74,10 +74,12 @@ func rawJoinAs(t *testing.T, addr, target string, sessionID, pathID string, toke
 // primary had asked it to.
 func joinWith(t *testing.T, s *session, ln *Listener, pathID string, token []byte) error {
 	rec := &pathRecord{id: pathID, address: ln.Addr().String(), status: PathConnecting, createdAt: time.Now()}
-	s.paths.mu.Lock()
-	s.paths.records = append(s.paths.records, rec)
-	s.paths.byID[pathID] = rec
-	s.paths.mu.Unlock()
+	if err := s.runOnLoop(func() {
+		s.paths.records = append(s.paths.records, rec)
+		s.paths.byID[pathID] = rec
+	}); err != nil {
+		return err
+	}
 	return s.dialSecondary(testContext(t), rec, token, PathConnecting)
 }
 
@@ -518,9 +520,9 @@ func TestRejoinTokensLimited(t *testing.T) {
 	given := 0
 	ask := func() bool {
 		ch := make(chan *pb.PathTokenResponse, 1)
-		p.client.paths.mu.Lock()
-		p.client.paths.tokens[pathID] = ch
-		p.client.paths.mu.Unlock()
+		if err := p.client.runOnLoop(func() { p.client.paths.tokens[pathID] = ch }); err != nil {
+			t.Fatal(err)
+		}
 		p.client.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenRequest{PathTokenRequest: &pb.PathTokenRequest{PathId: pathID}}})
 		select {
 		case r := <-ch:

@@ -42,8 +42,10 @@ type session struct {
 	primary *path // client: the path to the primary; servers: their own path
 	streams *streamsMap
 
+	// paths is the path registry, owned by the session's loop goroutine (session_loop.go):
+	// only closures run by runOnLoop touch it, and anyone once the loop has ended.
+	loop  controlLoop
 	paths struct {
-		mu      sync.Mutex
 		records []*pathRecord // every path since the session began, in creation order
 		byID    map[string]*pathRecord
 		adds    map[string]chan *pb.AddPathResponse    // primary: AddPath calls waiting
@@ -125,6 +127,7 @@ func newSession(parent context.Context, role Role, id string, conf *Config) *ses
 	s.log = conf.Logger.With("session", id, "role", role.String())
 	s.ctx, s.cancel = context.WithCancelCause(parent)
 	s.graceful = make(chan struct{})
+	s.loop.init()
 	s.paths.byID = make(map[string]*pathRecord)
 	s.paths.adds = make(map[string]chan *pb.AddPathResponse)
 	s.paths.removes = make(map[string]chan *pb.RemovePathResponse)
@@ -150,13 +153,16 @@ func (s *session) start(first *path) {
 	s.paths.records = append(s.paths.records, rec)
 	s.paths.byID[first.id] = rec
 	first.rec = rec
+	s.wg.Add(1)
+	go s.runLoop()
 	first.start()
 }
 
 func (s *session) closeErr() error { return context.Cause(s.ctx) }
 
 // shutdown closes the session once: every pending call returns cause, and the peers see code
-// and msg on their connections.
+// and msg on their connections. It ends the session's loop, which marks the live paths dead,
+// and so must never run on the loop.
 func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
 	if c := s.closing.Load(); c != nil {
 		cause, code, msg = c, c.ErrorCode, c.ErrorMessage
@@ -165,18 +171,7 @@ func (s *session) shutdown(cause error, code ApplicationErrorCode, msg string) {
 		s.log.Info("kwik: session closed", "cause", cause.Error())
 		s.cancel(cause)
 		s.streams.closeAll(cause)
-		s.paths.mu.Lock()
-		var live []*path
-		for _, r := range s.paths.records {
-			if r.status == PathActive || r.status == PathConnecting {
-				r.setStatus(PathDead, cause.Error())
-			}
-			if r.p != nil {
-				live = append(live, r.p)
-			}
-		}
-		s.paths.mu.Unlock()
-		for _, p := range live {
+		for _, p := range s.endLoop(cause) {
 			p.cancel()
 			_ = p.conn.CloseWithError(code, msg)
 		}
@@ -193,16 +188,8 @@ func (s *session) closeGracefully(code ApplicationErrorCode, msg string) {
 	if s.ctx.Err() != nil {
 		return
 	}
-	s.paths.mu.Lock()
-	var live []*path
-	for _, r := range s.paths.records {
-		if r.p != nil && r.status == PathActive {
-			live = append(live, r.p)
-		}
-	}
-	s.paths.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, p := range live {
+	for _, p := range s.liveConns() {
 		wg.Go(func() {
 			wait := min(max(4*p.conn.ConnectionStats().SmoothedRTT, closeWaitMin), closeWaitMax)
 			timer := time.NewTimer(wait)

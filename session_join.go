@@ -39,32 +39,38 @@ func (s *session) join(req *pb.AddPathRequest) {
 		fail(CodeInvalidFrame, "target address too long")
 		return
 	}
-	s.paths.mu.Lock()
-	if s.paths.byID[req.PathId] != nil {
-		s.paths.mu.Unlock()
-		fail(CodeInvalidFrame, "path ID already in use")
-		return
-	}
-	if len(s.paths.records) >= maxPathHistory {
-		s.paths.mu.Unlock()
-		fail(CodeInternal, "the session has tried too many paths")
-		return
-	}
-	live := 0
-	for _, r := range s.paths.records {
-		if r.status == PathActive || r.status == PathConnecting {
-			live++
+	var rec *pathRecord
+	var code ErrorCode
+	var refusal string
+	if s.runOnLoop(func() {
+		if s.paths.byID[req.PathId] != nil {
+			code, refusal = CodeInvalidFrame, "path ID already in use"
+			return
 		}
+		if len(s.paths.records) >= maxPathHistory {
+			code, refusal = CodeInternal, "the session has tried too many paths"
+			return
+		}
+		live := 0
+		for _, r := range s.paths.records {
+			if r.status == PathActive || r.status == PathConnecting {
+				live++
+			}
+		}
+		if live >= s.conf.MaxPaths {
+			code, refusal = CodeInternal, "the client allows no more paths (Config.MaxPaths)"
+			return
+		}
+		rec = &pathRecord{id: req.PathId, address: req.TargetAddress, status: PathConnecting, createdAt: time.Now()}
+		s.paths.records = append(s.paths.records, rec)
+		s.paths.byID[rec.id] = rec
+	}) != nil {
+		return // the session is closing
 	}
-	if live >= s.conf.MaxPaths {
-		s.paths.mu.Unlock()
-		fail(CodeInternal, "the client allows no more paths (Config.MaxPaths)")
+	if rec == nil {
+		fail(code, refusal)
 		return
 	}
-	rec := &pathRecord{id: req.PathId, address: req.TargetAddress, status: PathConnecting, createdAt: time.Now()}
-	s.paths.records = append(s.paths.records, rec)
-	s.paths.byID[rec.id] = rec
-	s.paths.mu.Unlock()
 
 	s.wg.Add(1)
 	go func() {
@@ -87,11 +93,11 @@ func (s *session) join(req *pb.AddPathRequest) {
 			}}})
 			return
 		}
-		s.paths.mu.Lock()
-		if rec.status == PathConnecting {
-			rec.setStatus(PathDead, err.Error())
-		}
-		s.paths.mu.Unlock()
+		_ = s.runOnLoop(func() {
+			if rec.status == PathConnecting {
+				rec.setStatus(PathDead, err.Error())
+			}
+		})
 		s.log.Info("kwik: join failed", "path", rec.id, "address", rec.address, "err", err)
 		fail(joinFailure(err))
 	}()
@@ -145,38 +151,45 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 		return err
 	}
 	path := newPath(s, conn, rec.id, rec.address, false, false, p.stream, p.reader, p.peer)
-	s.paths.mu.Lock()
-	if s.ctx.Err() != nil || rec.status != from {
-		s.paths.mu.Unlock()
+	joined := false
+	_ = s.runOnLoop(func() {
+		if s.ctx.Err() != nil || rec.status != from {
+			return
+		}
+		if old := rec.p; old != nil {
+			path.stats.bytesSent.Store(old.stats.bytesSent.Load())
+			path.stats.bytesReceived.Store(old.stats.bytesReceived.Load())
+			path.stats.packetsSent.Store(old.stats.packetsSent.Load())
+			path.stats.packetsReceived.Store(old.stats.packetsReceived.Load())
+			path.stats.packetsAcked.Store(old.stats.packetsAcked.Load())
+		}
+		rec.p = path
+		path.rec = rec
+		rec.setStatus(PathActive, "")
+		joined = true
+	})
+	if !joined {
 		_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "session closed")
 		return errors.New("kwik: the session closed, or the path was removed, while joining")
 	}
-	if old := rec.p; old != nil {
-		path.stats.bytesSent.Store(old.stats.bytesSent.Load())
-		path.stats.bytesReceived.Store(old.stats.bytesReceived.Load())
-		path.stats.packetsSent.Store(old.stats.packetsSent.Load())
-		path.stats.packetsReceived.Store(old.stats.packetsReceived.Load())
-		path.stats.packetsAcked.Store(old.stats.packetsAcked.Load())
-	}
-	rec.p = path
-	path.rec = rec
-	rec.setStatus(PathActive, "")
-	s.paths.mu.Unlock()
 	path.start()
 	return nil
 }
 
 // removePath (client) closes a secondary path at the primary's request.
 func (s *session) removePath(req *pb.RemovePathRequest) {
-	s.paths.mu.Lock()
-	r := s.paths.byID[req.PathId]
-	ok := r != nil && r.p != nil && !r.primary && (r.status == PathActive || r.status == PathDead)
+	var ok bool
 	var p *path
-	if ok {
-		r.setStatus(PathRemoved, "removed by the primary")
-		p = r.p
+	if s.runOnLoop(func() {
+		r := s.paths.byID[req.PathId]
+		ok = r != nil && r.p != nil && !r.primary && (r.status == PathActive || r.status == PathDead)
+		if ok {
+			r.setStatus(PathRemoved, "removed by the primary")
+			p = r.p
+		}
+	}) != nil {
+		return // the session is closing
 	}
-	s.paths.mu.Unlock()
 	resp := &pb.RemovePathResponse{PathId: echoID(req.PathId), Success: ok}
 	if !ok {
 		resp.ErrorMessage = "no such secondary path"
@@ -191,16 +204,18 @@ func (s *session) removePath(req *pb.RemovePathRequest) {
 // pathDied (client) handles the death of a secondary path: it alone ends, the primary is told.
 func (s *session) pathDied(p *path, err error) {
 	rejoin := s.conf.PathRetry.MaxRetries > 0 && !closedByPeer(err) && !violation(err)
-	s.paths.mu.Lock()
-	r := p.rec
-	changed := r.status == PathActive
-	if changed {
-		r.setStatus(PathDead, err.Error())
-		if violation(err) {
-			r.reason += "; not rejoined: the secondary broke the protocol"
+	var r *pathRecord
+	changed := false
+	_ = s.runOnLoop(func() { // once the session is closing, the loop marks the path dead
+		r = p.rec
+		changed = r.status == PathActive
+		if changed {
+			r.setStatus(PathDead, err.Error())
+			if violation(err) {
+				r.reason += "; not rejoined: the secondary broke the protocol"
+			}
 		}
-	}
-	s.paths.mu.Unlock()
+	})
 	s.log.Info("kwik: path dead", "path", p.id, "address", p.address, "reason", err.Error())
 	p.cancel()
 	code := kwikCodeBase + ApplicationErrorCode(CodePathDead)
@@ -261,10 +276,8 @@ func (s *session) rejoin(rec *pathRecord) {
 			t.Stop()
 			return
 		}
-		s.paths.mu.Lock()
-		dead := rec.status == PathDead
-		s.paths.mu.Unlock()
-		if !dead {
+		dead := false
+		if s.runOnLoop(func() { dead = rec.status == PathDead }) != nil || !dead {
 			return
 		}
 		tries++
@@ -291,17 +304,17 @@ func (s *session) rejoin(rec *pathRecord) {
 	if s.ctx.Err() != nil {
 		return
 	}
-	s.paths.mu.Lock()
-	if rec.status == PathDead {
-		rec.reason = fmt.Sprintf("%s; not rejoined after %d tries, the last: %v", rec.reason, tries, last)
-	}
-	s.paths.mu.Unlock()
+	_ = s.runOnLoop(func() {
+		if rec.status == PathDead {
+			rec.reason = fmt.Sprintf("%s; not rejoined after %d tries, the last: %v", rec.reason, tries, last)
+		}
+	})
 	s.log.Info("kwik: path not rejoined", "path", rec.id, "address", rec.address, "err", last)
 }
 
 // handlePathTokenResponse (client) hands the primary's answer to the rejoin waiting for it.
 func (s *session) handlePathTokenResponse(r *pb.PathTokenResponse) {
-	if ch := take(&s.paths.mu, s.paths.tokens, r.PathId); ch != nil {
+	if ch := takeWaiter(s, s.paths.tokens, r.PathId); ch != nil {
 		ch <- r
 	}
 }
@@ -309,10 +322,10 @@ func (s *session) handlePathTokenResponse(r *pb.PathTokenResponse) {
 // requestToken (client) asks the primary for a fresh join token for a dead path.
 func (s *session) requestToken(ctx context.Context, pathID string) ([]byte, error) {
 	ch := make(chan *pb.PathTokenResponse, 1)
-	s.paths.mu.Lock()
-	s.paths.tokens[pathID] = ch
-	s.paths.mu.Unlock()
-	defer take(&s.paths.mu, s.paths.tokens, pathID)
+	if err := s.runOnLoop(func() { s.paths.tokens[pathID] = ch }); err != nil {
+		return nil, err
+	}
+	defer takeWaiter(s, s.paths.tokens, pathID)
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_PathTokenRequest{PathTokenRequest: &pb.PathTokenRequest{PathId: pathID}}})
 	select {
 	case r := <-ch:

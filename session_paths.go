@@ -9,7 +9,8 @@ import (
 	"github.com/kwik-go/kwik/internal/wire/pb"
 )
 
-// pathRecord is one path in a session's history. Guarded by session.paths.mu.
+// pathRecord is one path in a session's history. Owned by the session's loop (session_loop.go);
+// id, address, primary and createdAt never change once it is made.
 type pathRecord struct {
 	id, address string
 	primary     bool
@@ -37,14 +38,14 @@ func (r *pathRecord) info() PathInfo {
 }
 
 func (s *session) pathInfos(keep func(PathStatus) bool) []PathInfo {
-	s.paths.mu.Lock()
-	defer s.paths.mu.Unlock()
 	var out []PathInfo
-	for _, r := range s.paths.records {
-		if keep(r.status) {
-			out = append(out, r.info())
+	s.inspect(func() {
+		for _, r := range s.paths.records {
+			if keep(r.status) {
+				out = append(out, r.info())
+			}
 		}
-	}
+	})
 	return out
 }
 
@@ -62,8 +63,13 @@ func (s *session) GetAllPaths() []PathInfo {
 
 // pathError says why an operation cannot use pathID: nil if it is active.
 func (s *session) pathError(pathID string) error {
-	s.paths.mu.Lock()
-	defer s.paths.mu.Unlock()
+	var err error
+	s.inspect(func() { err = s.pathErrorOnLoop(pathID) })
+	return err
+}
+
+// pathErrorOnLoop is pathError, run on the loop.
+func (s *session) pathErrorOnLoop(pathID string) error {
 	r := s.paths.byID[pathID]
 	switch {
 	case r == nil:
@@ -95,30 +101,37 @@ func (s *session) AddPath(address string) error {
 		return err
 	}
 	ch := make(chan *pb.AddPathResponse, 1)
-	s.paths.mu.Lock()
-	if err := s.ctx.Err(); err != nil {
-		s.paths.mu.Unlock()
-		return s.closeErr()
-	}
-	live := 0
-	for _, r := range s.paths.records {
-		if r.status == PathActive || r.status == PathConnecting {
-			live++
-			if r.address == address && !r.primary {
-				s.paths.mu.Unlock()
-				return fmt.Errorf("kwik: AddPath: %s is already path %s (%v)", address, r.id, r.status)
+	var rec *pathRecord
+	var refused error
+	if err := s.runOnLoop(func() {
+		if s.ctx.Err() != nil {
+			refused = s.closeErr()
+			return
+		}
+		live := 0
+		for _, r := range s.paths.records {
+			if r.status == PathActive || r.status == PathConnecting {
+				live++
+				if r.address == address && !r.primary {
+					refused = fmt.Errorf("kwik: AddPath: %s is already path %s (%v)", address, r.id, r.status)
+					return
+				}
 			}
 		}
+		if live >= s.conf.MaxPaths {
+			refused = fmt.Errorf("kwik: AddPath: the session already has %d paths (Config.MaxPaths)", live)
+			return
+		}
+		rec = &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now()}
+		s.paths.records = append(s.paths.records, rec)
+		s.paths.byID[id] = rec
+		s.paths.adds[id] = ch
+	}); err != nil {
+		return err
 	}
-	if live >= s.conf.MaxPaths {
-		s.paths.mu.Unlock()
-		return fmt.Errorf("kwik: AddPath: the session already has %d paths (Config.MaxPaths)", live)
+	if refused != nil {
+		return refused
 	}
-	rec := &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now()}
-	s.paths.records = append(s.paths.records, rec)
-	s.paths.byID[id] = rec
-	s.paths.adds[id] = ch
-	s.paths.mu.Unlock()
 
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathRequest{AddPathRequest: &pb.AddPathRequest{
 		TargetAddress: address, SessionId: s.id, PathId: id, JoinToken: token,
@@ -134,19 +147,19 @@ func (s *session) AddPath(address string) error {
 	case <-s.ctx.Done():
 		return s.closeErr()
 	}
-	s.paths.mu.Lock()
-	delete(s.paths.adds, id)
-	if resp.Success {
-		if rec.status == PathConnecting {
+	_ = s.runOnLoop(func() { // once the session is closing, the loop has marked rec dead
+		delete(s.paths.adds, id)
+		if !resp.Success {
+			rec.setStatus(PathDead, resp.ErrorMessage)
+		} else if rec.status == PathConnecting {
 			rec.setStatus(PathActive, "")
 		}
-		s.paths.mu.Unlock()
+	})
+	if resp.Success {
 		s.log.Info("kwik: path added", "path", id, "address", address)
 		return nil
 	}
 	s.log.Info("kwik: path refused", "path", id, "address", address, "reason", resp.ErrorMessage)
-	rec.setStatus(PathDead, resp.ErrorMessage)
-	s.paths.mu.Unlock()
 	code := ErrorCode(resp.ErrorCode)
 	if code == 0 {
 		code = CodeInternal
@@ -167,28 +180,19 @@ func (s *session) RemovePath(pathID string) error {
 		return err
 	}
 	ch := make(chan *pb.RemovePathResponse, 1)
-	s.paths.mu.Lock()
-	s.paths.removes[pathID] = ch
-	s.paths.mu.Unlock()
-	defer func() {
-		s.paths.mu.Lock()
-		delete(s.paths.removes, pathID)
-		s.paths.mu.Unlock()
-	}()
+	if err := s.runOnLoop(func() { s.paths.removes[pathID] = ch }); err != nil {
+		return err
+	}
+	defer takeWaiter(s, s.paths.removes, pathID)
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_RemovePathRequest{RemovePathRequest: &pb.RemovePathRequest{PathId: pathID}}})
 	timer := time.NewTimer(s.conf.answerTimeout())
 	defer timer.Stop()
 	select {
 	case resp := <-ch:
-		s.paths.mu.Lock()
-		r := s.paths.byID[pathID]
-		if resp.Success {
-			r.setStatus(PathRemoved, "removed by the primary")
-		}
-		s.paths.mu.Unlock()
 		if !resp.Success {
 			return &Error{Code: CodePathNotFound, Message: resp.ErrorMessage, Remote: true}
 		}
+		_ = s.runOnLoop(func() { s.paths.byID[pathID].setStatus(PathRemoved, "removed by the primary") })
 		return nil
 	case <-timer.C:
 		return &Error{Code: CodePathDead, Message: "the client did not answer the removal of " + pathID}
@@ -199,7 +203,7 @@ func (s *session) RemovePath(pathID string) error {
 
 // handleAddPathResponse (primary) delivers the client's answer to the waiting AddPath.
 func (s *session) handleAddPathResponse(r *pb.AddPathResponse) error {
-	ch := take(&s.paths.mu, s.paths.adds, r.PathId)
+	ch := takeWaiter(s, s.paths.adds, r.PathId)
 	if ch == nil {
 		return nil // AddPath gave up waiting
 	}
@@ -208,7 +212,7 @@ func (s *session) handleAddPathResponse(r *pb.AddPathResponse) error {
 }
 
 func (s *session) handleRemovePathResponse(r *pb.RemovePathResponse) error {
-	if ch := take(&s.paths.mu, s.paths.removes, r.PathId); ch != nil {
+	if ch := takeWaiter(s, s.paths.removes, r.PathId); ch != nil {
 		ch <- r
 	}
 	return nil
@@ -216,24 +220,24 @@ func (s *session) handleRemovePathResponse(r *pb.RemovePathResponse) error {
 
 // handlePathStatus (primary) records what the client says of a path.
 func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
-	s.paths.mu.Lock()
-	defer s.paths.mu.Unlock()
-	r := s.paths.byID[n.PathId]
-	if r == nil || r == s.primary.rec {
-		return nil
-	}
-	switch n.Status {
-	case pb.PathStatus_DEAD:
-		if r.status == PathActive || r.status == PathConnecting {
-			r.tokens.died()
-			r.setStatus(PathDead, n.Reason)
-			s.log.Info("kwik: the client reports a dead path", "path", n.PathId, "reason", n.Reason)
+	_ = s.runOnLoop(func() {
+		r := s.paths.byID[n.PathId]
+		if r == nil || r == s.primary.rec {
+			return
 		}
-	case pb.PathStatus_ACTIVE:
-		if r.status == PathDead {
-			r.setStatus(PathActive, "")
+		switch n.Status {
+		case pb.PathStatus_DEAD:
+			if r.status == PathActive || r.status == PathConnecting {
+				r.tokens.died()
+				r.setStatus(PathDead, n.Reason)
+				s.log.Info("kwik: the client reports a dead path", "path", n.PathId, "reason", n.Reason)
+			}
+		case pb.PathStatus_ACTIVE:
+			if r.status == PathDead {
+				r.setStatus(PathActive, "")
+			}
 		}
-	}
+	})
 	return nil
 }
 
@@ -242,18 +246,21 @@ func (s *session) handlePathStatus(n *pb.PathStatusNotification) error {
 func (s *session) handlePathTokenRequest(req *pb.PathTokenRequest) {
 	resp := &pb.PathTokenResponse{PathId: echoID(req.PathId)}
 	now := time.Now()
-	s.paths.mu.Lock()
-	r := s.paths.byID[req.PathId]
-	ok := r != nil && !r.primary && r.status == PathDead
+	var ok bool
 	var limited error
 	var address string
-	if ok {
-		// A client may declare a live path dead to get tokens: a bounded number per death,
-		// and per path, spaced by a growing wait (trust.go).
-		limited = r.tokens.allow(now)
-		address = r.address
+	if s.runOnLoop(func() {
+		r := s.paths.byID[req.PathId]
+		ok = r != nil && !r.primary && r.status == PathDead
+		if ok {
+			// A client may declare a live path dead to get tokens: a bounded number per
+			// death, and per path, spaced by a growing wait (trust.go).
+			limited = r.tokens.allow(now)
+			address = r.address
+		}
+	}) != nil {
+		return // the session is closing
 	}
-	s.paths.mu.Unlock()
 	var err error
 	if ok && limited == nil && len(s.conf.JoinKey) > 0 {
 		resp.JoinToken, err = jointoken.Issue(s.conf.JoinKey, s.id, req.PathId, address, now, now.Add(s.conf.JoinTokenTTL))
@@ -282,14 +289,15 @@ func echoID(id string) string {
 
 // livePath returns the connection of an active path (client side).
 func (s *session) livePath(pathID string) (*path, error) {
-	if err := s.pathError(pathID); err != nil {
-		return nil, err
-	}
-	s.paths.mu.Lock()
-	defer s.paths.mu.Unlock()
-	r := s.paths.byID[pathID]
-	if r == nil || r.p == nil {
-		return nil, &Error{Code: CodePathNotFound, Message: echoID(pathID)}
-	}
-	return r.p, nil
+	var p *path
+	var err error
+	s.inspect(func() {
+		if err = s.pathErrorOnLoop(pathID); err != nil {
+			return
+		}
+		if p = s.paths.byID[pathID].p; p == nil {
+			err = &Error{Code: CodePathNotFound, Message: echoID(pathID)}
+		}
+	})
+	return p, err
 }

@@ -161,10 +161,12 @@ func TestJoinRejectedToken(t *testing.T) {
 	join := func(token []byte, pathID string) error {
 		ctx := testContext(t)
 		rec := &pathRecord{id: pathID, address: ln.Addr().String(), status: PathConnecting}
-		p.client.paths.mu.Lock()
-		p.client.paths.records = append(p.client.paths.records, rec)
-		p.client.paths.byID[pathID] = rec
-		p.client.paths.mu.Unlock()
+		if err := p.client.runOnLoop(func() {
+			p.client.paths.records = append(p.client.paths.records, rec)
+			p.client.paths.byID[pathID] = rec
+		}); err != nil {
+			return err
+		}
 		return p.client.dialSecondary(ctx, rec, token, PathConnecting)
 	}
 	if err := join(valid, "0011223344556677"); err != nil {

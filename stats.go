@@ -40,14 +40,16 @@ type SessionStats struct {
 // Stats returns a snapshot of the session's paths and traffic.
 func (s *session) Stats() SessionStats {
 	var st SessionStats
-	s.paths.mu.Lock()
-	recs := s.paths.records
-	infos := make([]PathInfo, len(recs))
-	conns := make([]*path, len(recs)) // r.p changes when a dead path is rejoined
-	for i, r := range recs {
-		infos[i], conns[i] = r.info(), r.p
-	}
-	s.paths.mu.Unlock()
+	var infos []PathInfo
+	var conns []*path // r.p changes when a dead path is rejoined
+	s.inspect(func() {
+		recs := s.paths.records
+		infos = make([]PathInfo, len(recs))
+		conns = make([]*path, len(recs))
+		for i, r := range recs {
+			infos[i], conns[i] = r.info(), r.p
+		}
+	})
 
 	inFlight := make(map[*path]int)
 	s.clientDelegs.mu.Lock()

@@ -285,7 +285,8 @@ const (
 	tokenBackoffMax = 5 * time.Second
 )
 
-// tokenLimit is a primary's count of the rejoin tokens of one path. Guarded by paths.mu.
+// tokenLimit is a primary's count of the rejoin tokens of one path. Owned by the session's loop
+// (session_loop.go), as the path's record.
 type tokenLimit struct {
 	sinceDeath, total int
 	next              time.Time // no token before
