@@ -29,7 +29,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	// The QUIC handshake is bounded as in quic-go: by ctx and QUIC.HandshakeIdleTimeout, which
 	// a lossy link does not exhaust as long as packets get through. HandshakeTimeout bounds
 	// KWIK's authentication only (one round trip on the new connection).
-	conn, err := quic.DialAddr(ctx, addr, tc, c.QUIC)
+	conn, err := quicNet.dial(ctx, addr, tc, c.QUIC)
 	if err != nil {
 		return nil, err
 	}
@@ -46,6 +46,15 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	sess.start(newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer))
 	return sess, nil
 }
+
+// quicNet is how KWIK opens its QUIC connections (Dial, and a client's joins of secondaries)
+// and listeners (Listen): quic-go's DialAddr and ListenAddr, on real UDP sockets. Tests of the
+// package swap it, for the length of one test, to run sessions over an in-memory network under
+// testing/synctest (synctest_test.go); nothing else changes it.
+var quicNet = struct {
+	dial   func(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error)
+	listen func(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, error)
+}{dial: quic.DialAddr, listen: quic.ListenAddr}
 
 // DialAddr is Dial under quic-go's name, so that porting code is a change of import.
 func DialAddr(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {

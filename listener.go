@@ -48,7 +48,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	ql, err := quic.ListenAddr(addr, tc, c.QUIC)
+	ql, err := quicNet.listen(addr, tc, c.QUIC)
 	if err != nil {
 		return nil, err
 	}

@@ -32,7 +32,7 @@ type realStream struct {
 	closeWhenIdle atomic.Bool
 	closed        atomic.Bool // qs closed; set under mu
 
-	mu  sync.Mutex // serialises messages on qs
+	mu  chanMutex // serialises messages on qs
 	buf []byte
 	pkt wire.DataPacket
 	z   compressor
@@ -65,7 +65,7 @@ func (sp *sendPool) assign() (*realStream, error) {
 		qs, err := sp.p.conn.OpenUniStream()
 		switch {
 		case err == nil:
-			rs := &realStream{p: sp.p, qs: qs, buf: make([]byte, 0, sp.p.peer.maxMessageSize+16)}
+			rs := &realStream{p: sp.p, qs: qs, mu: make(chanMutex, 1), buf: make([]byte, 0, sp.p.peer.maxMessageSize+16)}
 			rs.batch.cond.L = &rs.batch.mu
 			sp.streams = append(sp.streams, rs)
 			best = rs
@@ -331,6 +331,32 @@ func (rs *realStream) writePacket(id, off uint64, b []byte, fin bool) error {
 		rs.p.stats.bytesSent.Add(uint64(size))
 	}
 	return err
+}
+
+// chanMutex is a mutex made of a channel with one slot (make(chanMutex, 1)), with
+// sync.Mutex's Lock, TryLock and Unlock. realStream.mu is one because its holder writes to QUIC,
+// which may wait for flow control or pacing, and others wait for it meanwhile: a goroutine
+// blocked on a channel is durably blocked for testing/synctest, one blocked on a sync.Mutex is
+// not, and would stop a bubble's fake clock for good (synctest_test.go).
+type chanMutex chan struct{}
+
+func (m chanMutex) Lock() { m <- struct{}{} }
+
+func (m chanMutex) TryLock() bool {
+	select {
+	case m <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (m chanMutex) Unlock() {
+	select {
+	case <-m:
+	default:
+		panic("kwik: unlock of an unlocked chanMutex")
+	}
 }
 
 // directWriteMin is the frame size from which writeFrame writes the caller's bytes directly.

@@ -130,7 +130,7 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 		}
 		tc = c
 	}
-	conn, err := quic.DialAddr(ctx, rec.address, tc, s.conf.QUIC)
+	conn, err := quicNet.dial(ctx, rec.address, tc, s.conf.QUIC)
 	if err != nil {
 		return err
 	}
