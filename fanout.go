@@ -173,7 +173,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			return
 		}
 		if ev.path == "" {
-			sched.wrote(ev.n, ev.took, ev.credited && ev.err == nil, time.Now())
+			sched.wrote(ev.n, ev.took, ev.credited && ev.err == nil)
 		} else {
 			sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at)
 		}

@@ -26,10 +26,6 @@ type fanoutMark struct {
 // recent ones. A rate too high would make the primary queue more than it sends in the time
 // the secondaries take (it would finish last); too low, it only takes pieces more often.
 func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
-	if !s.ownAcked {
-		s.ownAcked, s.ownMarks = true, s.ownMarks[:0]
-	}
-	s.ownMark(now, bytes)
 	if s.pathMark.at.IsZero() || bytes < s.pathMark.bytes {
 		s.pathMark = fanoutMark{now, bytes}
 		return
@@ -45,38 +41,6 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 	s.pathMark = fanoutMark{now, bytes}
 	rates := slices.Sorted(slices.Values(s.pathRates))
 	s.pathRate = rates[len(rates)/2]
-}
-
-// fanoutMarkSpan is how long the primary's progress is kept (ownMarks).
-const fanoutMarkSpan = 2 * time.Second
-
-// ownMark records the primary's progress: bytes, in all, at now.
-func (s *fanoutScheduler) ownMark(now time.Time, bytes int64) {
-	if n := len(s.ownMarks); n > 0 && now.Sub(s.ownMarks[n-1].at) < 5*time.Millisecond {
-		s.ownMarks[n-1].bytes = bytes // marks come with every decision: one per 5 ms
-		return
-	}
-	s.ownMarks = append(s.ownMarks, fanoutMark{now, bytes})
-	i := 0
-	for i < len(s.ownMarks)-1 && now.Sub(s.ownMarks[i+1].at) > fanoutMarkSpan {
-		i++
-	}
-	s.ownMarks = s.ownMarks[i:]
-}
-
-// ownSince is the primary's progress since t (from the latest mark at or before it).
-func (s *fanoutScheduler) ownSince(t time.Time) int64 {
-	if len(s.ownMarks) == 0 {
-		return 0
-	}
-	from := s.ownMarks[0].bytes
-	for _, m := range s.ownMarks {
-		if m.at.After(t) {
-			break
-		}
-		from = m.bytes
-	}
-	return s.ownMarks[len(s.ownMarks)-1].bytes - from
 }
 
 // fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
@@ -209,11 +173,6 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	}
 	src.lastDone = maxTime(src.lastDone, now)
 	src.delivered += delivered
-	src.recent = 0
-	for i := len(src.done) - 1; i >= 0 && now.Sub(src.done[i].end) < lat+fanoutRound; i-- {
-		src.recent += src.done[i].bytes
-	}
-	src.recentOwn = s.ownSince(now.Add(-lat - fanoutRound))
 	var bytes int64
 	var busy time.Duration
 	span := max(2*lat, 4*fanoutRound)

@@ -34,14 +34,11 @@ import "time"
 // acknowledged over four round trips), or what its writes achieved. A secondary's rate is the
 // best of its recent delivery rates (each completion over the time its pipe was busy with
 // it; none older than ten latencies; a piece done before its latency was up counts its
-// whole time): a source kept short of work shows less than it can carry, never more. Until
-// its first completion a secondary is assumed as fast as the primary, with at most
-// fanoutProbe outstanding; then, while its rate still grows round after round (its slow
-// start) and it delivers at least half as much as the primary over the same time, its gain
-// is doubled and its queue follows what it delivered over its last loop, within the probe
-// plus four times all it delivered (a slow start doubles every round trip, and its loop is
-// two; a pipe short of work in its slow start stops growing). Its latency is the least time a
-// delegation took beyond its transfer, starting from two round trips of the primary's path. When a piece would arrive
+// whole time): a source kept short of work shows less than it can carry, never more. Until its first completion a secondary is assumed as fast as the
+// primary, with at most fanoutProbe outstanding; then, while its rate still grows round after
+// round (its slow start), its gain is doubled, within the probe plus four times what it
+// delivered (a slow start doubles every round trip, and its loop is two). Its latency is the least time a delegation took beyond its
+// transfer, starting from two round trips of the primary's path. When a piece would arrive
 // is modelled per source (arrival): a secondary serves its pieces in order, each no sooner
 // than its trip after it was given, from the arrival of the last one completed.
 type fanoutScheduler struct {
@@ -62,14 +59,9 @@ type fanoutScheduler struct {
 		busy  time.Duration // time spent in Write
 	}
 	ownQueued int64 // bytes the primary took and has not written yet
-	// ownMarks is the primary's recent progress (ownSince): the bytes of its path that the
-	// client acknowledged (pathDelivered) or, until that is known, the bytes it wrote.
-	ownMarks   []fanoutMark
-	ownAcked   bool  // ownMarks counts acknowledged bytes
-	ownWritten int64 // bytes the primary wrote, in all
-	dupQueued  int64 // bytes the primary is sending again (duplicate), not written yet
-	dupBytes   int64 // bytes the primary sent again in all
-	secs       []*fanoutSource
+	dupQueued int64 // bytes the primary is sending again (duplicate), not written yet
+	dupBytes  int64 // bytes the primary sent again in all
+	secs      []*fanoutSource
 	// arrivalBuf is arrivals' result, reused: the scheduler decides once per piece.
 	arrivalBuf []time.Time
 	delivered  int64 // bytes known to be at the client: the primary's and completed delegations'
@@ -92,21 +84,10 @@ type fanoutSource struct {
 	roundRate float64   // the rate at its start
 	flat      int       // rounds in a row the rate did not grow by a quarter
 	delivered int64     // bytes of its completed pieces
-	// recent is what it delivered over its last loop (a latency and a round) up to its latest
-	// completion: in a slow start, what its pipe carries now, which its rate (over at least
-	// two latencies of busy time) lags.
-	recent int64
-	// recentOwn is what the primary delivered over the same time: a source that delivers less
-	// than half of it is not one whose slow start the scheduler should feed ahead of its
-	// measures (it would hold the reader at its gaps).
-	recentOwn int64
 }
 
-// startup says whether src's rate is still growing (see fanoutSource.round) and keeps up with
-// the primary's own progress (recentOwn).
-func (src *fanoutSource) startup() bool {
-	return src.rate > 0 && src.flat < fanoutStartupRounds && 2*src.recent >= src.recentOwn
-}
+// startup says whether src's rate is still growing (see fanoutSource.round).
+func (src *fanoutSource) startup() bool { return src.rate > 0 && src.flat < fanoutStartupRounds }
 
 type fanoutPiece struct {
 	off, n      int64
@@ -157,14 +138,10 @@ func newFanoutScheduler(size int64, rtt time.Duration, paths []string, o *Fanout
 func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 	t := s.steadyTarget(src)
 	if src.startup() {
-		// Its first measures come from its slow start: a larger gain, and at least four
-		// times what it delivered over its last loop beyond the probe (its rate, over two
-		// latencies of busy time, lags what its pipe carries now: a pipe that runs out of
-		// work in its slow start stops growing); never less than the probe, and, as a slow
-		// start over a loop of two round trips, not more than four times all it delivered
-		// beyond it.
+		// Its first measures come from its slow start: a larger gain, never less than the
+		// probe, and, as a slow start over a loop of two round trips, not more than four
+		// times what it delivered beyond it.
 		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
-		t = max(t, fanoutProbe+fanoutStartupGain*src.recent)
 		t = min(max(t, fanoutProbe), fanoutProbe+fanoutStartupGain*src.delivered)
 	}
 	return max(t, fanoutMinChunk)
@@ -420,11 +397,7 @@ func (s *fanoutScheduler) reserved(n int64) {
 // wrote records that the primary wrote n of its queued bytes, which took d. Only a write that
 // had the client's credit for all of it (credited) measures the primary's own pipe: credit
 // waits measure the reader.
-func (s *fanoutScheduler) wrote(n int64, d time.Duration, credited bool, now time.Time) {
-	s.ownWritten += n
-	if !s.ownAcked {
-		s.ownMark(now, s.ownWritten)
-	}
+func (s *fanoutScheduler) wrote(n int64, d time.Duration, credited bool) {
 	if credited {
 		s.own.bytes += n
 		s.own.busy += d

@@ -180,7 +180,7 @@ func (sim *fanoutSim) step() bool {
 	case e.dup:
 		sim.s.duplicated(e.n)
 	case e.path == "":
-		sim.s.wrote(e.n, e.d, true, sim.now)
+		sim.s.wrote(e.n, e.d, true)
 	default:
 		sim.s.resolved(e.path, e.off, e.n, false, sim.now)
 	}
@@ -309,66 +309,6 @@ func TestFanoutSchedulerDuplicate(t *testing.T) {
 	}
 }
 
-// In its slow start a secondary's measured rate lags what its pipe carries (its pipe doubles
-// every round trip; its rate spans two latencies of busy time): its target follows what it
-// delivered over its last loop, fed ahead, as long as that keeps up with the primary's own
-// progress. A secondary that delivers less than half of the primary's leaves its startup at
-// once, and with it the startup's gain.
-func TestFanoutSchedulerStartup(t *testing.T) {
-	const rtt = 80 * time.Millisecond
-	for _, tc := range []struct {
-		name        string
-		secPerPiece time.Duration // how often the secondary completes a 256 KiB piece
-		startup     bool
-	}{
-		{"keeps pace with the primary", 10 * time.Millisecond, true},
-		{"a quarter of the primary's pace", 80 * time.Millisecond, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			s := newFanoutScheduler(64<<20, rtt, []string{"a"}, &FanoutOptions{})
-			src := s.source("a")
-			start := time.Unix(0, 0)
-			// The secondary was given its pieces at the start.
-			const piece = 256 << 10
-			for range 24 {
-				s.delegated("a", piece, start)
-			}
-			// Every 10 ms, the client acknowledges 256 KiB more of the primary's path (200
-			// Mbit/s); from 300 ms, the secondary completes its pieces one by one.
-			var acked, done int64
-			next := start.Add(300 * time.Millisecond)
-			for now := start; now.Before(start.Add(600 * time.Millisecond)); now = now.Add(time.Millisecond) {
-				if now.Sub(start)%(10*time.Millisecond) == 0 {
-					s.pathDelivered(now, acked)
-					acked += 256 << 10
-				}
-				if !now.Before(next) && done < 24 {
-					s.resolved("a", done*piece, piece, false, now)
-					done++
-					next = now.Add(tc.secPerPiece)
-				}
-			}
-			if got := src.startup(); got != tc.startup {
-				t.Fatalf("startup() = %v, want %v (recent %d, primary's %d)", got, tc.startup, src.recent, src.recentOwn)
-			}
-			if src.recent <= 0 || src.recentOwn <= 0 {
-				t.Fatalf("recent %d, primary's %d: want both measured", src.recent, src.recentOwn)
-			}
-			got := s.targetOf(src)
-			if tc.startup {
-				// What it delivered over its last loop, four times, beyond the probe, within
-				// the probe and four times all it delivered.
-				want := min(fanoutProbe+fanoutStartupGain*src.recent, fanoutProbe+fanoutStartupGain*src.delivered)
-				if got < want {
-					t.Fatalf("target %d, want at least %d (recent %d)", got, want, src.recent)
-				}
-			} else if st := s.steadyTarget(src); got != st {
-				t.Fatalf("target %d, want its steady target %d out of startup", got, st)
-			}
-		})
-	}
-}
-
 // An explicit chunk size makes every piece but the first a secondary's while one has room.
 func TestFanoutSchedulerStatic(t *testing.T) {
 	s := newFanoutScheduler(8<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{ChunkSize: 1 << 20, MaxInFlight: 2})
@@ -379,7 +319,7 @@ func TestFanoutSchedulerStatic(t *testing.T) {
 		got = append(got, to)
 		if to == "" {
 			s.reserved(n)
-			s.wrote(n, time.Millisecond, true, now)
+			s.wrote(n, time.Millisecond, true)
 		} else {
 			s.delegated(to, n, now)
 		}
