@@ -77,6 +77,19 @@ func fanoutDownload(t *testing.T, ms *multiSource, header, resource []byte, opts
 	return <-res
 }
 
+// checkFanoutShares fails t unless fr accounts for size bytes, from the primary and ms's
+// secondaries, with no failed delegation.
+func checkFanoutShares(t *testing.T, fr *FanoutResult, ms *multiSource, size int64) {
+	t.Helper()
+	var total int64
+	for _, id := range append([]string{""}, ms.ids...) {
+		total += fr.Bytes[id]
+	}
+	if total != size || len(fr.Failed) != 0 {
+		t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
+	}
+}
+
 func TestFanout(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -94,13 +107,7 @@ func TestFanout(t *testing.T) {
 			ms := newMultiSource(t, 2, delegationConf)
 			resource := content(0, 8<<20)
 			fr := fanoutDownload(t, ms, nil, resource, tc.opts, nil)
-			var total int64
-			for _, id := range append([]string{""}, ms.ids...) {
-				total += fr.Bytes[id]
-			}
-			if total != int64(len(resource)) || len(fr.Failed) != 0 {
-				t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
-			}
+			checkFanoutShares(t, fr, ms, int64(len(resource)))
 			for _, id := range ms.ids {
 				if tc.all && fr.Bytes[id] == 0 {
 					t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)

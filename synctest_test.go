@@ -274,13 +274,7 @@ func TestSimTransfer(t *testing.T) {
 		if fr == nil {
 			t.Fatal("Fanout failed")
 		}
-		var total int64
-		for _, id := range append([]string{""}, ms.ids...) {
-			total += fr.Bytes[id]
-		}
-		if total != int64(len(resource)) || len(fr.Failed) != 0 {
-			t.Fatalf("shares %v (sum %d), failures %v", fr.Bytes, total, fr.Failed)
-		}
+		checkFanoutShares(t, fr, ms, int64(len(resource)))
 		for _, id := range ms.ids {
 			if fr.Bytes[id] == 0 {
 				t.Errorf("secondary %s served nothing: %v", id, fr.Bytes)
