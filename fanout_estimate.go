@@ -173,6 +173,12 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	}
 	src.lastDone = maxTime(src.lastDone, now)
 	src.delivered += delivered
+	src.recents = append(src.recents, fanoutDone{bytes: delivered, end: now})
+	src.recent += delivered
+	for now.Sub(src.recents[0].end) >= lat+fanoutRound {
+		src.recent -= src.recents[0].bytes
+		src.recents = src.recents[1:]
+	}
 	var bytes int64
 	var busy time.Duration
 	span := max(2*lat, 4*fanoutRound)

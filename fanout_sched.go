@@ -36,8 +36,9 @@ import "time"
 // it; none older than ten latencies; a piece done before its latency was up counts its
 // whole time): a source kept short of work shows less than it can carry, never more. Until its first completion a secondary is assumed as fast as the
 // primary, with at most fanoutProbe outstanding; then, while its rate still grows round after
-// round (its slow start), its gain is doubled, within the probe plus four times what it
-// delivered (a slow start doubles every round trip, and its loop is two). Its latency is the least time a delegation took beyond its
+// round (its slow start), its gain is doubled, and its queue is at least four times what it
+// delivered over its last loop, within the probe plus four times all it delivered (a slow
+// start doubles every round trip, and its loop is two). Its latency is the least time a delegation took beyond its
 // transfer, starting from two round trips of the primary's path. When a piece would arrive
 // is modelled per source (arrival): a secondary serves its pieces in order, each no sooner
 // than its trip after it was given, from the arrival of the last one completed.
@@ -84,6 +85,11 @@ type fanoutSource struct {
 	roundRate float64   // the rate at its start
 	flat      int       // rounds in a row the rate did not grow by a quarter
 	delivered int64     // bytes of its completed pieces
+	// recent is what it delivered over its last loop (a latency and a round) up to its latest
+	// completion: in a slow start, what its pipe carries now, which its rate (over at least
+	// two latencies of busy time) lags.
+	recent  int64
+	recents []fanoutDone // the completions recent counts
 }
 
 // startup says whether src's rate is still growing (see fanoutSource.round).
@@ -138,10 +144,13 @@ func newFanoutScheduler(size int64, rtt time.Duration, paths []string, o *Fanout
 func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 	t := s.steadyTarget(src)
 	if src.startup() {
-		// Its first measures come from its slow start: a larger gain, never less than the
-		// probe, and, as a slow start over a loop of two round trips, not more than four
-		// times what it delivered beyond it.
+		// Its first measures come from its slow start: a larger gain, and at least four
+		// times what it delivered over its last loop (its rate, over two latencies of busy
+		// time, lags what its pipe carries now, and a pipe short of work in its slow start
+		// stops growing); never less than the probe, and, as a slow start over a loop of two
+		// round trips, not more than four times all it delivered beyond it.
 		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
+		t = max(t, fanoutStartupGain*src.recent)
 		t = min(max(t, fanoutProbe), fanoutProbe+fanoutStartupGain*src.delivered)
 	}
 	return max(t, fanoutMinChunk)

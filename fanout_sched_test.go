@@ -309,6 +309,66 @@ func TestFanoutSchedulerDuplicate(t *testing.T) {
 	}
 }
 
+// In its slow start a secondary's rate (over two latencies of busy time) lags what its pipe
+// carries now: its target follows what it delivered over its last loop (a latency and a
+// round), four times, within the probe and four times all it delivered; out of its startup,
+// its measured rate alone counts.
+func TestFanoutSchedulerStartupRecent(t *testing.T) {
+	const rtt = 80 * time.Millisecond
+	s := newFanoutScheduler(64<<20, rtt, []string{"a"}, &FanoutOptions{})
+	src := s.source("a")
+	start := time.Unix(0, 0)
+	const piece = 128 << 10
+	src.lat = 2 * rtt
+	for range 64 {
+		s.delegated("a", piece, start)
+	}
+	// A slow start: completions come ever faster (their gap halves every eight, from 40 ms to
+	// 5 ms).
+	now := start.Add(2 * rtt)
+	var ends []time.Time
+	for done := range int64(48) {
+		now = now.Add(max(40*time.Millisecond>>(done/8), 5*time.Millisecond))
+		s.resolved("a", done*piece, piece, false, now)
+		ends = append(ends, now)
+	}
+	if !src.startup() {
+		t.Fatalf("not in startup (rate %.1f Mbit/s, flat %d)", src.rate/mbit, src.flat)
+	}
+	lat := s.latOf(src)
+	var want int64 // the completions of the last latency and round
+	for _, end := range ends {
+		if now.Sub(end) < lat+fanoutRound {
+			want += piece
+		}
+	}
+	if src.recent != want || want == 0 {
+		t.Fatalf("recent %d, want %d delivered over the last %v", src.recent, want, lat+fanoutRound)
+	}
+	// The target, in its startup: four times recent, or the rate's, within the probe and four
+	// times all it delivered; out of it, the steady target.
+	src.lat, src.samples = 2*rtt, []fanoutSample{{10e6, now}}
+	byRate := int64(fanoutStartupGain * 10e6 * (2*rtt + fanoutRound).Seconds()) // 8.4 MB
+	for _, tc := range []struct {
+		recent, delivered int64
+		flat              int
+		want              int64
+	}{
+		{recent: 3e6, delivered: 4e6, want: 12e6},                                // four times recent
+		{recent: 1e6, delivered: 4e6, want: byRate},                              // the rate's
+		{recent: 3e6, delivered: 2e6, want: fanoutProbe + fanoutStartupGain*2e6}, // all it delivered
+		{recent: 3e6, delivered: 4e6, flat: fanoutStartupRounds, want: -1},       // the steady target
+	} {
+		src.rate, src.recent, src.delivered, src.flat = 10e6, tc.recent, tc.delivered, tc.flat
+		if tc.want < 0 {
+			tc.want = s.steadyTarget(src)
+		}
+		if got := s.targetOf(src); got != tc.want {
+			t.Errorf("recent %d, delivered %d, flat %d: target %d, want %d", tc.recent, tc.delivered, tc.flat, got, tc.want)
+		}
+	}
+}
+
 // An explicit chunk size makes every piece but the first a secondary's while one has room.
 func TestFanoutSchedulerStatic(t *testing.T) {
 	s := newFanoutScheduler(8<<20, 10*time.Millisecond, []string{"a"}, &FanoutOptions{ChunkSize: 1 << 20, MaxInFlight: 2})
