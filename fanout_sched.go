@@ -300,7 +300,9 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 		return s.rescue(now)
 	}
 	var best *fanoutPiece
-	var bestLate time.Duration
+	var bestGain time.Duration
+	var bestN int64
+	own := s.ownRate()
 	for _, src := range s.secs {
 		if len(src.pieces) == 0 {
 			continue
@@ -311,14 +313,36 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			// over that time, whatever the primary's rate suggested.
 			rate = min(rate, float64(src.pieces[0].n)/waited.Seconds())
 		}
+		// A source behind its model (its first piece overdue) may be slower than its rate
+		// says: only a whole piece is sent again then, whose arrival does not depend on it.
+		whole := s.behind(src, now, rate)
 		for i, arrival := range s.arrivals(src, now, rate) {
 			p := &src.pieces[i]
-			if p.dup || s.dupBytes+p.n > s.size/8 {
+			if p.dup {
 				continue
 			}
-			mine := now.Add(dur(s.ownQueued+p.n, s.ownRate()) + s.rtt/2)
-			if late := arrival.Sub(mine); late > 0 && (best == nil || late > bestLate) {
-				best, bestLate = p, late
+			// The primary sends the piece's last k bytes again (the secondary sends its piece
+			// in order: those come last), k such that both halves arrive together, in whole
+			// 64 KiB blocks of the piece; the piece is then complete when the later half is.
+			slack := arrival.Sub(now) - dur(s.ownQueued, own) - s.rtt/2
+			if slack <= 0 {
+				continue
+			}
+			k := int64(slack.Seconds() / (1/rate + 1/own))
+			k = p.n - max(p.n-k, 0)/fanoutMinChunk*fanoutMinChunk
+			if whole {
+				k = p.n
+			}
+			if s.dupBytes+k > s.size/8 {
+				continue
+			}
+			mine := now.Add(dur(s.ownQueued+k, own) + s.rtt/2)
+			done := maxTime(arrival.Add(-dur(k, rate)), minTime(arrival, mine))
+			if k == p.n {
+				done = minTime(arrival, mine) // all of it from whichever comes first
+			}
+			if gain := arrival.Sub(done); gain > 0 && (best == nil || gain > bestGain) {
+				best, bestGain, bestN = p, gain, k
 			}
 		}
 	}
@@ -326,9 +350,31 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 		return 0, 0, false
 	}
 	best.dup = true
-	s.dupQueued += best.n
-	s.dupBytes += best.n
-	return best.off, best.n, true
+	s.dupQueued += bestN
+	s.dupBytes += bestN
+	return best.off + best.n - bestN, bestN, true
+}
+
+// behind says whether src's first outstanding piece, at rate, should have reached the
+// client more than a round (and half a round trip, for its notice) ago.
+func (s *fanoutScheduler) behind(src *fanoutSource, now time.Time, rate float64) bool {
+	if len(src.pieces) == 0 {
+		return false
+	}
+	var t time.Time
+	if !src.lastDone.IsZero() {
+		t = src.lastDone.Add(-s.rtt / 2)
+	}
+	p := src.pieces[0]
+	due := maxTime(t, p.at.Add(s.tripOf(src))).Add(dur(p.n, rate))
+	return now.After(due.Add(s.rtt/2 + fanoutRound))
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // rescue picks, while the transfer is under way, the lowest piece a secondary owes that it

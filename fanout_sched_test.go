@@ -27,10 +27,12 @@ type fanoutSim struct {
 	first  int64               // the primary's first piece
 	pieces map[int64]time.Time // a secondary's piece's arrival, by offset
 	sizes  map[int64]int64     // every piece's length, by offset
-	own    map[int64]time.Time // the primary's pieces' arrival, by offset
-	dups   int64               // bytes the primary sent again
-	fail   map[string]bool     // secondaries whose next delegation fails at once
-	trace  bool
+	// srcRate is the rate of the secondary that serves a piece, by offset.
+	srcRate map[int64]float64
+	own     map[int64]time.Time // the primary's pieces' arrival, by offset
+	dups    int64               // bytes the primary sent again
+	fail    map[string]bool     // secondaries whose next delegation fails at once
+	trace   bool
 }
 
 // simSource is a secondary in the simulation.
@@ -52,7 +54,7 @@ func newFanoutSim(t *testing.T, size int64, rtt time.Duration, rates []float64, 
 	start := time.Unix(1000, 0)
 	sim := &fanoutSim{t: t, now: start, rtt: rtt, rate: rates[0], busy: start, end: start,
 		srcs: map[string]*simSource{}, shares: map[string]int64{}, pieces: map[int64]time.Time{},
-		sizes: map[int64]int64{}, own: map[int64]time.Time{}}
+		sizes: map[int64]int64{}, own: map[int64]time.Time{}, srcRate: map[int64]float64{}}
 	paths := make([]string, len(rates)-1)
 	for i := range paths {
 		paths[i] = string(rune('a' + i))
@@ -80,10 +82,24 @@ func (sim *fanoutSim) run() time.Duration {
 			continue
 		case n == 0:
 			if off, n, ok := s.duplicate(sim.now); ok {
-				// The primary sends the piece again: the first copy counts.
+				// The primary sends the piece, or its last n bytes, again: the first copy of
+				// each byte counts, and the piece is complete when its later part is.
 				sim.dups += n
 				sim.busy = maxTime(sim.busy, sim.now).Add(dur(n, sim.rate))
-				sim.pieces[off] = minTime(sim.pieces[off], sim.busy.Add(sim.rtt/2))
+				start := off
+				for k := range sim.pieces {
+					if k <= off && off < k+sim.sizes[k] {
+						start = k
+					}
+				}
+				if end := start + sim.sizes[start]; off+n != end {
+					sim.t.Fatalf("sent again [%d, %d), not the end of piece [%d, %d)", off, off+n, start, end)
+				}
+				orig, mine := sim.pieces[start], sim.busy.Add(sim.rtt/2)
+				sim.pieces[start] = minTime(orig, mine)
+				if off > start { // its first bytes still come from the secondary
+					sim.pieces[start] = maxTime(orig.Add(-dur(n, sim.srcRate[start])), minTime(orig, mine))
+				}
 				sim.events = append(sim.events, simEvent{at: sim.busy, off: off, n: n, dup: true})
 				continue
 			}
@@ -122,6 +138,7 @@ func (sim *fanoutSim) run() time.Duration {
 		src.busy = maxTime(sim.now.Add(src.lat/2), src.busy).Add(dur(n, src.rate))
 		sim.pieces[off] = src.busy
 		sim.sizes[off] = n
+		sim.srcRate[off] = src.rate
 		sim.events = append(sim.events, simEvent{at: src.busy.Add(src.lat / 2), path: to, off: off, n: n})
 	}
 }
@@ -389,13 +406,6 @@ func TestFanoutSchedulerStatic(t *testing.T) {
 	}
 }
 
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
 func equalStrings(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
@@ -406,4 +416,52 @@ func equalStrings(a, b []string) bool {
 		}
 	}
 	return true
+}
+
+// At the end, the primary, idle, sends again the last part of a secondary's piece, as much as
+// makes both parts arrive together, in whole 64 KiB blocks of the piece (the secondary sends
+// its piece in order, so its last bytes come last); a secondary behind its model may be slower
+// than its rate says, and has its whole piece sent again.
+func TestFanoutSchedulerDuplicateSuffix(t *testing.T) {
+	const rtt = 20 * time.Millisecond
+	for _, tc := range []struct {
+		name   string
+		given  time.Duration // how long ago its pieces were given
+		pieces int64         // the secondary's, the last one's end the resource's
+		rate   float64       // the secondary's measured rate
+		whole  bool
+	}{
+		{"on time", 10 * time.Millisecond, 1, 50 * mbit, false},
+		{"behind", 2 * time.Second, 2, 5 * mbit, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const size, piece = 8 << 20, 1 << 20
+			s := newFanoutScheduler(size, rtt, []string{"a"}, &FanoutOptions{})
+			now := time.Unix(10, 0)
+			s.pathRate = 50 * mbit
+			s.off = size - tc.pieces*piece
+			for range tc.pieces {
+				s.delegated("a", piece, now.Add(-tc.given))
+			}
+			src := s.source("a")
+			src.rate, src.samples, src.lat = tc.rate, []fanoutSample{{tc.rate, now}}, 2*rtt
+			off, n, ok := s.duplicate(now)
+			if !ok {
+				t.Fatal("nothing sent again")
+			}
+			start := int64(size - piece)
+			if off+n != start+piece || (off-start)%fanoutMinChunk != 0 {
+				t.Fatalf("sent again [%d, %d) of the piece [%d, %d): not a suffix in whole blocks", off, off+n, start, start+piece)
+			}
+			if whole := off == start; whole != tc.whole {
+				t.Fatalf("sent again %d bytes of %d, want whole %v", n, piece, tc.whole)
+			}
+			if !tc.whole && (n < piece/4 || n > 3*piece/4) {
+				t.Fatalf("sent again %d bytes of %d: the primary and the secondary, equally fast, should share it", n, piece)
+			}
+			if _, _, again := s.duplicate(now); again {
+				t.Fatal("a piece sent again twice")
+			}
+		})
+	}
 }
