@@ -696,7 +696,10 @@ func TestSecondaryFloodBounded(t *testing.T) {
 	conf := secondaryOnlyConf()
 	conf.HeartbeatInterval, conf.PathTimeout = 100*time.Millisecond, 5*time.Second
 	ln := listen(t, conf)
-	honestConf := &Config{StreamReceiveWindow: 2 << 20, HeartbeatInterval: 100 * time.Millisecond, PathTimeout: 5 * time.Second}
+	// The honest delegations' progress deadline is far from loopback's (1 s by default): on a
+	// starved machine one failed, which is not what this test measures.
+	honestConf := &Config{StreamReceiveWindow: 2 << 20, HeartbeatInterval: 100 * time.Millisecond, PathTimeout: 5 * time.Second,
+		DelegationProgressTimeout: 10 * time.Second}
 	pconf := *honestConf
 	pconf.JoinKey = testJoinKey
 	p := newPair(t, honestConf, &pconf)
@@ -871,7 +874,12 @@ func TestJoinFailureRevealsNothing(t *testing.T) {
 // Delegations made at once on several streams reach a secondary in the order of their IDs,
 // which it requires (a replay check): none is taken for a replay and the path stays up.
 func TestConcurrentDelegationsInIDOrder(t *testing.T) {
-	ms := newMultiSource(t, 1, delegationConf)
+	// Deadlines far from loopback's round trips: on a starved machine (two test suites at once
+	// on two cores) a second without progress failed a delegation or the path, which is the
+	// deadlines' job, not this test's subject (that none is refused for its order).
+	conf := *delegationConf
+	conf.PathTimeout, conf.DelegationProgressTimeout = 5*time.Second, 10*time.Second
+	ms := newMultiSource(t, 1, &conf)
 	const streams, size, chunk = 4, 1 << 20, 16 << 10
 	ctx := testContext(t)
 	var wg sync.WaitGroup
