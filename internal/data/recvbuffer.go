@@ -1,6 +1,7 @@
 package data
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"sync"
@@ -106,15 +107,7 @@ func (b *RecvBuffer) blockFor(idx uint64) *block {
 	if last := live[len(live)-1]; last.idx == idx {
 		return last.b
 	}
-	i, found := slices.BinarySearchFunc(live, idx, func(r blockRef, idx uint64) int {
-		switch {
-		case r.idx < idx:
-			return -1
-		case r.idx > idx:
-			return 1
-		}
-		return 0
-	})
+	i, found := slices.BinarySearchFunc(live, idx, compareBlock)
 	if found {
 		return live[i].b
 	}
@@ -242,15 +235,7 @@ func (b *RecvBuffer) Peek(off, end uint64, fn func([]byte)) bool {
 		return false
 	}
 	live := b.blocks[b.head:]
-	i, _ := slices.BinarySearchFunc(live, off/blockSize, func(r blockRef, idx uint64) int {
-		switch {
-		case r.idx < idx:
-			return -1
-		case r.idx > idx:
-			return 1
-		}
-		return 0
-	})
+	i, _ := slices.BinarySearchFunc(live, off/blockSize, compareBlock)
 	// Received bytes have their blocks, consecutive from the one holding off.
 	for ; off < end; i++ {
 		from := off % blockSize
@@ -303,3 +288,7 @@ func blockEnd(idx uint64) uint64 {
 	}
 	return (idx + 1) * blockSize
 }
+
+// compareBlock orders a block reference against a block index, for binary searches of
+// RecvBuffer.blocks.
+func compareBlock(r blockRef, idx uint64) int { return cmp.Compare(r.idx, idx) }
