@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"net"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/jointoken"
@@ -48,13 +49,39 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 }
 
 // quicNet is how KWIK opens its QUIC connections (Dial, and a client's joins of secondaries)
-// and listeners (Listen): quic-go's DialAddr and ListenAddr, on real UDP sockets. Tests of the
+// and listeners (Listen): quic-go's DialAddr, and listenUDP, on real UDP sockets. Tests of the
 // package swap it, for the length of one test, to run sessions over an in-memory network under
-// testing/synctest (synctest_test.go); nothing else changes it.
+// testing/synctest (synctest_test.go); nothing else changes it. listen also returns what
+// closes the listener's transport and socket, once the Listener and every connection it
+// accepted have closed (Listener.Close).
 var quicNet = struct {
 	dial   func(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error)
-	listen func(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, error)
-}{dial: quic.DialAddr, listen: quic.ListenAddr}
+	listen func(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, func() error, error)
+}{dial: quic.DialAddr, listen: listenUDP}
+
+// listenUDP listens on a UDP socket of its own through a quic.Transport that KWIK closes
+// itself. quic-go's ListenAddr closes the transport it made once the listener has closed and
+// its connections' IDs are all gone, but one way an ID goes (retired, not expired) does not
+// check, and the socket and two goroutines then outlive everything (seen once in the test
+// suite's leak check).
+func listenUDP(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, func() error, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	udp, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		return nil, nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	closeAll := func() error { return errors.Join(tr.Close(), udp.Close()) }
+	ln, err := tr.Listen(tlsConf, conf)
+	if err != nil {
+		closeAll()
+		return nil, nil, err
+	}
+	return ln, closeAll, nil
+}
 
 // DialAddr is Dial under quic-go's name, so that porting code is a change of import.
 func DialAddr(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {

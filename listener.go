@@ -36,6 +36,16 @@ type Listener struct {
 	done   chan struct{} // closed by Close once no handshake can queue a session any more
 	queue  chan *session
 	joins  *joinGuard // join tokens and delegations taken, per session and path
+
+	// The transport and socket under ql, closed once the Listener has closed and the last
+	// connection it accepted has ended (accepted sessions outlive Close, as with quic-go).
+	closeTransport func() error
+	conns          struct {
+		sync.Mutex
+		open   int  // accepted connections not yet ended
+		closed bool // Close has run: no connection will be accepted any more
+		done   bool // closeTransport was called
+	}
 }
 
 // Listen listens for KWIK sessions on the UDP address addr. conf may be nil.
@@ -48,11 +58,12 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 	if err != nil {
 		return nil, err
 	}
-	ql, err := quicNet.listen(addr, tc, c.QUIC)
+	ql, closeTransport, err := quicNet.listen(addr, tc, c.QUIC)
 	if err != nil {
 		return nil, err
 	}
-	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), joins: newJoinGuard()}
+	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), joins: newJoinGuard(),
+		closeTransport: closeTransport}
 	l.joins.self = ql.Addr().String()
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
@@ -67,6 +78,10 @@ func (l *Listener) acceptLoop() {
 		if err != nil {
 			return
 		}
+		l.conns.Lock()
+		l.conns.open++
+		l.conns.Unlock()
+		context.AfterFunc(conn.Context(), func() { l.connEnded(-1) })
 		l.wg.Add(1)
 		go l.handshake(conn)
 	}
@@ -132,8 +147,27 @@ func (l *Listener) Close() error {
 		err = l.ql.Close()
 		l.wg.Wait()
 		close(l.done)
+		l.connEnded(0)
 	})
 	return err
+}
+
+// connEnded records that delta accepted connections ended (0: that Close has run) and closes
+// the transport once the Listener has closed and no connection it accepted is open.
+func (l *Listener) connEnded(delta int) {
+	l.conns.Lock()
+	l.conns.open += delta
+	if delta == 0 {
+		l.conns.closed = true
+	}
+	last := l.conns.closed && l.conns.open == 0 && !l.conns.done
+	if last {
+		l.conns.done = true
+	}
+	l.conns.Unlock()
+	if last && l.closeTransport != nil {
+		l.closeTransport()
+	}
 }
 
 // ListenAddr is Listen under quic-go's name, so that porting code is a change of import.

@@ -101,12 +101,13 @@ func newSimWorld(t *testing.T, lat ...time.Duration) *simWorld {
 		}
 		return w.client.Dial(ctx, a, tc, qc)
 	}
-	quicNet.listen = func(addr string, tc *tls.Config, qc *quic.Config) (*quic.Listener, error) {
+	quicNet.listen = func(addr string, tc *tls.Config, qc *quic.Config) (*quic.Listener, func() error, error) {
 		tr, ok := w.trs[addr]
 		if !ok {
-			return nil, fmt.Errorf("simnet: no server at %s", addr)
+			return nil, nil, fmt.Errorf("simnet: no server at %s", addr)
 		}
-		return tr.Listen(tc, qc)
+		ln, err := tr.Listen(tc, qc)
+		return ln, nil, err // the test closes its transports
 	}
 	// Registered first, so run last: after the sessions and listeners have closed.
 	t.Cleanup(func() {
