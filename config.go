@@ -61,8 +61,10 @@ type Config struct {
 	// it does not grow while the reader waits at a gap with half the window buffered above
 	// it. A stream that a secondary starts filling (a range delegated to it) gets its whole
 	// window at once: its reader then waits at the gaps of the slowest source, and the window
-	// holds what the others send meanwhile. 0 means 16 MiB: enough
-	// for several servers at 100 Mbit/s each, 100 ms away; at most 1 GiB.
+	// holds what the others send meanwhile. 0 means 32 MiB: what three servers of 50 Mbit/s
+	// each, 100 ms away, send while one of them recovers a loss (16 MiB ran out there: the
+	// reader held at that gap, every sender stopped, then burst and lost hundreds of packets);
+	// at most 1 GiB.
 	StreamReceiveWindow int
 
 	// MaxSessionReceiveWindow bounds the receive credit of all the session's logical streams
@@ -73,8 +75,8 @@ type Config struct {
 	// memory of a session is thus at most MaxSessionReceiveWindow plus the initial windows of
 	// its open streams (SessionStats.PeakReceiveBuffered reports what it held). As with QUIC's
 	// connection flow control, an application that leaves streams unread while the budget
-	// lasts can stall the others. 0 means the larger of 32 MiB and 2 StreamReceiveWindows; it
-	// must be at least StreamReceiveWindow.
+	// lasts can stall the others. 0 means the larger of 32 MiB and 2 StreamReceiveWindows (64
+	// MiB by default); it must be at least StreamReceiveWindow.
 	MaxSessionReceiveWindow int
 
 	// MaxMessageSize is the largest message (control frame or data packet, length prefix
@@ -235,7 +237,7 @@ const (
 	defaultStreamsPerRealStream = 4
 	defaultMaxRealStreams       = 64
 	defaultMaxIncomingStreams   = 100
-	defaultStreamReceiveWindow  = 16 << 20
+	defaultStreamReceiveWindow  = 32 << 20
 	defaultSessionReceiveWindow = 32 << 20
 	minInitialStreamWindow      = 512 << 10 // quic-go's initial stream window
 	defaultMaxMessageSize       = 64 << 10

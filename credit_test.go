@@ -94,7 +94,8 @@ func TestSessionReceiveWindowConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.StreamReceiveWindow != 16<<20 || c.MaxSessionReceiveWindow != 32<<20 || c.initialStreamWindow() != 512<<10 {
+	// The session's budget over the stream limit: 64 MiB / 100.
+	if c.StreamReceiveWindow != 32<<20 || c.MaxSessionReceiveWindow != 64<<20 || c.initialStreamWindow() != 64<<20/100 {
 		t.Fatalf("defaults: %d, initial window %d", c.MaxSessionReceiveWindow, c.initialStreamWindow())
 	}
 	if c, _ := (&Config{MaxSessionReceiveWindow: 128 << 20, MaxIncomingStreams: 64}).populate(); c.initialStreamWindow() != 2<<20 {

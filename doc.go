@@ -27,8 +27,8 @@
 // window of memory and stalls only its own senders, never the other logical streams that share
 // its real stream. Windows tune themselves as quic-go's do: a stream starts small and doubles
 // its window while the application reads it fast for the round trips of the paths delivering
-// to it (weighted by what each delivered), up to Config.StreamReceiveWindow (16 MiB); all the
-// session's streams together stay within Config.MaxSessionReceiveWindow (32 MiB) plus their
+// to it (weighted by what each delivered), up to Config.StreamReceiveWindow (32 MiB); all the
+// session's streams together stay within Config.MaxSessionReceiveWindow (64 MiB) plus their
 // small initial windows. The defaults fill several 100 Mbit/s paths 100 ms away. Opening a
 // stream costs no round trip. Unidirectional streams (OpenUniStream, AcceptUniStream) and
 // datagrams (SendDatagram, ReceiveDatagram, on the primary path when QUIC.EnableDatagrams is
