@@ -37,14 +37,15 @@ import "time"
 // acknowledged over four round trips), or what its writes achieved. A secondary's rate is the
 // best of its recent delivery rates (each completion over the time its pipe was busy with
 // it; none older than ten latencies; a piece done before its latency was up counts its
-// whole time): a source kept short of work shows less than it can carry, never more. Until its first completion a secondary is assumed as fast as the
-// primary, with at most fanoutProbe outstanding; then, while its rate still grows round after
-// round (its slow start), its gain is doubled, and its queue is at least four times what it
-// delivered over its last loop, within the probe plus four times all it delivered (a slow
-// start doubles every round trip, and its loop is two). Its latency is the least time a delegation took beyond its
-// transfer, starting from two round trips of the primary's path. When a piece would arrive
-// is modelled per source (arrival): a secondary serves its pieces in order, each no sooner
-// than its trip after it was given, from the arrival of the last one completed.
+// whole time): a source kept short of work shows less than it can carry, never more. Until
+// its first completion a secondary is assumed as fast as the primary, with at most
+// fanoutProbe outstanding; then, while its rate still grows round after round (its slow
+// start), its gain is doubled, and its queue is at least four times what it delivered over
+// its last loop, within the probe plus four times all it delivered (a slow start doubles
+// every round trip, and its loop is two). Its latency is the least time a delegation took
+// beyond its transfer, starting from two round trips of the primary's path. When a piece
+// would arrive is modelled per source (arrival): a secondary serves its pieces in order, each
+// no sooner than its trip after it was given, from the arrival of the last one completed.
 type fanoutScheduler struct {
 	size  int64 // bytes to serve
 	off   int64 // next byte to assign
@@ -371,13 +372,6 @@ func (s *fanoutScheduler) behind(src *fanoutSource, now time.Time, rate float64)
 	p := src.pieces[0]
 	due := maxTime(t, p.at.Add(s.tripOf(src))).Add(dur(p.n, rate))
 	return now.After(due.Add(s.rtt/2 + fanoutRound))
-}
-
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // rescue picks, while the transfer is under way, the lowest piece a secondary owes that it
