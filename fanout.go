@@ -110,6 +110,11 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		ks.send.mu.Unlock()
 	}
 	sched := newFanoutScheduler(size, rtt, paths, &o)
+	var memo *fanoutMemory
+	if ks != nil && ks.path.sess != nil && o.ChunkSize == 0 {
+		memo = &ks.path.sess.fanoutMemo
+		sched.recall(memo.load(), time.Now())
+	}
 	res := &FanoutResult{Bytes: map[string]int64{}}
 	var (
 		mu       sync.Mutex // guards res and firstErr from the watchers
@@ -362,6 +367,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	if err == nil {
 		err = failed()
+	}
+	if memo != nil {
+		memo.store(sched.measured(time.Now()))
 	}
 	return res, err
 }

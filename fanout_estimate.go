@@ -1,7 +1,9 @@
 package kwik
 
 import (
+	"maps"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -41,6 +43,75 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 	s.pathMark = fanoutMark{now, bytes}
 	rates := slices.Sorted(slices.Values(s.pathRates))
 	s.pathRate = rates[len(rates)/2]
+}
+
+// fanoutRecall is what a Fanout measured of a path, for the session's next ones: a session
+// that serves one large resource after another (kwikhttp) starts each on its paths' known
+// pace, not from a probe and a startup.
+type fanoutRecall struct {
+	rate, expect float64       // the best and the median recent delivery rates; the primary's path: its rate
+	lat          time.Duration // a secondary's delegation latency
+	startup      bool          // the rate was still growing
+	at           time.Time
+}
+
+// fanoutRecallAge is how long what a Fanout measured counts for the next ones.
+const fanoutRecallAge = 30 * time.Second
+
+// fanoutMemory holds, for a session, what its Fanouts measured, by path ("": the primary's).
+type fanoutMemory struct {
+	mu    sync.Mutex
+	paths map[string]fanoutRecall
+}
+
+func (m *fanoutMemory) load() map[string]fanoutRecall {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.paths)
+}
+
+func (m *fanoutMemory) store(r map[string]fanoutRecall) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.paths == nil {
+		m.paths = make(map[string]fanoutRecall)
+	}
+	maps.Copy(m.paths, r)
+}
+
+// measured is what s measured of each path that carried enough to be measured.
+func (s *fanoutScheduler) measured(now time.Time) map[string]fanoutRecall {
+	m := make(map[string]fanoutRecall)
+	if s.pathRate > 0 {
+		m[""] = fanoutRecall{rate: s.pathRate, expect: s.pathRate, at: now}
+	}
+	for _, src := range s.secs {
+		if !src.dead && src.rate > 0 {
+			m[src.path] = fanoutRecall{rate: src.rate, expect: src.expect, lat: src.lat, startup: src.startup(), at: now}
+		}
+	}
+	return m
+}
+
+// recall starts s from what earlier Fanouts of the session measured, no older than
+// fanoutRecallAge: a recalled rate counts as a sample taken now, and ages out as one.
+func (s *fanoutScheduler) recall(m map[string]fanoutRecall, now time.Time) {
+	if r, ok := m[""]; ok && now.Sub(r.at) < fanoutRecallAge && r.rate > 0 {
+		s.pathRate = r.rate
+		s.pathRates = []float64{r.rate}
+	}
+	for _, src := range s.secs {
+		r, ok := m[src.path]
+		if !ok || src.dead || now.Sub(r.at) >= fanoutRecallAge || r.rate <= 0 || r.lat <= 0 {
+			continue
+		}
+		src.rate, src.expect, src.lat = r.rate, r.expect, r.lat
+		src.samples = []fanoutSample{{r.rate, now}}
+		src.round, src.roundRate = now, r.rate
+		if !r.startup {
+			src.flat = fanoutStartupRounds
+		}
+	}
 }
 
 // fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
@@ -198,9 +269,13 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		src.samples = src.samples[1:]
 	}
 	src.rate = 0
+	rates := make([]float64, 0, len(src.samples))
 	for _, r := range src.samples {
 		src.rate = max(src.rate, r.rate)
+		rates = append(rates, r.rate)
 	}
+	slices.Sort(rates)
+	src.expect = rates[len(rates)/2]
 	if src.round.IsZero() {
 		src.round, src.roundRate = now, src.rate
 	} else if now.Sub(src.round) >= lat {

@@ -465,3 +465,49 @@ func TestFanoutSchedulerDuplicateSuffix(t *testing.T) {
 		})
 	}
 }
+
+// A session's next Fanout starts from what the last one measured: its secondaries' rates
+// and latencies, out of their startup (large pieces at once, no probe), and the primary's
+// path rate; measures older than fanoutRecallAge, a secondary that died or carried too little
+// to be measured, and a path not in the new Fanout count for nothing.
+func TestFanoutSchedulerRecall(t *testing.T) {
+	const rtt = 80 * time.Millisecond
+	start := time.Unix(0, 0)
+	first := newFanoutScheduler(64<<20, rtt, []string{"a", "b", "c"}, &FanoutOptions{})
+	first.pathRate = 6e6
+	a := first.source("a")
+	a.rate, a.expect, a.lat = 6.5e6, 6e6, 2*rtt
+	a.flat = fanoutStartupRounds
+	b := first.source("b")
+	b.rate, b.lat, b.dead = 6e6, 2*rtt, true // died
+	// c: never measured
+	end := start.Add(3 * time.Second)
+	m := first.measured(end)
+	if len(m) != 2 || m[""].rate != 6e6 || m["a"].rate != 6.5e6 || m["a"].expect != 6e6 || m["a"].startup {
+		t.Fatalf("measured %+v", m)
+	}
+
+	next := newFanoutScheduler(64<<20, rtt, []string{"a", "c", "d"}, &FanoutOptions{})
+	next.recall(m, end.Add(time.Second))
+	if next.ownRate() != 6e6 {
+		t.Errorf("primary's rate %.0f, want the recalled 6e6", next.ownRate())
+	}
+	na := next.source("a")
+	if na.rate != 6.5e6 || na.lat != 2*rtt || na.startup() {
+		t.Fatalf("a: rate %.0f lat %v startup %v, want the recalled ones out of startup", na.rate, na.lat, na.startup())
+	}
+	if got, want := next.chunkFor(na), min(next.steadyTarget(na)/8, fanoutMaxChunk)&^(16<<10-1); got != want || got <= fanoutMinChunk {
+		t.Errorf("a's first piece %d, want %d (an eighth of its steady target)", got, want)
+	}
+	for _, p := range []string{"c", "d"} {
+		if src := next.source(p); src.rate != 0 || next.chunkFor(src) != fanoutMinChunk {
+			t.Errorf("%s: rate %.0f, piece %d: want unmeasured", p, src.rate, next.chunkFor(src))
+		}
+	}
+
+	stale := newFanoutScheduler(64<<20, rtt, []string{"a"}, &FanoutOptions{})
+	stale.recall(m, end.Add(fanoutRecallAge))
+	if stale.source("a").rate != 0 || stale.pathRate != 0 {
+		t.Errorf("a measure %v old was recalled", fanoutRecallAge)
+	}
+}

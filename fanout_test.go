@@ -176,3 +176,32 @@ func TestFanoutSlowSecondaryTail(t *testing.T) {
 		}
 	}
 }
+
+// A session's next Fanout starts from what its last one measured of each secondary that
+// served (fanoutMemory), and the resource still arrives intact.
+func TestFanoutRecallsAcrossCalls(t *testing.T) {
+	ms := newMultiSource(t, 2, delegationConf)
+	resource := content(0, 16<<20)
+	fr := fanoutDownload(t, ms, nil, resource, nil, nil)
+	checkFanoutShares(t, fr, ms, int64(len(resource)))
+	first := ms.p.server.fanoutMemo.load()
+	served := 0
+	for _, id := range ms.ids {
+		if fr.Bytes[id] > 0 {
+			served++
+			if r, ok := first[id]; !ok || r.rate <= 0 {
+				t.Errorf("secondary %s served %d bytes, recalled %+v", id, fr.Bytes[id], r)
+			}
+		}
+	}
+	if served == 0 {
+		t.Fatalf("no secondary served (%v): nothing to recall", fr.Bytes)
+	}
+	fr = fanoutDownload(t, ms, []byte("second"), resource, nil, nil)
+	checkFanoutShares(t, fr, ms, int64(len(resource)))
+	for id, r := range ms.p.server.fanoutMemo.load() {
+		if !r.at.After(first[id].at) && fr.Bytes[id] > 0 {
+			t.Errorf("path %q: the second Fanout's measure was not kept (%v, first %v)", id, r.at, first[id].at)
+		}
+	}
+}

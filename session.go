@@ -57,6 +57,8 @@ type session struct {
 
 	credit sessionCredit // receive credit of all the streams together
 
+	fanoutMemo fanoutMemory // primary: what the session's last Fanouts measured of its paths
+
 	delegs       primaryDelegations   // primary: delegations awaiting the client's verdict
 	clientDelegs clientDelegations    // client: reservations by delegation ID
 	secondary    secondaryDelegations // secondary: delegations as streams

@@ -299,6 +299,10 @@ func benchHTTP(ctx context.Context, o benchOptions) ([]benchRow, error) {
 			kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.Stripe), ratio: r.Stripe.Seconds() / r.KWIK.Seconds(),
 			setup: fmt.Sprintf("quic-go column: striping, an http3 server behind each of the %d links, a Range GET of 1/%d of the object from each at once",
 				len(conf.Rates), len(conf.Rates)),
+		}, benchRow{
+			scenario: "http:" + conf.Name() + ":striping:first", unit: "Mbit/s",
+			kwik: mbps(conf.Size, r.First.KWIK), quic: mbps(conf.Size, r.First.Stripe), ratio: r.First.Stripe.Seconds() / r.First.KWIK.Seconds(),
+			setup: "the first download each way, untimed above: fresh clients (handshakes, KWIK's secondaries joining), congestion windows at their start",
 		})
 	}
 	return rows, nil
@@ -321,3 +325,6 @@ func runWAN(ctx context.Context, conf compare.WANConfig, n int) (compare.WANResu
 	defer w.Close()
 	return w.Run(ctx, n)
 }
+
+// mbps is the rate of size bytes in t, in Mbit/s.
+func mbps(size int64, t time.Duration) float64 { return float64(size) * 8 / t.Seconds() / 1e6 }

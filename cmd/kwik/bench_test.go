@@ -35,11 +35,11 @@ func TestBenchWAN(t *testing.T) {
 	})
 }
 
-// The http scenario, shrunk to one delay and 2 MiB, prints a row against http3 and one against
-// striping.
+// The http scenario, shrunk to one delay and 2 MiB, prints a row against http3, one against
+// striping, and one against striping for the first download each way.
 func TestBenchHTTP(t *testing.T) {
 	runBenchRows(t, []string{"--scenarios", "http", "--http-delays", "2ms", "--http-size", "2"}, []string{
-		"http:3x50/2ms", "http:3x50/2ms:striping",
+		"http:3x50/2ms", "http:3x50/2ms:striping", "http:3x50/2ms:striping:first",
 	})
 }
 

@@ -54,9 +54,14 @@ func HTTPSweep(delays []time.Duration) []HTTPConfig {
 //   - kwikhttp: a kwikhttp primary with the others as its secondaries, and one GET through an
 //     http.Client with kwikhttp.Transport; the primary fans the body out.
 //
-// Every client is warmed up with a 1 MiB Range request, untimed: connections are open (and
-// KWIK's secondaries joined) before the first timed download, as a long-lived client's are.
-// Each download is timed from the request to the body's last byte. Its methods must not run
+// NewHTTP downloads the object once each way (HTTPResult.First): fresh clients, so that
+// download opens the connections (quic-go's handshakes; KWIK's, and its secondaries' joins
+// at the first large response) and starts every congestion window from its initial size. The
+// timed downloads of Run follow on the same clients, as a long-lived client's: every
+// connection and path has carried its share of one download (the same for all three ways;
+// a warm-up of a Range request each would leave KWIK's secondaries, which join at the first
+// large response and then carry its pieces, colder than the striping connections). Each
+// download is timed from the request to the body's last byte. Its methods must not run
 // concurrently.
 type HTTP struct {
 	conf     HTTPConfig
@@ -70,6 +75,7 @@ type HTTP struct {
 	kwikURL  string
 	fanouts  chan *kwik.FanoutResult
 	lastKWIK *kwik.FanoutResult
+	first    HTTPTimes
 }
 
 // NewHTTP starts the servers and their links.
@@ -147,19 +153,8 @@ func NewHTTP(ctx context.Context, conf HTTPConfig) (_ *HTTP, err error) {
 	h.closers.add(func() { h.kwikTr.Close() })
 	h.kwikURL = "https://" + r.Addr().String() + "/object"
 
-	// Warm-up.
-	for _, c := range []struct {
-		rt  http.RoundTripper
-		url string
-	}{{h.h3, h.h3URL}, {h.kwikTr, h.kwikURL}} {
-		if err := fetch1(ctx, c.rt, c.url, h.resource, 0, 1<<20); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
-	}
-	for _, u := range h.stripes {
-		if err := fetch1(ctx, h.h3, u, h.resource, 0, 1<<20); err != nil {
-			return nil, fmt.Errorf("warm-up: %w", err)
-		}
+	if h.first, err = h.round(ctx); err != nil {
+		return nil, fmt.Errorf("first download: %w", err)
 	}
 	h.drainFanouts()
 	return h, nil
@@ -234,12 +229,53 @@ func (h *HTTP) drainFanouts() {
 	}
 }
 
-// HTTPResult is the outcome of HTTP.Run: each way's total time over the repetitions.
+// HTTPTimes is how long downloads took each way.
+type HTTPTimes struct{ HTTP3, Stripe, KWIK time.Duration }
+
+// HTTPResult is the outcome of HTTP.Run.
 type HTTPResult struct {
-	Conf                HTTPConfig
-	N                   int
-	HTTP3, Stripe, KWIK time.Duration
-	Shares              []Share // who served kwikhttp's last download, the primary first ("")
+	Conf      HTTPConfig
+	N         int
+	HTTPTimes // each way's total time over the N timed repetitions
+	// First is the first download each way, NewHTTP's: it includes opening the connections
+	// (and KWIK's secondaries joining), with every congestion window at its start.
+	First  HTTPTimes
+	Shares []Share // who served kwikhttp's last download, the primary first ("")
+}
+
+// round downloads the object once each way and checks every byte.
+func (h *HTTP) round(ctx context.Context) (HTTPTimes, error) {
+	var t HTTPTimes
+	size := h.conf.Size
+	start := time.Now()
+	if err := fetch1(ctx, h.h3, h.h3URL, h.resource, 0, size); err != nil {
+		return t, fmt.Errorf("http3: %w", err)
+	}
+	t.HTTP3 = time.Since(start)
+
+	start = time.Now()
+	part := size / int64(len(h.stripes))
+	errs := make([]error, len(h.stripes))
+	var wg sync.WaitGroup
+	for i, u := range h.stripes {
+		off, m := int64(i)*part, part
+		if i == len(h.stripes)-1 {
+			m = size - off
+		}
+		wg.Go(func() { errs[i] = fetch1(ctx, h.h3, u, h.resource, off, m) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return t, fmt.Errorf("striping: %w", err)
+	}
+	t.Stripe = time.Since(start)
+
+	start = time.Now()
+	if err := fetch1(ctx, h.kwikTr, h.kwikURL, h.resource, 0, size); err != nil {
+		return t, fmt.Errorf("kwikhttp: %w", err)
+	}
+	t.KWIK = time.Since(start)
+	return t, nil
 }
 
 // Mbps is the rate of a way that took t in total.
@@ -250,37 +286,15 @@ func (r HTTPResult) Mbps(t time.Duration) float64 {
 // Run downloads the object n times over, each time with http3, striping and kwikhttp, and
 // checks every byte.
 func (h *HTTP) Run(ctx context.Context, n int) (HTTPResult, error) {
-	r := HTTPResult{Conf: h.conf, N: n}
-	size := h.conf.Size
+	r := HTTPResult{Conf: h.conf, N: n, First: h.first}
 	for range n {
-		start := time.Now()
-		if err := fetch1(ctx, h.h3, h.h3URL, h.resource, 0, size); err != nil {
-			return r, fmt.Errorf("http3: %w", err)
+		t, err := h.round(ctx)
+		if err != nil {
+			return r, err
 		}
-		r.HTTP3 += time.Since(start)
-
-		start = time.Now()
-		part := size / int64(len(h.stripes))
-		errs := make([]error, len(h.stripes))
-		var wg sync.WaitGroup
-		for i, u := range h.stripes {
-			off, m := int64(i)*part, part
-			if i == len(h.stripes)-1 {
-				m = size - off
-			}
-			wg.Go(func() { errs[i] = fetch1(ctx, h.h3, u, h.resource, off, m) })
-		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return r, fmt.Errorf("striping: %w", err)
-		}
-		r.Stripe += time.Since(start)
-
-		start = time.Now()
-		if err := fetch1(ctx, h.kwikTr, h.kwikURL, h.resource, 0, size); err != nil {
-			return r, fmt.Errorf("kwikhttp: %w", err)
-		}
-		r.KWIK += time.Since(start)
+		r.HTTP3 += t.HTTP3
+		r.Stripe += t.Stripe
+		r.KWIK += t.KWIK
 	}
 	// OnFanout runs as Fanout returns, which may follow the body's last byte a little.
 	t := time.NewTimer(5 * time.Second)
