@@ -102,14 +102,17 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	}
 	var rtt time.Duration
 	ks, _ := st.(*stream)
-	var base int64 // the stream's offset of the resource's first byte
+	var base int64   // the stream's offset of the resource's first byte
+	var credit int64 // what the client's credit lets the primary send now
 	if ks != nil {
 		rtt = ks.path.smoothedRTT()
 		ks.send.mu.Lock()
 		base = int64(ks.send.offset)
+		credit = int64(ks.send.maxOffset) - base
 		ks.send.mu.Unlock()
 	}
 	sched := newFanoutScheduler(size, rtt, paths, &o)
+	sched.first = min(credit, fanoutMaxChunk) &^ (16<<10 - 1)
 	var memo *fanoutMemory
 	if ks != nil && ks.path.sess != nil && o.ChunkSize == 0 {
 		memo = &ks.path.sess.fanoutMemo

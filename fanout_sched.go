@@ -10,6 +10,9 @@ import "time"
 // source is given one when its pipe runs short of work (a pull model: every source stays
 // busy, and each takes pieces at its own pace, so faster ones take more). The rules:
 //   - The first piece is the primary's: the first byte leaves at once, as from one server.
+//     It is as long as the client's credit already allows (64 KiB to 1 MiB): pieces
+//     delegated below the primary's own would use that credit up, and the primary would wait
+//     a round trip for more (traced: its path idle for 80 ms at 40 ms one way).
 //   - Each source keeps a queue of work: the primary, enough for its writer not to run dry
 //     between two decisions; a secondary, enough to cover its delegation latency (the trip
 //     primary → client → secondary, and the notice of completion back) and a round more,
@@ -50,6 +53,10 @@ type fanoutScheduler struct {
 	size  int64 // bytes to serve
 	off   int64 // next byte to assign
 	chunk int64 // fixed piece size for secondaries; 0: adaptive
+	// first is the primary's first piece: what the client's credit already lets it send
+	// (fanoutFirstPiece to fanoutMaxChunk). Pieces delegated below the primary's own would use
+	// up that credit, and its first round trip would wait for more.
+	first int64
 	count int   // fixed cap on a secondary's outstanding delegations; 0: none
 	rtt   time.Duration
 	// pathRate is what the primary's own path carries, in bytes per second: the best recent
@@ -220,7 +227,7 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 		if s.chunk > 0 {
 			return "", min(rest, s.chunk), true
 		}
-		return "", min(rest, fanoutFirstPiece), true
+		return "", min(rest, max(s.first, fanoutFirstPiece)), true
 	}
 	total := s.ownRate()
 	for _, src := range s.secs {
