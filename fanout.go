@@ -25,6 +25,12 @@ type FanoutOptions struct {
 	// cap: each secondary keeps twice its measured rate times its delegation latency (plus a
 	// round) outstanding, so that its pipe stays full.
 	MaxInFlight int
+	// Joining, if not nil, gives the IDs of secondary paths that join while Fanout runs: each
+	// takes pieces from its arrival on, as those of paths do. A response that should not wait
+	// for its secondaries' joins (kwikhttp's first large one in a session) starts with the
+	// paths already there, even none. Fanout stops receiving once everything is assigned; it
+	// never closes the channel.
+	Joining <-chan string
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
 	Request func(off, n int64) []byte
@@ -114,9 +120,29 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	sched := newFanoutScheduler(size, rtt, paths, &o)
 	sched.first = min(credit, fanoutMaxChunk) &^ (16<<10 - 1)
 	var memo *fanoutMemory
+	var recalled map[string]fanoutRecall
 	if ks != nil && ks.path.sess != nil && o.ChunkSize == 0 {
 		memo = &ks.path.sess.fanoutMemo
-		sched.recall(memo.load(), time.Now())
+		recalled = memo.load()
+		sched.recall(recalled, time.Now())
+	}
+	joining := o.Joining
+	join := func(id string, ok bool) {
+		if !ok {
+			joining = nil
+		} else if src := sched.join(id); src != nil {
+			src.recall(recalled, time.Now())
+		}
+	}
+	takeJoins := func() {
+		for joining != nil {
+			select {
+			case id, ok := <-joining:
+				join(id, ok)
+			default:
+				return
+			}
+		}
 	}
 	res := &FanoutResult{Bytes: map[string]int64{}}
 	var (
@@ -284,6 +310,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				drained = true
 			}
 		}
+		takeJoins()
 		off := sched.off
 		if ks != nil {
 			st := &ks.path.stats
@@ -298,6 +325,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			// sends again what a slow secondary would deliver last, until all is resolved.
 			if !closed {
 				closed = true
+				joining = nil // no more pieces to give
 				if err = st.Close(); err != nil {
 					break
 				}
@@ -317,6 +345,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			select {
 			case ev := <-events:
 				handle(ev)
+			case id, ok := <-joining:
+				join(id, ok)
 			case <-tick.C:
 			}
 			continue

@@ -101,17 +101,22 @@ func (s *fanoutScheduler) recall(m map[string]fanoutRecall, now time.Time) {
 		s.pathRates = []float64{r.rate}
 	}
 	for _, src := range s.secs {
-		r, ok := m[src.path]
-		if !ok || src.dead || now.Sub(r.at) >= fanoutRecallAge || r.rate <= 0 || r.lat <= 0 {
-			continue
-		}
-		src.rate, src.expect, src.lat = r.rate, r.expect, r.lat
-		src.samples = []fanoutSample{{r.rate, now}}
-		src.recalled = true
-		src.round, src.roundRate = now, r.rate
-		if !r.startup {
-			src.flat = fanoutStartupRounds
-		}
+		src.recall(m, now)
+	}
+}
+
+// recall starts src from what earlier Fanouts measured of its path (see fanoutScheduler.recall).
+func (src *fanoutSource) recall(m map[string]fanoutRecall, now time.Time) {
+	r, ok := m[src.path]
+	if !ok || src.dead || now.Sub(r.at) >= fanoutRecallAge || r.rate <= 0 || r.lat <= 0 {
+		return
+	}
+	src.rate, src.expect, src.lat = r.rate, r.expect, r.lat
+	src.samples = []fanoutSample{{r.rate, now}}
+	src.recalled = true
+	src.round, src.roundRate = now, r.rate
+	if !r.startup {
+		src.flat = fanoutStartupRounds
 	}
 }
 

@@ -486,5 +486,19 @@ func (s *fanoutScheduler) source(path string) *fanoutSource {
 	return src
 }
 
+// join adds a secondary that joined while the transfer is under way (FanoutOptions.Joining):
+// it takes pieces from now on, as one measured by nothing yet. A path already known, dead or
+// alive, is left as it is.
+func (s *fanoutScheduler) join(path string) *fanoutSource {
+	for _, src := range s.secs {
+		if src.path == path {
+			return nil
+		}
+	}
+	src := &fanoutSource{path: path}
+	s.secs = append(s.secs, src)
+	return src
+}
+
 // kill stops giving path work (it died, or Delegate refused it).
 func (s *fanoutScheduler) kill(path string) { s.source(path).dead = true }

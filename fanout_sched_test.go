@@ -511,3 +511,32 @@ func TestFanoutSchedulerRecall(t *testing.T) {
 		t.Errorf("a measure %v old was recalled", fanoutRecallAge)
 	}
 }
+
+// A secondary that joins mid-transfer (join) takes pieces from then on, unmeasured (probe-sized
+// pieces); joining a path again, or one the scheduler knows dead, changes nothing.
+func TestFanoutSchedulerJoin(t *testing.T) {
+	const rtt = 80 * time.Millisecond
+	s := newFanoutScheduler(64<<20, rtt, nil, &FanoutOptions{})
+	now := time.Unix(0, 0)
+	for range 64 { // no secondary: the primary takes pieces until its queue is full
+		path, n, ok := s.next(now)
+		if !ok {
+			break
+		}
+		if path != "" {
+			t.Fatalf("piece for %q before any secondary joined", path)
+		}
+		s.reserved(n)
+	}
+	if s.join("a") == nil || s.join("a") != nil {
+		t.Fatal("join: want a new source once, then nothing")
+	}
+	path, n, ok := s.next(now)
+	if !ok || path != "a" || n != fanoutMinChunk {
+		t.Fatalf("after the join: next = %q, %d, %v; want a's first piece of %d", path, n, ok, fanoutMinChunk)
+	}
+	s.kill("b")
+	if s.join("b") != nil {
+		t.Error("a path known dead joined again")
+	}
+}

@@ -205,3 +205,27 @@ func TestFanoutRecallsAcrossCalls(t *testing.T) {
 		}
 	}
 }
+
+// Secondaries given on FanoutOptions.Joining take pieces once Fanout receives them: Fanout
+// starts with no path at all (the primary's first piece leaves at once), and the secondaries
+// that joined meanwhile serve pieces of the rest; the resource arrives intact.
+func TestFanoutJoining(t *testing.T) {
+	ms := newMultiSource(t, 2, delegationConf)
+	resource := content(0, 16<<20)
+	joining := make(chan string, len(ms.ids))
+	for _, id := range ms.ids {
+		joining <- id
+	}
+	ids := ms.ids
+	ms.ids = nil // Fanout's paths: none
+	fr := fanoutDownload(t, ms, nil, resource, &FanoutOptions{Joining: joining}, nil)
+	ms.ids = ids
+	checkFanoutShares(t, fr, ms, int64(len(resource)))
+	var served int64
+	for _, id := range ids {
+		served += fr.Bytes[id]
+	}
+	if served == 0 {
+		t.Fatalf("the joining secondaries served nothing: %v", fr.Bytes)
+	}
+}

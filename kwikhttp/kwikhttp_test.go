@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -421,4 +423,63 @@ func TestBadInput(t *testing.T) {
 	if _, err := (&http.Client{Transport: tr}).Get("https://127.0.0.1:1/"); err == nil {
 		t.Error("GET from a closed port: no error")
 	}
+}
+
+// The session's first large response does not wait for its secondaries to join: one of them
+// cannot join (the client's AllowPath holds its join until the test ends) and JoinTimeout is
+// an hour, yet the body arrives, intact, while the primary still waits for that join (it has
+// not logged the secondary as not added).
+func TestFirstResponseDoesNotWaitForJoins(t *testing.T) {
+	ctx := testContext(t)
+	const size = 8 << 20
+	dir := t.TempDir()
+	want := writeFile(t, dir, "f.bin", size, 9, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0") // answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hole.Close()
+	release := make(chan struct{})
+	defer close(release)
+	logs := &syncBuffer{}
+	fs := http.FileServer(http.Dir(dir))
+	c := newCluster(t, fs, []http.Handler{fs}, func(s *kwikhttp.Server) {
+		s.Secondaries = append(s.Secondaries, hole.LocalAddr().String())
+		s.JoinTimeout = time.Hour
+		s.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	c.tr.Config = &kwik.Config{AllowPath: func(addr string) error {
+		if addr == hole.LocalAddr().String() {
+			<-release
+		}
+		return nil
+	}}
+	resp, body := c.get(t, ctx, "/f.bin", nil)
+	if resp.StatusCode != http.StatusOK || sum(body) != sum(want) {
+		t.Fatalf("status %d, body intact: %v", resp.StatusCode, sum(body) == sum(want))
+	}
+	if c.lastFanout() == nil {
+		t.Fatal("the response was not fanned out")
+	}
+	if strings.Contains(logs.String(), "secondary not added") {
+		t.Fatalf("the body waited for the join to fail:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use (a logger's output).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

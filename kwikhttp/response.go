@@ -309,24 +309,27 @@ func (w *responseWriter) fanoutPlan(r io.Reader) (fanoutPlan, bool) {
 }
 
 // fanout sends the headers, has the secondaries join if this is the session's first
-// fan-out, and serves the body with kwik.Fanout over the session's active secondaries.
+// fan-out, and serves the body with kwik.Fanout over the session's active secondaries and,
+// as they join, the ones still joining: the body does not wait for them.
 func (w *responseWriter) fanout(f fanoutPlan) (int64, error) {
 	if err := w.FlushError(); err != nil {
 		return 0, err
 	}
 	s := w.srv
+	var joining chan string
+	stop := make(chan struct{})
+	var feeding sync.WaitGroup
+	defer func() { close(stop); feeding.Wait() }()
 	if len(s.Secondaries) > 0 {
-		joined := w.ps.join(s)
-		t := time.NewTimer(orDefault(s.JoinTimeout, DefaultJoinTimeout))
 		select {
-		case <-joined:
-		case <-t.C:
-		case <-w.ctx.Done():
+		case <-w.ps.join(s):
+		default:
+			joining = make(chan string, len(s.Secondaries))
+			feeding.Go(func() { w.ps.feedJoins(joining, orDefault(s.JoinTimeout, DefaultJoinTimeout), stop) })
 		}
-		t.Stop()
 	}
 	paths := secondaryPaths(w.ps.sess)
-	if len(paths) == 0 {
+	if len(paths) == 0 && joining == nil {
 		return io.CopyBuffer(writerOnly{w}, io.NewSectionReader(f.src, 0, f.n), make([]byte, 32<<10))
 	}
 	var opts kwik.FanoutOptions
@@ -334,6 +337,7 @@ func (w *responseWriter) fanout(f fanoutPlan) (int64, error) {
 		opts = *s.Fanout
 	}
 	opts.Request = func(off, n int64) []byte { return delegationRequest(f, off, n) }
+	opts.Joining = joining
 	// A client that withholds credit stalls the primary's own writes, which then read
 	// nothing more from the source: that ends the transfer after idle.
 	src := &idleReaderAt{ra: f.src}

@@ -58,11 +58,14 @@ type Server struct {
 	// FanoutThreshold is the size from which a response of known size is fanned out. 0 means
 	// DefaultFanoutThreshold (1 MiB); negative, never.
 	FanoutThreshold int64
-	// JoinTimeout bounds how long the first response to be fanned out in a session waits for
-	// Secondaries to join (its headers are sent at once); those that join later serve the
-	// responses after it. 0 means DefaultJoinTimeout (2 s).
+	// JoinTimeout bounds how long a response being fanned out takes in Secondaries still
+	// joining: the session's first large response does not wait for them (its headers and
+	// first bytes leave at once, from the primary) and each serves pieces of it as soon as it
+	// has joined; one that joins later serves the responses after it. 0 means
+	// DefaultJoinTimeout (2 s).
 	JoinTimeout time.Duration
-	// Fanout tunes kwik.Fanout (ChunkSize, MaxInFlight); its Request is the Server's own.
+	// Fanout tunes kwik.Fanout (ChunkSize, MaxInFlight); its Request and Joining are the
+	// Server's own.
 	Fanout *kwik.FanoutOptions
 	// OnFanout, if not nil, is told of every fanned-out response once kwik.Fanout returns:
 	// who served what, and whether it failed. For logs and metrics; it must not block.
@@ -222,6 +225,9 @@ type primarySession struct {
 	once   sync.Once
 	joined chan struct{} // closed once every AddPath has returned
 	wg     *sync.WaitGroup
+
+	mu    sync.Mutex
+	added chan struct{} // closed, and replaced, whenever an AddPath succeeds
 }
 
 // join has the client join the Server's secondaries, once per session, and returns a channel
@@ -233,7 +239,12 @@ func (p *primarySession) join(s *Server) <-chan struct{} {
 			joins.Go(func() {
 				if err := p.sess.AddPath(addr); err != nil {
 					s.logf(slog.LevelWarn, "kwikhttp: secondary not added", "session", p.sess.ID(), "address", addr, "err", err)
+					return
 				}
+				p.mu.Lock()
+				close(p.added)
+				p.added = make(chan struct{})
+				p.mu.Unlock()
 			})
 		}
 		p.wg.Go(func() { joins.Wait(); close(p.joined) })
@@ -241,11 +252,51 @@ func (p *primarySession) join(s *Server) <-chan struct{} {
 	return p.joined
 }
 
+// feedJoins sends out the session's secondary paths as they join, each once, until every
+// join has returned, timeout passes or stop is closed (kwik.FanoutOptions.Joining).
+func (p *primarySession) feedJoins(out chan<- string, timeout time.Duration, stop <-chan struct{}) {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	sent := make(map[string]bool)
+	for {
+		p.mu.Lock()
+		added := p.added
+		p.mu.Unlock()
+		last := false
+		select {
+		case <-p.joined: // every join has returned: one last look
+			last = true
+		default:
+		}
+		for _, id := range secondaryPaths(p.sess) {
+			if !sent[id] {
+				sent[id] = true
+				select {
+				case out <- id:
+				case <-stop:
+					return
+				}
+			}
+		}
+		if last {
+			return
+		}
+		select {
+		case <-added:
+		case <-p.joined:
+		case <-t.C:
+			return
+		case <-stop:
+			return
+		}
+	}
+}
+
 // servePrimary answers every request stream of the session.
 func (s *Server) servePrimary(ctx context.Context, sess kwik.Session) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ps := &primarySession{sess: sess, joined: make(chan struct{}), wg: &wg}
+	ps := &primarySession{sess: sess, joined: make(chan struct{}), wg: &wg, added: make(chan struct{})}
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {
