@@ -51,7 +51,6 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 type fanoutRecall struct {
 	rate, expect float64       // the best and the median recent delivery rates; the primary's path: its rate
 	lat          time.Duration // a secondary's delegation latency
-	startup      bool          // the rate was still growing
 	at           time.Time
 }
 
@@ -87,7 +86,7 @@ func (s *fanoutScheduler) measured(now time.Time) map[string]fanoutRecall {
 	}
 	for _, src := range s.secs {
 		if !src.dead && src.rate > 0 {
-			m[src.path] = fanoutRecall{rate: src.rate, expect: src.expect, lat: src.lat, startup: src.startup(), at: now}
+			m[src.path] = fanoutRecall{rate: src.rate, expect: src.expect, lat: src.lat, at: now}
 		}
 	}
 	return m
@@ -115,9 +114,10 @@ func (src *fanoutSource) recall(m map[string]fanoutRecall, now time.Time) {
 	src.samples = []fanoutSample{{r.rate, now}}
 	src.recalled = true
 	src.round, src.roundRate = now, r.rate
-	if !r.startup {
-		src.flat = fanoutStartupRounds
-	}
+	// Out of its startup even if the last Fanout ended in it: its path's congestion window is
+	// as it left it, and a startup's target would hold it to the probe until it has delivered
+	// in this Fanout (traced: a recalled secondary idle for 100 ms at 400 ms).
+	src.flat = fanoutStartupRounds
 }
 
 // fanoutDone is a completed piece: the bytes it delivered, from when the source's pipe could
