@@ -57,7 +57,7 @@ type fanoutScheduler struct {
 	// (fanoutFirstPiece to fanoutMaxChunk). Pieces delegated below the primary's own would use
 	// up that credit, and its first round trip would wait for more.
 	first int64
-	count int   // fixed cap on a secondary's outstanding delegations; 0: none
+	count int // fixed cap on a secondary's outstanding delegations; 0: none
 	rtt   time.Duration
 	// pathRate is what the primary's own path carries, in bytes per second: the best recent
 	// rate at which the client acknowledged its bytes (pathDelivered); 0: unknown (then its
