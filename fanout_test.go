@@ -208,14 +208,17 @@ func TestFanoutRecallsAcrossCalls(t *testing.T) {
 
 // Secondaries given on FanoutOptions.Joining take pieces once Fanout receives them: Fanout
 // starts with no path at all (the primary's first piece leaves at once), and the secondaries
-// that joined meanwhile serve pieces of the rest; the resource arrives intact.
+// that joined meanwhile serve pieces of the rest; an ID of no path, and one given twice, cost
+// nothing; the resource arrives intact.
 func TestFanoutJoining(t *testing.T) {
 	ms := newMultiSource(t, 2, delegationConf)
 	resource := content(0, 16<<20)
-	joining := make(chan string, len(ms.ids))
+	joining := make(chan string, len(ms.ids)+2)
+	joining <- "no such path"
 	for _, id := range ms.ids {
 		joining <- id
 	}
+	joining <- ms.ids[0]
 	ids := ms.ids
 	ms.ids = nil // Fanout's paths: none
 	fr := fanoutDownload(t, ms, nil, resource, &FanoutOptions{Joining: joining}, nil)
