@@ -49,9 +49,9 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 // that serves one large resource after another (kwikhttp) starts each on its paths' known
 // pace, not from a probe and a startup.
 type fanoutRecall struct {
-	rate, expect float64       // the best and the median recent delivery rates; the primary's path: its rate
-	lat          time.Duration // a secondary's delegation latency
-	at           time.Time
+	rate float64       // a secondary's best recent delivery rate; the primary's path: its rate
+	lat  time.Duration // a secondary's delegation latency
+	at   time.Time
 }
 
 // fanoutRecallAge is how long what a Fanout measured counts for the next ones.
@@ -82,11 +82,11 @@ func (m *fanoutMemory) store(r map[string]fanoutRecall) {
 func (s *fanoutScheduler) measured(now time.Time) map[string]fanoutRecall {
 	m := make(map[string]fanoutRecall)
 	if s.pathRate > 0 {
-		m[""] = fanoutRecall{rate: s.pathRate, expect: s.pathRate, at: now}
+		m[""] = fanoutRecall{rate: s.pathRate, at: now}
 	}
 	for _, src := range s.secs {
 		if !src.dead && src.rate > 0 {
-			m[src.path] = fanoutRecall{rate: src.rate, expect: src.expect, lat: src.lat, at: now}
+			m[src.path] = fanoutRecall{rate: src.rate, lat: src.lat, at: now}
 		}
 	}
 	return m
@@ -110,7 +110,7 @@ func (src *fanoutSource) recall(m map[string]fanoutRecall, now time.Time) {
 	if !ok || src.dead || now.Sub(r.at) >= fanoutRecallAge || r.rate <= 0 || r.lat <= 0 {
 		return
 	}
-	src.rate, src.expect, src.lat = r.rate, r.expect, r.lat
+	src.rate, src.lat = r.rate, r.lat
 	src.samples = []fanoutSample{{r.rate, now}}
 	src.recalled = true
 	src.round, src.roundRate = now, r.rate
@@ -284,13 +284,9 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		src.samples = src.samples[1:]
 	}
 	src.rate = 0
-	rates := make([]float64, 0, len(src.samples))
 	for _, r := range src.samples {
 		src.rate = max(src.rate, r.rate)
-		rates = append(rates, r.rate)
 	}
-	slices.Sort(rates)
-	src.expect = rates[len(rates)/2]
 	if src.round.IsZero() {
 		src.round, src.roundRate = now, src.rate
 	} else if now.Sub(src.round) >= lat {

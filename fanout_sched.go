@@ -88,7 +88,6 @@ type fanoutSource struct {
 	lat         time.Duration  // least delegation latency beyond transfer; 0: none measured
 	lastDone    time.Time      // the latest completion
 	rate        float64        // bytes per second, the best recent delivery rate; 0 until measured
-	expect      float64        // bytes per second, the median recent delivery rate (recalled by the next Fanout)
 	recalled    bool           // its rate is the last Fanout's, until a sample of its own spans two latencies
 	done        []fanoutDone   // the last completions
 	samples     []fanoutSample // recent delivery rates

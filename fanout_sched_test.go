@@ -476,13 +476,13 @@ func TestFanoutSchedulerRecall(t *testing.T) {
 	first := newFanoutScheduler(64<<20, rtt, []string{"a", "b", "c"}, &FanoutOptions{})
 	first.pathRate = 6e6
 	a := first.source("a")
-	a.rate, a.expect, a.lat = 6.5e6, 6e6, 2*rtt // in its startup (flat 0): recalled out of it
+	a.rate, a.lat = 6.5e6, 2*rtt // in its startup (flat 0): recalled out of it
 	b := first.source("b")
 	b.rate, b.lat, b.dead = 6e6, 2*rtt, true // died
 	// c: never measured
 	end := start.Add(3 * time.Second)
 	m := first.measured(end)
-	if len(m) != 2 || m[""].rate != 6e6 || m["a"].rate != 6.5e6 || m["a"].expect != 6e6 {
+	if len(m) != 2 || m[""].rate != 6e6 || m["a"].rate != 6.5e6 || m["a"].lat != 2*rtt {
 		t.Fatalf("measured %+v", m)
 	}
 
