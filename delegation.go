@@ -33,6 +33,10 @@ type Delegation struct {
 	done   chan struct{}
 	err    error // set before done is closed
 	reqLen int   // counted against the path's outstanding requests until resolved
+	// received is what the client said it had received on the path when it reported the
+	// outcome (DelegationStatus.path_received and received_at_us), set before done is
+	// closed; zero: not told.
+	received fanoutCount
 	// claimed: the application waits for the outcome (Wait or Done was called), so it
 	// refills a failure itself; Write and WriteAt do not report it (failedBehindLocked).
 	claimed atomic.Bool

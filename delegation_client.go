@@ -110,12 +110,17 @@ func (s *stream) headOf(p *path) *delegationRecord {
 	return h
 }
 
-// report tells the primary the outcome of a decided record and forgets it.
+// report tells the primary the outcome of a decided record and forgets it, with what the
+// path has delivered so far (the primary's scheduler measures the path's rate from it): its
+// QUIC packets' bytes, counted as they come, not its stream data, which a lost packet holds
+// back and then releases at once.
 func (sess *session) report(d *delegationRecord, st *pb.DelegationStatus) {
 	sess.clientDelegs.mu.Lock()
 	delete(sess.clientDelegs.byID, d.id)
 	sess.clientDelegs.mu.Unlock()
 	st.DelegationId = d.id
+	st.PathReceived = d.path.conn.ConnectionStats().BytesReceived
+	st.ReceivedAtUs = uint64(time.Since(sess.createdAt).Microseconds()) + 1 // never 0: told
 	sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: st}})
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/kwik-go/kwik/internal/data"
 	"github.com/kwik-go/kwik/internal/wire/pb"
@@ -120,6 +121,7 @@ func (sess *session) handleDelegationStatus(m *pb.DelegationStatus) error {
 	}
 	sess.delegs.release(d.PathID, d.reqLen)
 	start, end := uint64(d.Offset), uint64(d.Offset+d.Length)
+	d.received = fanoutCount{bytes: int64(min(m.PathReceived, 1<<62)), at: time.Duration(min(m.ReceivedAtUs, 1<<62/1000)) * time.Microsecond}
 	failed := !m.Complete
 	missing := min(max(m.MissingOffset, start), end)
 	if failed {

@@ -210,6 +210,43 @@ func TestDelegationInterleaved(t *testing.T) {
 	}
 }
 
+// The client tells the primary, with each outcome, what it has received on the delegation's
+// path and when (DelegationStatus.path_received and received_at_us, from which Fanout
+// measures the path's rate): its QUIC packets' bytes, at least the range, and no more than
+// the secondary sent.
+func TestDelegationReportsPathReceived(t *testing.T) {
+	ms := newMultiSource(t, 1, delegationConf)
+	ctx := testContext(t)
+	const n = 1 << 20
+	var d *Delegation
+	served := make(chan error, 1)
+	go func() {
+		st, err := ms.p.server.OpenStreamSync(ctx)
+		if err == nil {
+			d, err = st.Delegate(ms.ids[0], n, chunkRequest(0, n))
+		}
+		if err == nil {
+			err = errors.Join(st.Close(), d.Wait(ctx))
+		}
+		served <- err
+	}()
+	cs, err := ms.p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(cs)
+	if err != nil || !bytes.Equal(got, content(0, n)) {
+		t.Fatalf("client read %d bytes (%v)", len(got), err)
+	}
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	sent := ms.secs[0].primary.conn.ConnectionStats().BytesSent
+	if got := uint64(d.received.bytes); got < n || got > sent || d.received.at <= 0 {
+		t.Fatalf("the client reported %d bytes received on the path at %v; want from %d to what the secondary sent, %d, and a time", got, d.received.at, n, sent)
+	}
+}
+
 func TestDelegationClosedShort(t *testing.T) {
 	const short = 100_000
 	ms := newMultiSource(t, 2, delegationConf, nil, func(st Stream, off, n int64) error {

@@ -84,6 +84,7 @@ type fanoutEvent struct {
 	credited bool          // the primary's piece: it had the client's credit when written
 	dup      bool          // the primary's piece: a secondary's, sent again
 	queued   int64         // a piece sent again: its length, as the scheduler queued it
+	received fanoutCount   // a delegation: what the client had received on its path (Delegation.received)
 }
 
 // Fanout serves size bytes of src on st (a primary's stream) from the primary and the
@@ -194,7 +195,13 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if de != nil {
 			delivered -= de.Remaining
 		}
-		events <- fanoutEvent{path: d.PathID, off: srcOff, n: delivered, err: err, at: time.Now()}
+		var received fanoutCount
+		select {
+		case <-d.done: // not if Wait gave up on ctx: d.received may be being set
+			received = d.received
+		default:
+		}
+		events <- fanoutEvent{path: d.PathID, off: srcOff, n: delivered, err: err, at: time.Now(), received: received}
 	}
 	handle := func(ev fanoutEvent) {
 		if ev.dup {
@@ -209,7 +216,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if ev.path == "" {
 			sched.wrote(ev.n, ev.took, ev.credited && ev.err == nil)
 		} else {
-			sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at)
+			sched.resolved(ev.path, ev.off, ev.n, ev.err != nil, ev.at, ev.received)
 		}
 		mu.Lock()
 		res.Bytes[ev.path] += ev.n

@@ -23,7 +23,7 @@ type fanoutMark struct {
 }
 
 // pathDelivered records that the client had acknowledged bytes of the primary's path by now.
-// Every four round trips of the path (at least 4 fanoutRound: acknowledgements come in
+// Every two round trips of the path (at least 4 fanoutRound: acknowledgements come in
 // batches, and reads in bursts) give a delivery rate; the path's rate is the median of the
 // recent ones. A rate too high would make the primary queue more than it sends in the time
 // the secondaries take (it would finish last); too low, it only takes pieces more often.
@@ -33,7 +33,7 @@ func (s *fanoutScheduler) pathDelivered(now time.Time, bytes int64) {
 		return
 	}
 	el := now.Sub(s.pathMark.at)
-	if el < max(4*s.rtt, 4*fanoutRound) {
+	if el < max(2*s.rtt, 4*fanoutRound) {
 		return
 	}
 	s.pathRates = append(s.pathRates, float64(bytes-s.pathMark.bytes)/el.Seconds())
@@ -211,7 +211,7 @@ func dur(n int64, rate float64) time.Duration {
 
 // resolved records the outcome of the delegation of path at off: delivered bytes of it reached
 // the client (all of them unless failed), known at now. A failed secondary gets no more.
-func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed bool, now time.Time) {
+func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed bool, now time.Time, received fanoutCount) {
 	src := s.source(path)
 	i := -1
 	for j, p := range src.pieces {
@@ -264,8 +264,11 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// together (pieces given at once, done one after the other) and look faster than the
 	// source is, and the best rate, which sizes its queue, would keep that for fanoutRateAge
 	// latencies (traced: 95 Mbit/s for a 50 Mbit/s link, the whole transfer, its queue twice
-	// too long, and its last piece 400 ms after everyone else's).
-	for i := len(src.done) - 1; i >= 0; i-- {
+	// too long, and its last piece 400 ms after everyone else's). The client's counter, when
+	// it reports one, measures the path itself over a round trip (sampleReceived) and makes
+	// the sample instead.
+	sample, ok := src.sampleReceived(now, received, s.rtt)
+	for i := len(src.done) - 1; i >= 0 && !ok; i-- {
 		d := src.done[i]
 		bytes += d.bytes
 		busy += max(d.end.Sub(d.start), 0)
@@ -273,9 +276,11 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.recalled = false
 		}
 		if busy >= span || i == 0 && !src.recalled {
-			src.samples = append(src.samples, fanoutSample{float64(bytes) / max(busy, time.Millisecond).Seconds(), now})
-			break
+			sample, ok = float64(bytes)/max(busy, time.Millisecond).Seconds(), true
 		}
+	}
+	if ok {
+		src.samples = append(src.samples, fanoutSample{sample, now})
 	}
 	// The best of the last fanoutRateWindow samples, none older than fanoutRateAge rounds
 	// but the latest: a source that slows down shows it soon, even with few completions.
@@ -312,6 +317,60 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.lat = took
 		}
 	}
+}
+
+// fanoutCount is what the client said it had received on a path, and when by its own clock
+// (DelegationStatus.path_received, received_at_us); zero: it did not say.
+type fanoutCount struct {
+	bytes int64
+	at    time.Duration
+}
+
+// fanoutCounterSpan is the least time a delivery rate measured from the client's counter
+// spans: its reports come with completions, in bursts.
+const fanoutCounterSpan = 250 * time.Millisecond
+
+// sampleReceived records that the client had received b bytes on src's path by now, as its
+// report of a completion said (0: it did not say), and returns a delivery rate: what came over
+// the last round trip (fanoutCounterSpan at least), or at first over what there is, a round
+// trip at least (not when its rate was recalled: see resolved); ok is false without one. The
+// counter counts every byte as it comes, whatever piece it belongs to and whenever the
+// notices travel (the client's clock times it): a rate that grows (a slow start) shows within a
+// round trip, where completions over the time the pipe was busy with them lag by two
+// latencies. It would also count the time the source had no work (a slow source the scheduler
+// keeps short): a delegation to a source with nothing outstanding starts the marks over
+// (delegated).
+func (src *fanoutSource) sampleReceived(now time.Time, c fanoutCount, rtt time.Duration) (rate float64, ok bool) {
+	b := c.bytes
+	if b <= 0 {
+		return 0, false
+	}
+	if c.at > 0 {
+		now = time.Unix(0, 0).Add(c.at)
+	}
+	if n := len(src.marks); n > 0 && (b < src.marks[n-1].bytes || now.Before(src.marks[n-1].at)) {
+		src.marks = src.marks[:0] // a counter or clock that went back (the client's mistake): start over
+	}
+	src.marks = append(src.marks, fanoutMark{now, b})
+	span := max(rtt, fanoutCounterSpan)
+	full := -1 // the latest mark at least span old
+	for i, m := range src.marks {
+		if now.Sub(m.at) >= span {
+			full = i
+		}
+	}
+	if full > 0 {
+		src.marks = src.marks[full:]
+	}
+	m := src.marks[0]
+	el := now.Sub(m.at)
+	if el <= 0 || full < 0 && (src.recalled || el < rtt) {
+		return 0, false
+	}
+	if full >= 0 {
+		src.recalled = false
+	}
+	return float64(b-m.bytes) / el.Seconds(), true
 }
 
 func maxTime(a, b time.Time) time.Time {

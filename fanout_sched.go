@@ -37,10 +37,12 @@ import "time"
 //     delegated (handleDelegateRange), and with it the primary's own pieces below them.
 //
 // Estimates: the primary's rate is the median of its path's recent delivery rates (bytes
-// acknowledged over four round trips), or what its writes achieved. A secondary's rate is the
-// best of its recent delivery rates (each completion over the time its pipe was busy with
-// it; none older than ten latencies; a piece done before its latency was up counts its
-// whole time): a source kept short of work shows less than it can carry, never more. Until
+// acknowledged over two round trips), or what its writes achieved. A secondary's rate is the
+// best of its recent delivery rates, none older than ten latencies: what the client says it
+// received on the path over its last round trip (DelegationStatus.path_received, timed by
+// the client's clock), or, from a client that does not say, each completion over the time
+// its pipe was busy with it (a piece done before its latency was up counts its whole time):
+// a source kept short of work shows less than it can carry, never more. Until
 // its first completion a secondary is assumed as fast as the primary, with at most
 // fanoutProbe outstanding; then, while its rate still grows round after round (its slow
 // start), its gain is doubled, and its queue is at least four times what it delivered over
@@ -102,6 +104,9 @@ type fanoutSource struct {
 	// two latencies of busy time) lags.
 	recent  int64
 	recents []fanoutDone // the completions recent counts
+	// marks are what the client said it had received on the path and when (sampleReceived),
+	// over the last round trip and one before, since the source last had work.
+	marks []fanoutMark
 }
 
 // startup says whether src's rate is still growing (see fanoutSource.round).
@@ -469,6 +474,11 @@ func (s *fanoutScheduler) wrote(n int64, d time.Duration, credited bool) {
 // delegated records that n bytes at the current offset went to path at now.
 func (s *fanoutScheduler) delegated(path string, n int64, now time.Time) {
 	src := s.source(path)
+	if src.outstanding == 0 {
+		// Its pipe had no work: a rate measured across that time would count it
+		// (sampleReceived starts over).
+		src.marks = src.marks[:0]
+	}
 	src.outstanding += n
 	src.pieces = append(src.pieces, fanoutPiece{off: s.off, n: n, at: now, outstanding: src.outstanding})
 	s.off += n

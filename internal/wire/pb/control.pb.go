@@ -1945,6 +1945,14 @@ type DelegationStatus struct {
 	Remaining     uint64                 `protobuf:"varint,4,opt,name=remaining,proto3" json:"remaining,omitempty"`                              // bytes from missing_offset to the end of the range
 	ErrorCode     ErrorCode              `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3,enum=kwik.common.ErrorCode" json:"error_code,omitempty"`
 	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What the client had received on the delegation's path (the bytes of its QUIC packets, as
+	// they arrived) when it sent this; 0: not told. The primary's scheduler measures the path's
+	// delivery rate from it.
+	PathReceived uint64 `protobuf:"varint,7,opt,name=path_received,json=pathReceived,proto3" json:"path_received,omitempty"`
+	// When the client counted path_received, in microseconds of its own clock (any origin, the
+	// same for the session): the primary measures rates over the client's time, not over when
+	// the reports reached it.
+	ReceivedAtUs  uint64 `protobuf:"varint,8,opt,name=received_at_us,json=receivedAtUs,proto3" json:"received_at_us,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2019,6 +2027,20 @@ func (x *DelegationStatus) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *DelegationStatus) GetPathReceived() uint64 {
+	if x != nil {
+		return x.PathReceived
+	}
+	return 0
+}
+
+func (x *DelegationStatus) GetReceivedAtUs() uint64 {
+	if x != nil {
+		return x.ReceivedAtUs
+	}
+	return 0
 }
 
 var File_control_proto protoreflect.FileDescriptor
@@ -2175,7 +2197,7 @@ const file_control_proto_rawDesc = "" +
 	"\x04auth\x18\b \x01(\fR\x04auth\"O\n" +
 	"\x0eDelegationDone\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12\x18\n" +
-	"\awritten\x18\x02 \x01(\x04R\awritten\"\xe7\x01\n" +
+	"\awritten\x18\x02 \x01(\x04R\awritten\"\xb2\x02\n" +
 	"\x10DelegationStatus\x12#\n" +
 	"\rdelegation_id\x18\x01 \x01(\x04R\fdelegationId\x12\x1a\n" +
 	"\bcomplete\x18\x02 \x01(\bR\bcomplete\x12%\n" +
@@ -2183,7 +2205,9 @@ const file_control_proto_rawDesc = "" +
 	"\tremaining\x18\x04 \x01(\x04R\tremaining\x125\n" +
 	"\n" +
 	"error_code\x18\x05 \x01(\x0e2\x16.kwik.common.ErrorCodeR\terrorCode\x12\x16\n" +
-	"\x06reason\x18\x06 \x01(\tR\x06reasonB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12#\n" +
+	"\rpath_received\x18\a \x01(\x04R\fpathReceived\x12$\n" +
+	"\x0ereceived_at_us\x18\b \x01(\x04R\freceivedAtUsB*Z(github.com/kwik-go/kwik/internal/wire/pbb\x06proto3"
 
 var (
 	file_control_proto_rawDescOnce sync.Once
