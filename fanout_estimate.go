@@ -268,6 +268,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// it reports one, measures the path itself over a round trip (sampleReceived) and makes
 	// the sample instead.
 	sample, ok := src.sampleReceived(now, received, s.rtt)
+	src.counted = ok
 	for i := len(src.done) - 1; i >= 0 && !ok; i-- {
 		d := src.done[i]
 		bytes += d.bytes
@@ -294,7 +295,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	}
 	if src.round.IsZero() {
 		src.round, src.roundRate = now, src.rate
-	} else if now.Sub(src.round) >= lat {
+	} else if now.Sub(src.round) >= src.roundOf(lat, s.rtt) {
 		if src.rate >= 1.25*src.roundRate {
 			src.flat = 0
 		} else {
@@ -317,6 +318,16 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 			src.lat = took
 		}
 	}
+}
+
+// roundOf is how long a round of src's startup lasts: a round trip when its rate comes from
+// the client's counter (a rate that grows shows within one), its latency otherwise (its
+// completions show it a latency late).
+func (src *fanoutSource) roundOf(lat, rtt time.Duration) time.Duration {
+	if src.counted {
+		return max(rtt, fanoutRound)
+	}
+	return lat
 }
 
 // fanoutCount is what the client said it had received on a path, and when by its own clock

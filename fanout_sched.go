@@ -93,8 +93,8 @@ type fanoutSource struct {
 	recalled    bool           // its rate is the last Fanout's, until a sample of its own spans two latencies
 	done        []fanoutDone   // the last completions
 	samples     []fanoutSample // recent delivery rates
-	// Startup, as BBR's: while the rate grows by a quarter or more every round (a latency),
-	// the source is still in slow start, and its measured rate lags what it can carry.
+	// Startup, as BBR's: while the rate grows by a quarter or more every round (roundOf), the
+	// source is still in slow start, and its measured rate lags what it can carry.
 	round     time.Time // the start of the current round
 	roundRate float64   // the rate at its start
 	flat      int       // rounds in a row the rate did not grow by a quarter
@@ -106,7 +106,8 @@ type fanoutSource struct {
 	recents []fanoutDone // the completions recent counts
 	// marks are what the client said it had received on the path and when (sampleReceived),
 	// over the last round trip and one before, since the source last had work.
-	marks []fanoutMark
+	marks   []fanoutMark
+	counted bool // its latest rate sample came from the client's counter
 }
 
 // startup says whether src's rate is still growing (see fanoutSource.round).

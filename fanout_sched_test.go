@@ -610,3 +610,40 @@ func TestFanoutSchedulerCounterRate(t *testing.T) {
 		t.Errorf("with a counter going back: measured %.1f Mbit/s, is at most 50", got/mbit)
 	}
 }
+
+// A source whose rate no longer grows leaves its startup after three flat rounds: round
+// trips when the client's counter measures it (a growing rate shows within one), latencies
+// when only its completions do.
+func TestFanoutSchedulerStartupRounds(t *testing.T) {
+	const rtt, lat = 100 * time.Millisecond, 400 * time.Millisecond
+	const piece = 128 << 10
+	startup := func(counters bool, after time.Duration) bool {
+		s := newFanoutScheduler(1<<30, rtt, []string{"a"}, &FanoutOptions{})
+		src := s.source("a")
+		src.lat = lat
+		start := time.Unix(0, 0)
+		for range 400 {
+			s.delegated("a", piece, start)
+		}
+		var off int64
+		for now := start.Add(lat); now.Sub(start) < lat+after; {
+			now = now.Add(dur(piece, 50*mbit))
+			c := fanoutCount{bytes: off + piece, at: now.Sub(start)}
+			if !counters {
+				c = fanoutCount{}
+			}
+			s.resolved("a", off, piece, false, now, c)
+			off += piece
+		}
+		return src.startup()
+	}
+	if startup(true, 6*rtt) {
+		t.Error("with the counter: still in startup after six flat round trips")
+	}
+	if !startup(false, 6*rtt) {
+		t.Error("without the counter: out of startup after six round trips, a latency and a half")
+	}
+	if startup(false, 5*lat) {
+		t.Error("without the counter: still in startup after five flat latencies")
+	}
+}
