@@ -324,6 +324,10 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			if n := st.packetsSent.Load(); n > 0 {
 				sched.pathDelivered(time.Now(), int64(st.packetsAcked.Load()*st.bytesSent.Load()/n))
 			}
+			if c := ks.path.conn; c != nil {
+				qs := c.ConnectionStats()
+				sched.pathRTT(qs.SmoothedRTT, qs.MinRTT)
+			}
 		}
 		dup(time.Now()) // a piece overdue from a secondary, sent again at once
 		to, n, ok := sched.next(time.Now())

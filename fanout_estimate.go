@@ -199,9 +199,25 @@ func (s *fanoutScheduler) arrivals(src *fanoutSource, now time.Time, rate float6
 }
 
 // ownArrival is when the last byte of a piece of n bytes the primary takes now should reach
-// the client: after its queue, at its rate, and half a round trip.
+// the client: after its queue, at its rate, and its path's delay (ownDelay).
 func (s *fanoutScheduler) ownArrival(now time.Time, n int64) time.Time {
-	return now.Add(dur(s.ownQueued+n, s.ownRate()) + s.rtt/2)
+	return now.Add(dur(s.ownQueued+n, s.ownRate()) + s.ownDelay())
+}
+
+// ownDelay is how long a byte the primary sends now takes to reach the client: half its
+// path's round trip at the start, and once its path carries data, the path's smoothed round
+// trip less half its least one (the queue its own bytes wait in, at the bottleneck, is on
+// the way to the client).
+func (s *fanoutScheduler) ownDelay() time.Duration {
+	if s.pathSRTT > 0 && s.pathMinRTT > 0 {
+		return max(s.pathSRTT-s.pathMinRTT/2, s.rtt/2)
+	}
+	return s.rtt / 2
+}
+
+// pathRTT records the primary path's smoothed and least round trips.
+func (s *fanoutScheduler) pathRTT(srtt, minRTT time.Duration) {
+	s.pathSRTT, s.pathMinRTT = srtt, minRTT
 }
 
 // dur is the time n bytes take at rate bytes per second.
@@ -301,6 +317,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		} else {
 			src.flat++
 		}
+		src.doubling = src.rate >= 1.5*src.roundRate
 		src.round, src.roundRate = now, src.rate
 	}
 	if last := src.samples[len(src.samples)-1].rate; last < src.rate/2 {

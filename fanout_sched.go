@@ -64,9 +64,10 @@ type fanoutScheduler struct {
 	// pathRate is what the primary's own path carries, in bytes per second: the best recent
 	// rate at which the client acknowledged its bytes (pathDelivered); 0: unknown (then its
 	// writes measure it).
-	pathRate  float64
-	pathMark  fanoutMark // the start of the current measurement
-	pathRates []float64  // recent measurements
+	pathRate             float64
+	pathSRTT, pathMinRTT time.Duration // the primary path's round trips now (ownDelay)
+	pathMark             fanoutMark    // the start of the current measurement
+	pathRates            []float64     // recent measurements
 
 	own struct {
 		bytes int64
@@ -106,8 +107,9 @@ type fanoutSource struct {
 	recents []fanoutDone // the completions recent counts
 	// marks are what the client said it had received on the path and when (sampleReceived),
 	// over the last round trip and one before, since the source last had work.
-	marks   []fanoutMark
-	counted bool // its latest rate sample came from the client's counter
+	marks    []fanoutMark
+	counted  bool // its latest rate sample came from the client's counter
+	doubling bool // its rate grew by half or more over its last round
 }
 
 // startup says whether src's rate is still growing (see fanoutSource.round).
@@ -143,6 +145,12 @@ const (
 	// until fanoutStartupRounds rounds in a row without growth.
 	fanoutStartupGain   = 4
 	fanoutStartupRounds = 3
+	// fanoutDoublingGain replaces fanoutStartupGain, for what a secondary delivered over its
+	// last loop, while its rate grew by half or more over its last round: a loop spans two
+	// round trips or more, each doubling what its pipe carries, and what it delivered is
+	// known half a round trip late (traced at 100 ms one way: both secondaries idle for
+	// 100 ms as their slow starts ended, their queues sent).
+	fanoutDoublingGain = 8
 	// fanoutOverdue is how late, at least, a secondary's piece is before the primary sends it
 	// again (two of the primary's round trips if longer).
 	fanoutOverdue = 100 * time.Millisecond
@@ -163,12 +171,16 @@ func (s *fanoutScheduler) targetOf(src *fanoutSource) int64 {
 	t := s.steadyTarget(src)
 	if src.startup() {
 		// Its first measures come from its slow start: a larger gain, and at least four
-		// times what it delivered over its last loop (its rate, over two latencies of busy
-		// time, lags what its pipe carries now, and a pipe short of work in its slow start
-		// stops growing); never less than the probe, and, as a slow start over a loop of two
+		// times what it delivered over its last loop, eight while it doubles (its rate
+		// lags what its pipe carries now, and a pipe short of work in its slow start stops
+		// growing); never less than the probe, and, as a slow start over a loop of two
 		// round trips, not more than four times all it delivered beyond it.
 		t = int64(fanoutStartupGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
-		t = max(t, fanoutStartupGain*src.recent)
+		recent := fanoutStartupGain * src.recent
+		if src.doubling {
+			recent = fanoutDoublingGain * src.recent
+		}
+		t = max(t, recent)
 		t = min(max(t, fanoutProbe), fanoutProbe+fanoutStartupGain*src.delivered)
 	}
 	return max(t, fanoutMinChunk)
@@ -250,7 +262,7 @@ func (s *fanoutScheduler) next(now time.Time) (path string, n int64, ok bool) {
 	ownFill := float64(s.ownQueued) / float64(s.ownTarget())
 	// The latest a secondary's piece may arrive: a round trip (at least two rounds) after
 	// the primary's would with its queue full.
-	ownLatest := now.Add(dur(max(s.ownTarget(), s.ownQueued), s.ownRate()) + s.rtt/2 + max(s.rtt, 2*fanoutRound))
+	ownLatest := now.Add(dur(max(s.ownTarget(), s.ownQueued), s.ownRate()) + s.ownDelay() + max(s.rtt, 2*fanoutRound))
 	// The end: what is left fits in the sources' queues. Each piece then goes to the source
 	// that would deliver it first (ECF), the primary included, so that all finish together;
 	// a secondary that would, but has no room yet, is waited for.
@@ -342,7 +354,7 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			// The primary sends the piece's last k bytes again (the secondary sends its piece
 			// in order: those come last), k such that both halves arrive together, in whole
 			// 64 KiB blocks of the piece; the piece is then complete when the later half is.
-			slack := arrival.Sub(now) - dur(s.ownQueued, own) - s.rtt/2
+			slack := arrival.Sub(now) - dur(s.ownQueued, own) - s.ownDelay()
 			if slack <= 0 {
 				continue
 			}
@@ -354,7 +366,7 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			if s.dupBytes+k > s.size/8 {
 				continue
 			}
-			mine := now.Add(dur(s.ownQueued+k, own) + s.rtt/2)
+			mine := now.Add(dur(s.ownQueued+k, own) + s.ownDelay())
 			done := maxTime(arrival.Add(-dur(k, rate)), minTime(arrival, mine))
 			if k == p.n {
 				done = minTime(arrival, mine) // all of it from whichever comes first

@@ -382,21 +382,26 @@ func TestFanoutSchedulerStartupRecent(t *testing.T) {
 	if src.recent != want || want == 0 {
 		t.Fatalf("recent %d, want %d delivered over the last %v", src.recent, want, lat+fanoutRound)
 	}
-	// The target, in its startup: four times recent, or the rate's, within the probe and four
-	// times all it delivered; out of it, the steady target.
+	// The target, in its startup: four times recent (eight while its rate doubles), or the
+	// rate's, within the probe and four times all it delivered; out of it, the steady target.
+	if !src.doubling {
+		t.Errorf("a slow start's rate (%.1f Mbit/s) is not doubling", src.rate/mbit)
+	}
 	src.lat, src.samples = 2*rtt, []fanoutSample{{10e6, now}}
 	byRate := int64(fanoutStartupGain * 10e6 * (2*rtt + fanoutRound).Seconds()) // 8.4 MB
 	for _, tc := range []struct {
 		recent, delivered int64
+		doubling          bool
 		flat              int
 		want              int64
 	}{
 		{recent: 3e6, delivered: 4e6, want: 12e6},                                // four times recent
+		{recent: 3e6, delivered: 8e6, doubling: true, want: 24e6},                // eight times, doubling
 		{recent: 1e6, delivered: 4e6, want: byRate},                              // the rate's
 		{recent: 3e6, delivered: 2e6, want: fanoutProbe + fanoutStartupGain*2e6}, // all it delivered
 		{recent: 3e6, delivered: 4e6, flat: fanoutStartupRounds, want: -1},       // the steady target
 	} {
-		src.rate, src.recent, src.delivered, src.flat = 10e6, tc.recent, tc.delivered, tc.flat
+		src.rate, src.recent, src.delivered, src.flat, src.doubling = 10e6, tc.recent, tc.delivered, tc.flat, tc.doubling
 		if tc.want < 0 {
 			tc.want = s.steadyTarget(src)
 		}
@@ -645,5 +650,29 @@ func TestFanoutSchedulerStartupRounds(t *testing.T) {
 	}
 	if startup(false, 5*lat) {
 		t.Error("without the counter: still in startup after five flat latencies")
+	}
+}
+
+// The primary's bytes reach the client after its path's one-way delay and the queue they wait
+// in at the bottleneck: its smoothed round trip less half its least one, once known (half the
+// round trip Fanout started with before).
+func TestFanoutSchedulerOwnDelay(t *testing.T) {
+	ms := time.Millisecond
+	s := newFanoutScheduler(32<<20, 80*ms, []string{"a"}, &FanoutOptions{})
+	now := time.Unix(0, 0)
+	for _, tc := range []struct {
+		srtt, minRTT, want time.Duration
+	}{
+		{0, 0, 40 * ms},               // not known yet
+		{180 * ms, 80 * ms, 140 * ms}, // 100 ms of queue
+		{70 * ms, 60 * ms, 40 * ms},   // never below half the first round trip
+	} {
+		s.pathRTT(tc.srtt, tc.minRTT)
+		if got := s.ownDelay(); got != tc.want {
+			t.Errorf("srtt %v, min %v: own delay %v, want %v", tc.srtt, tc.minRTT, got, tc.want)
+		}
+		if got, want := s.ownArrival(now, 1<<20), now.Add(dur(1<<20, s.ownRate())+tc.want); !got.Equal(want) {
+			t.Errorf("srtt %v, min %v: a piece arrives at %v, want %v", tc.srtt, tc.minRTT, got, want)
+		}
 	}
 }
