@@ -25,12 +25,15 @@ type primaryDelegations struct {
 // Delegate reserves the next length bytes of the stream for the secondary on pathID and sends
 // it request. The primary's later Writes land after the range.
 func (s *stream) Delegate(pathID string, length int64, request []byte) (*Delegation, error) {
-	return s.delegate(pathID, length, request, nil, 0)
+	return s.delegate(pathID, -1, length, request, nil, 0)
 }
 
 // delegate is Delegate, with the digests of the range's blocks of block bytes (digest.go) when
-// digests is not empty.
-func (s *stream) delegate(pathID string, length int64, request, digests []byte, block int64) (*Delegation, error) {
+// digests is not empty. With at >= 0 it delegates instead [at, at+length), a range the
+// primary reserved (reserve) and nobody has written or is writing: Fanout hands the tail of its
+// own queue to a secondary that would deliver it sooner. That is allowed after Close, like
+// WriteAt: the final size already covers the range.
+func (s *stream) delegate(pathID string, at, length int64, request, digests []byte, block int64) (*Delegation, error) {
 	sess := s.sess
 	if sess.role != RolePrimary {
 		return nil, ErrNotPrimary
@@ -59,9 +62,13 @@ func (s *stream) delegate(pathID string, length int64, request, digests []byte, 
 		s.send.mu.Unlock()
 		return nil, err
 	}
-	if s.send.state.closed() {
+	if at < 0 && s.send.state.closed() {
 		s.send.mu.Unlock()
 		return nil, ErrWriteAfterClose
+	}
+	if at >= 0 && !s.send.refill.ContainsRange(uint64(at), uint64(at)+uint64(length)) {
+		s.send.mu.Unlock()
+		return nil, &Error{Code: CodeOffsetMismatch, Message: "delegation of a range not reserved, or written already"}
 	}
 	// The secondary holds a bounded number of delegations (trust.go): past it, it would cut
 	// the path off. Checked before the range is reserved.
@@ -70,7 +77,13 @@ func (s *stream) delegate(pathID string, length int64, request, digests []byte, 
 		return nil, err
 	}
 	off := s.send.offset
-	s.send.offset += uint64(length)
+	if at < 0 {
+		s.send.offset += uint64(length)
+	} else {
+		// Still owed: if the delegation fails, its suffix is the primary's to write again.
+		off = uint64(at)
+		s.send.refill.Remove(off, off+uint64(length))
+	}
 	s.send.pending++
 	s.send.mu.Unlock()
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"sync"
 	"testing"
@@ -381,5 +382,92 @@ func TestDelegationOnClientStream(t *testing.T) {
 	got, err := io.ReadAll(cs)
 	if err != nil || !bytes.Equal(got, content(0, 1<<20)) {
 		t.Fatalf("response: %d bytes, %v", len(got), err)
+	}
+}
+
+// A range the primary reserved and has not written may be delegated after all, even after
+// Close (Fanout hands the tail of its own queue to a secondary); a range written, or not
+// reserved, may not. A failed delegation of such a range is the primary's to refill, as any.
+func TestDelegateReservedRange(t *testing.T) {
+	const head, part = 64 << 10, 256 << 10
+	for _, fail := range []bool{false, true} {
+		name := "delivered"
+		var behave secondaryBehaviour
+		if fail {
+			name = "refilled"
+			behave = func(st Stream, off, n int64) error {
+				if _, err := st.Write(content(off, n/2)); err != nil {
+					return err
+				}
+				st.CancelWrite(1)
+				return errors.New("gave up half way")
+			}
+		}
+		t.Run(name, func(t *testing.T) {
+			ms := newMultiSource(t, 1, delegationConf, behave)
+			ctx := testContext(t)
+			served := make(chan error, 1)
+			go func() {
+				served <- func() error {
+					st, err := ms.p.server.OpenStreamSync(ctx)
+					if err != nil {
+						return err
+					}
+					ks := st.(*stream)
+					if _, err := st.Write(content(0, head)); err != nil {
+						return err
+					}
+					at1, err := ks.reserve(part)
+					if err != nil {
+						return err
+					}
+					at2, err := ks.reserve(part)
+					if err != nil {
+						return err
+					}
+					if err := st.Close(); err != nil {
+						return err
+					}
+					var ke *Error
+					for _, bad := range [][2]int64{{0, head}, {at2, 2 * part}, {at1 - 1, part}} {
+						if _, err := ks.delegate(ms.ids[0], bad[0], bad[1], chunkRequest(bad[0], bad[1]), nil, 0); !errors.As(err, &ke) || ke.Code != CodeOffsetMismatch {
+							return fmt.Errorf("delegating [%d, +%d), not a reserved range: %v, want CodeOffsetMismatch", bad[0], bad[1], err)
+						}
+					}
+					d, err := ks.delegate(ms.ids[0], at2, part, chunkRequest(at2, part), nil, 0)
+					if err != nil {
+						return fmt.Errorf("delegating the reserved [%d, +%d) after Close: %v", at2, part, err)
+					}
+					if _, err := ks.WriteAt(content(at1, part), at1); err != nil {
+						return err
+					}
+					err = d.Wait(ctx)
+					var de *DelegationError
+					switch {
+					case !fail && err != nil:
+						return fmt.Errorf("delegation: %v", err)
+					case fail && !errors.As(err, &de):
+						return fmt.Errorf("delegation: %v, want a *DelegationError", err)
+					case fail:
+						_, err = ks.WriteAt(content(de.Offset, de.Remaining), de.Offset)
+					}
+					return err
+				}()
+			}()
+			cs, err := ms.p.client.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(cs)
+			if err != nil {
+				t.Fatalf("read %d bytes, then %v", len(got), err)
+			}
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, content(0, head+2*part)) {
+				t.Fatalf("read %d bytes, want %d intact", len(got), head+2*part)
+			}
+		})
 	}
 }

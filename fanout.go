@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,6 +53,9 @@ type FanoutResult struct {
 	// Duplicated is what the primary sent again of pieces slow secondaries still owed at the
 	// end (the client keeps the first copy; Bytes counts them as the secondary's).
 	Duplicated int64
+	// HandedBack is what the primary had queued for itself and gave, not yet written, to a
+	// secondary that would deliver it sooner at the end (Bytes counts it as the secondary's).
+	HandedBack int64
 	Failed     []*DelegationError // the delegations that did not deliver everything (errors.Is ErrDigestMismatch: other bytes than src's)
 }
 
@@ -260,17 +264,29 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	// primary's pipe full while this loop hands pieces to the secondaries (each piece is
 	// reserved, so delegations may be made past it before it is written); otherwise the loop
 	// writes them in turn.
-	type ownPiece struct{ off, n, at int64 }
-	var own chan ownPiece
+	// A piece the writer has not started may go to a secondary instead (handBack): the writer
+	// takes a piece by moving its state from queued to writing, handBack by moving it to
+	// handed.
+	type ownPiece struct {
+		off, n, at int64
+		state      atomic.Int32
+	}
+	const (
+		pieceQueued = iota
+		pieceWriting
+		pieceHanded
+	)
+	var own chan *ownPiece
+	var ownQ []*ownPiece // the loop's: the pieces given to the writer, in order, pruned at handBack
 	if ks != nil {
-		own = make(chan ownPiece, fanoutMaxOwnPieces)
+		own = make(chan *ownPiece, fanoutMaxOwnPieces)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			b := make([]byte, fanoutOwnPiece)
 			for p := range own {
-				if failed() != nil {
-					continue // drain: the loop has stopped
+				if failed() != nil || !p.state.CompareAndSwap(pieceQueued, pieceWriting) {
+					continue // drain: the loop has stopped; or the piece went to a secondary
 				}
 				ev := writePiece(b, p.off, p.n, p.at, false)
 				if ev.err != nil {
@@ -300,6 +316,74 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			ev.queued = n
 			events <- ev
 		}()
+		return true
+	}
+	// handBack gives the last pieces of the primary's queue that its writer has not started
+	// to a secondary that would deliver them sooner (fanoutScheduler.handBack), as one range
+	// of the stream. What the secondary does not get after all (its path died, or its
+	// digests cover less) the primary writes on a writer of its own.
+	handBack := func(now time.Time) bool {
+		if own == nil {
+			return false
+		}
+		to, k, ok := sched.handBack(now)
+		if !ok {
+			return false
+		}
+		for len(ownQ) > 0 && ownQ[0].state.Load() != pieceQueued {
+			ownQ = ownQ[1:]
+		}
+		var n int64
+		i := len(ownQ)
+		for ; i > 0; i-- {
+			p := ownQ[i-1]
+			if n+p.n > k || i < len(ownQ) && (p.at+p.n != ownQ[i].at || p.off+p.n != ownQ[i].off) {
+				break
+			}
+			if !p.state.CompareAndSwap(pieceQueued, pieceHanded) {
+				break // the writer took it: it and those before it are the primary's
+			}
+			n += p.n
+		}
+		if n == 0 {
+			return false
+		}
+		off, at := ownQ[i].off, ownQ[i].at
+		ownQ = ownQ[:i]
+		var d *Delegation
+		var given int64
+		var derr error
+		if req := o.Request(off, n); !o.NoDigests {
+			d, given, derr = delegateDigested(ks, to, at, off, n, req, src, &o, &digestBuf)
+		} else {
+			d, derr = ks.delegate(to, at, n, req, nil, 0)
+			given = n
+		}
+		if derr != nil {
+			given = 0
+			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
+				sched.kill(to)
+			}
+		} else {
+			sched.handedBack(to, off, given, now)
+			mu.Lock()
+			res.HandedBack += given
+			mu.Unlock()
+			d.Done()
+			wg.Add(1)
+			go watch(d, off)
+		}
+		if given < n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ev := writePiece(make([]byte, fanoutOwnPiece), off+given, n-given, at+given, false)
+				if ev.err != nil {
+					fail(ev.err)
+				}
+				events <- ev
+			}()
+		}
 		return true
 	}
 
@@ -341,7 +425,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 					break
 				}
 			}
-			if dup(time.Now()) {
+			if dup(time.Now()) || handBack(time.Now()) {
 				continue
 			}
 			if !sched.busy() {
@@ -376,13 +460,15 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				break
 			}
 			sched.reserved(n)
-			own <- ownPiece{off: off, n: n, at: at} // never blocks: ownTarget stays below the queue's size
+			p := &ownPiece{off: off, n: n, at: at}
+			ownQ = append(ownQ, p)
+			own <- p // never blocks: ownTarget stays below the queue's size
 			continue
 		}
 		var d *Delegation
 		var derr error
 		if req := o.Request(off, n); ks != nil && !o.NoDigests {
-			d, n, derr = delegateDigested(ks, to, off, n, req, src, &o, &digestBuf)
+			d, n, derr = delegateDigested(ks, to, -1, off, n, req, src, &o, &digestBuf)
 		} else {
 			d, derr = st.Delegate(to, n, req)
 		}
@@ -419,17 +505,18 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 }
 
 // delegateDigested delegates bytes [off, off+n) of src, which the stream's offsets hold from
-// ks's current offset, to path with the digests of their blocks. A piece too long for its
+// at (-1: from ks's current offset; see stream.delegate), to path with the digests of their
+// blocks. A piece too long for its
 // digests to fit in one message is shortened to what fits; it returns the length delegated.
 // A request that leaves no room for digests is delegated without them.
-func delegateDigested(ks *stream, path string, off, n int64, req []byte, src io.ReaderAt, o *FanoutOptions, buf *[]byte) (*Delegation, int64, error) {
+func delegateDigested(ks *stream, path string, at, off, n int64, req []byte, src io.ReaderAt, o *FanoutOptions, buf *[]byte) (*Delegation, int64, error) {
 	if m := ks.maxDigestedLength(len(req)); m < n && m > 0 {
 		n = m
 		req = o.Request(off, n)
 	}
 	block, ok := ks.digestBlockFor(n, len(req))
 	if !ok {
-		d, err := ks.Delegate(path, n, req)
+		d, err := ks.delegate(path, at, n, req, nil, 0)
 		return d, n, err
 	}
 	if *buf == nil {
@@ -439,7 +526,7 @@ func delegateDigested(ks *stream, path string, off, n int64, req []byte, src io.
 	if err != nil {
 		return nil, n, err
 	}
-	d, err := ks.delegate(path, n, req, digests, block)
+	d, err := ks.delegate(path, at, n, req, digests, block)
 	return d, n, err
 }
 

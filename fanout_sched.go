@@ -1,6 +1,9 @@
 package kwik
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // fanoutScheduler decides, for Fanout, who serves each next piece of a resource: the primary
 // itself or one of the secondaries. It is free of I/O and of the clock (every method is given
@@ -33,6 +36,10 @@ import "time"
 //   - BLEST: out of the end, a measured secondary gets no piece it would deliver more than a
 //     round trip after the primary's bytes taken now (its queue full): the reader would
 //     wait at its gap with the window full of the primary's bytes.
+//   - Once everything is assigned, the estimates' errors are repaired both ways: the primary
+//     sends again the last bytes of a secondary slower than its model (duplicate), and gives
+//     the last pieces of its own queue that its writer has not started to a secondary that
+//     would deliver them sooner (handBack).
 //   - Credit is not the scheduler's concern: the client's window covers every range
 //     delegated (handleDelegateRange), and with it the primary's own pieces below them.
 //
@@ -385,6 +392,45 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 	return best.off + best.n - bestN, bestN, true
 }
 
+// handBack picks, once everything is assigned, a secondary that would deliver the last bytes
+// of the primary's queue, which its writer has not started, sooner than the primary: ECF's
+// mistake the other way round from duplicate's. A secondary faster than its estimate (its
+// rate lags a slow start, or a loss recovery weighs on it) runs out of work while the primary
+// still has a queue of up to a latency and more, which its path alone then carries (traced at
+// 100 ms one way: 100 to 250 ms at the end with the secondaries idle). It returns the
+// secondary and how many bytes of the queue's tail to give it: as many as make both finish
+// together, after the secondary's own pieces and its trip, in whole pieces of the primary's,
+// the piece being written kept. Only a measured secondary, and only for a gain of half a
+// round at least: the estimates' noise is not worth a delegation. The choice corrects
+// itself: a secondary slower than estimated has its piece sent again (duplicate).
+func (s *fanoutScheduler) handBack(now time.Time) (path string, n int64, ok bool) {
+	if s.chunk > 0 || s.off < s.size || s.ownQueued < 2*fanoutOwnPiece {
+		return "", 0, false
+	}
+	own := s.ownRate()
+	ownEnd := now.Add(dur(s.ownQueued, own) + s.ownDelay())
+	var best *fanoutSource
+	for _, src := range s.secs {
+		if src.dead || src.rate == 0 || s.count > 0 && len(src.pieces) >= s.count {
+			continue
+		}
+		rate := s.rateOf(src)
+		slack := ownEnd.Sub(s.arrival(src, now, 0))
+		if slack <= 0 {
+			continue
+		}
+		k := int64(slack.Seconds() / (1/rate + 1/own))
+		k = min(k, s.ownQueued-fanoutOwnPiece) / fanoutOwnPiece * fanoutOwnPiece
+		if k > n && dur(k, own) >= fanoutRound/2 {
+			best, n = src, k
+		}
+	}
+	if best == nil {
+		return "", 0, false
+	}
+	return best.path, n, true
+}
+
 // behind says whether src's first outstanding piece, at rate, should have reached the
 // client more than a round (and half a round trip, for its notice) ago.
 func (s *fanoutScheduler) behind(src *fanoutSource, now time.Time, rate float64) bool {
@@ -486,15 +532,31 @@ func (s *fanoutScheduler) wrote(n int64, d time.Duration, credited bool) {
 
 // delegated records that n bytes at the current offset went to path at now.
 func (s *fanoutScheduler) delegated(path string, n int64, now time.Time) {
-	src := s.source(path)
+	s.source(path).add(s.off, n, now)
+	s.off += n
+}
+
+// handedBack records that n bytes at off, the last of the primary's queue, went to path at
+// now instead (handBack).
+func (s *fanoutScheduler) handedBack(path string, off, n int64, now time.Time) {
+	s.ownQueued -= n
+	s.source(path).add(off, n, now)
+}
+
+// add records a piece given to src: its pieces stay in the order of their offsets, the order
+// it serves them in (sendOrder).
+func (src *fanoutSource) add(off, n int64, now time.Time) {
 	if src.outstanding == 0 {
 		// Its pipe had no work: a rate measured across that time would count it
 		// (sampleReceived starts over).
 		src.marks = src.marks[:0]
 	}
 	src.outstanding += n
-	src.pieces = append(src.pieces, fanoutPiece{off: s.off, n: n, at: now, outstanding: src.outstanding})
-	s.off += n
+	i := len(src.pieces)
+	for i > 0 && src.pieces[i-1].off > off {
+		i--
+	}
+	src.pieces = slices.Insert(src.pieces, i, fanoutPiece{off: off, n: n, at: now, outstanding: src.outstanding})
 }
 
 func (s *fanoutScheduler) source(path string) *fanoutSource {

@@ -31,7 +31,10 @@ type fanoutSim struct {
 	srcRate map[int64]float64
 	own     map[int64]time.Time // the primary's pieces' arrival, by offset
 	dups    int64               // bytes the primary sent again
-	fail    map[string]bool     // secondaries whose next delegation fails at once
+	handed  int64               // bytes of the primary's queue given to a secondary (handBack)
+	// noHandBack: the primary keeps its queue (as Fanout before handBack).
+	noHandBack bool
+	fail       map[string]bool // secondaries whose next delegation fails at once
 	// noCounters: the client reports no path_received, as a client of before it did.
 	noCounters bool
 	trace      bool
@@ -109,6 +112,10 @@ func (sim *fanoutSim) run() time.Duration {
 				sim.events = append(sim.events, simEvent{at: sim.busy, off: off, n: n, dup: true})
 				continue
 			}
+			if to, k, ok := s.handBack(sim.now); ok && !sim.noHandBack {
+				sim.handBack(to, k)
+				continue
+			}
 			if s.busy() {
 				if !sim.step() {
 					sim.t.Fatal("the scheduler is busy with nothing under way")
@@ -116,6 +123,9 @@ func (sim *fanoutSim) run() time.Duration {
 				continue
 			}
 			for _, at := range sim.pieces {
+				sim.end = maxTime(sim.end, at)
+			}
+			for _, at := range sim.own {
 				sim.end = maxTime(sim.end, at)
 			}
 			return sim.end.Sub(start)
@@ -130,28 +140,68 @@ func (sim *fanoutSim) run() time.Duration {
 			}
 			s.reserved(n)
 			sim.busy = maxTime(sim.busy, sim.now).Add(dur(n, sim.rate))
-			sim.end = maxTime(sim.end, sim.busy.Add(sim.rtt/2))
 			sim.sizes[off], sim.own[off] = n, sim.busy.Add(sim.rtt/2)
 			sim.events = append(sim.events, simEvent{at: sim.busy, off: off, n: n, d: dur(n, sim.rate)})
 			continue
 		}
-		src := sim.srcs[to]
 		s.delegated(to, n, sim.now)
 		if sim.fail[to] {
 			s.resolved(to, off, 0, true, sim.now, fanoutCount{})
 			continue
 		}
-		src.busy = maxTime(sim.now.Add(src.lat/2), src.busy).Add(dur(n, src.rate))
-		sim.pieces[off] = src.busy
-		sim.sizes[off] = n
-		sim.srcRate[off] = src.rate
-		src.sent += n
-		ev := simEvent{at: src.busy.Add(src.lat / 2), path: to, off: off, n: n, received: src.sent}
-		if sim.noCounters {
-			ev.received = 0
-		}
-		sim.events = append(sim.events, ev)
+		sim.serve(to, off, n)
 	}
+}
+
+// serve has secondary to serve [off, off+n), given now.
+func (sim *fanoutSim) serve(to string, off, n int64) {
+	src := sim.srcs[to]
+	src.busy = maxTime(sim.now.Add(src.lat/2), src.busy).Add(dur(n, src.rate))
+	sim.pieces[off] = src.busy
+	sim.sizes[off] = n
+	sim.srcRate[off] = src.rate
+	src.sent += n
+	ev := simEvent{at: src.busy.Add(src.lat / 2), path: to, off: off, n: n, received: src.sent}
+	if sim.noCounters {
+		ev.received = 0
+	}
+	sim.events = append(sim.events, ev)
+}
+
+// handBack takes the primary's last queued pieces that it has not started writing, up to k
+// bytes, and gives them to secondary to, as Fanout does.
+func (sim *fanoutSim) handBack(to string, k int64) {
+	var mine []int // the primary's writes not started, by offset, the last first
+	for i, e := range sim.events {
+		if e.path == "" && !e.dup && !e.at.Add(-e.d).Before(sim.now) {
+			mine = append(mine, i)
+		}
+	}
+	slices.SortFunc(mine, func(a, b int) int { return cmp.Compare(sim.events[b].off, sim.events[a].off) })
+	var off, n int64
+	var drop []int
+	for _, i := range mine {
+		e := sim.events[i]
+		if n+e.n > k || n > 0 && e.off+e.n != off {
+			break
+		}
+		off, n = e.off, n+e.n
+		drop = append(drop, i)
+		delete(sim.own, e.off)
+		sim.busy = sim.busy.Add(-e.d)
+	}
+	if n == 0 {
+		sim.t.Fatalf("handBack of %d bytes to %s with no piece of the primary's queued", k, to)
+	}
+	slices.Sort(drop)
+	for _, i := range slices.Backward(drop) {
+		sim.events = slices.Delete(sim.events, i, i+1)
+	}
+	sim.shares[""] -= n
+	sim.shares[to] += n
+	sim.handed += n
+	sim.s.handedBack(to, off, n, sim.now)
+	sim.serve(to, off, n)
 }
 
 // peakReorder is the most bytes the client held at once above the first byte missing: what
@@ -674,5 +724,52 @@ func TestFanoutSchedulerOwnDelay(t *testing.T) {
 		if got, want := s.ownArrival(now, 1<<20), now.Add(dur(1<<20, s.ownRate())+tc.want); !got.Equal(want) {
 			t.Errorf("srtt %v, min %v: a piece arrives at %v, want %v", tc.srtt, tc.minRTT, got, want)
 		}
+	}
+}
+
+// Once everything is assigned, a measured secondary that runs out of work while the primary
+// still has a queue gets the queue's last pieces, as many as make both finish together; after
+// that, nothing more. A secondary busy until after the primary's end gets nothing, nor does
+// one not measured yet, nor anyone while pieces are still to assign.
+func TestFanoutSchedulerHandBack(t *testing.T) {
+	ms := time.Millisecond
+	now := time.Unix(0, 0)
+	const rate = 50 * mbit
+	setup := func() (*fanoutScheduler, *fanoutSource) {
+		s := newFanoutScheduler(8<<20, 200*ms, []string{"a"}, &FanoutOptions{})
+		s.off, s.pathRate, s.ownQueued = s.size, rate, 3<<20 // half a second of the primary's
+		a := s.source("a")
+		a.rate, a.lat, a.lastDone = rate, 400*ms, now
+		return s, a
+	}
+	s, a := setup()
+	path, n, ok := s.handBack(now)
+	if !ok || path != "a" || n <= 0 || n%fanoutOwnPiece != 0 || n >= s.ownQueued {
+		t.Fatalf("handBack = %q, %d, %v; want a, whole pieces of the primary's, some of its queue", path, n, ok)
+	}
+	s.handedBack("a", s.size-n, n, now)
+	mine, theirs := s.ownArrival(now, 0), s.arrival(a, now, 0)
+	if d := mine.Sub(theirs); d.Abs() > dur(fanoutOwnPiece, rate) {
+		t.Errorf("after handing back %d bytes the primary ends at %v, the secondary at %v: want together", n, mine.Sub(now), theirs.Sub(now))
+	}
+	if _, m, ok := s.handBack(now); ok {
+		t.Errorf("handed back %d bytes more once both end together", m)
+	}
+
+	s, a = setup()
+	a.pieces = []fanoutPiece{{off: 0, n: 4 << 20, at: now}} // busy for 0.67 s after its trip
+	a.outstanding = 4 << 20
+	if _, m, ok := s.handBack(now); ok {
+		t.Errorf("a secondary busy until after the primary's end was handed %d bytes", m)
+	}
+	s, a = setup()
+	a.rate = 0
+	if _, m, ok := s.handBack(now); ok {
+		t.Errorf("a secondary not measured was handed %d bytes", m)
+	}
+	s, _ = setup()
+	s.off = s.size - fanoutOwnPiece
+	if _, m, ok := s.handBack(now); ok {
+		t.Errorf("handed back %d bytes with pieces still to assign", m)
 	}
 }

@@ -1029,7 +1029,7 @@ func digestedStream(t *testing.T, p *pair, h *rawPeer, pathID string, head, n, t
 			result <- fmt.Errorf("digests: %v, %v", ok, err)
 			return
 		}
-		d, err := ks.delegate(pathID, n, chunkRequest(head, n), digests, block)
+		d, err := ks.delegate(pathID, -1, n, chunkRequest(head, n), digests, block)
 		if err != nil {
 			result <- err
 			return

@@ -181,6 +181,9 @@ type Downloads struct {
 	Size, N   int64   // bytes per download, and repetitions
 	LinksMbit int64   // the sum of the KWIK servers' link rates
 	Shares    []Share // who served the last KWIK download, the primary first
+	// Duplicated and HandedBack are the last KWIK download's FanoutResult's: what the primary
+	// sent again of the secondaries' pieces, and what it gave them of its own queue.
+	Duplicated, HandedBack int64
 }
 
 // Share is what one server sent of a KWIK download.
@@ -204,7 +207,7 @@ func (d *Downloads) setShares(fr *kwik.FanoutResult, ids []string) {
 		d.Shares = []Share{{Bytes: d.Size}}
 		return
 	}
-	d.Shares = nil
+	d.Shares, d.Duplicated, d.HandedBack = nil, fr.Duplicated, fr.HandedBack
 	for _, id := range append([]string{""}, ids...) {
 		d.Shares = append(d.Shares, Share{Path: id, Bytes: fr.Bytes[id]})
 	}
@@ -227,6 +230,12 @@ func (d Downloads) SharesString() string {
 			name = "primary"
 		}
 		parts = append(parts, fmt.Sprintf("%s=%.0f%%", name[:min(len(name), 7)], 100*float64(s.Bytes)/float64(d.Size)))
+	}
+	if d.Duplicated > 0 {
+		parts = append(parts, fmt.Sprintf("(sent again %.1f%%)", 100*float64(d.Duplicated)/float64(d.Size)))
+	}
+	if d.HandedBack > 0 {
+		parts = append(parts, fmt.Sprintf("(handed back %.1f%%)", 100*float64(d.HandedBack)/float64(d.Size)))
 	}
 	return strings.Join(parts, " ")
 }
