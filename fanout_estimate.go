@@ -138,6 +138,15 @@ func (s *fanoutScheduler) ownRate() float64 {
 	return float64(s.own.bytes) / s.own.busy.Seconds()
 }
 
+// ownPeak is the primary's best rate of its path's last three windows (ownRate without
+// them): what it may deliver its queue at, for a decision that should err on keeping it.
+func (s *fanoutScheduler) ownPeak() float64 {
+	if len(s.pathRates) == 0 {
+		return s.ownRate()
+	}
+	return slices.Max(s.pathRates[max(len(s.pathRates)-3, 0):])
+}
+
 // rateOf is a secondary's rate, or the primary's until measured.
 func (s *fanoutScheduler) rateOf(src *fanoutSource) float64 {
 	if src.rate > 0 {

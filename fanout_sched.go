@@ -401,13 +401,16 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 // secondary and how many bytes of the queue's tail to give it: as many as make both finish
 // together, after the secondary's own pieces and its trip, in whole pieces of the primary's,
 // the piece being written kept. Only a measured secondary, and only for a gain of half a
-// round at least: the estimates' noise is not worth a delegation. The choice corrects
+// round at least: the estimates' noise is not worth a delegation. The primary counts at its
+// best recent rate (ownPeak), not its median: traced at 100 ms one way, the median still held
+// a slow start and a loss recovery at the end (20 Mbit/s for a path carrying 50), and handed
+// the primary's tail to secondaries already holding a second of work. The choice corrects
 // itself: a secondary slower than estimated has its piece sent again (duplicate).
 func (s *fanoutScheduler) handBack(now time.Time) (path string, n int64, ok bool) {
 	if s.chunk > 0 || s.off < s.size || s.ownQueued < 2*fanoutOwnPiece {
 		return "", 0, false
 	}
-	own := s.ownRate()
+	own := s.ownPeak()
 	ownEnd := now.Add(dur(s.ownQueued, own) + s.ownDelay())
 	var best *fanoutSource
 	for _, src := range s.secs {

@@ -756,6 +756,13 @@ func TestFanoutSchedulerHandBack(t *testing.T) {
 		t.Errorf("handed back %d bytes more once both end together", m)
 	}
 
+	// A primary whose median rate still holds a slow start counts at its best recent window:
+	// it hands back as much as one measured at that rate all along.
+	s, _ = setup()
+	s.pathRate, s.pathRates = rate/3, []float64{rate / 3, rate / 3, rate}
+	if _, m, ok := s.handBack(now); !ok || m != n {
+		t.Errorf("with a median of a third of its best window the primary hands back %d bytes, want %d", m, n)
+	}
 	s, a = setup()
 	a.pieces = []fanoutPiece{{off: 0, n: 4 << 20, at: now}} // busy for 0.67 s after its trip
 	a.outstanding = 4 << 20
