@@ -277,7 +277,12 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		pieceHanded
 	)
 	var own chan *ownPiece
-	var ownQ []*ownPiece // the loop's: the pieces given to the writer, in order, pruned at handBack
+	var ownQ []*ownPiece // the loop's: the pieces given to the writer and not yet taken, in order
+	pruneOwn := func() {
+		for len(ownQ) > 0 && ownQ[0].state.Load() != pieceQueued {
+			ownQ = ownQ[1:]
+		}
+	}
 	if ks != nil {
 		own = make(chan *ownPiece, fanoutMaxOwnPieces)
 		wg.Add(1)
@@ -330,9 +335,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if !ok {
 			return false
 		}
-		for len(ownQ) > 0 && ownQ[0].state.Load() != pieceQueued {
-			ownQ = ownQ[1:]
-		}
+		pruneOwn()
 		var n int64
 		i := len(ownQ)
 		for ; i > 0; i-- {
@@ -461,6 +464,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 			sched.reserved(n)
 			p := &ownPiece{off: off, n: n, at: at}
+			pruneOwn()
 			ownQ = append(ownQ, p)
 			own <- p // never blocks: ownTarget stays below the queue's size
 			continue
