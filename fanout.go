@@ -510,9 +510,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 
 // delegateDigested delegates bytes [off, off+n) of src, which the stream's offsets hold from
 // at (-1: from ks's current offset; see stream.delegate), to path with the digests of their
-// blocks. A piece too long for its
-// digests to fit in one message is shortened to what fits; it returns the length delegated.
-// A request that leaves no room for digests is delegated without them.
+// blocks. A piece too long for its digests to fit in one message is shortened to what fits; it
+// returns the length delegated. A request that leaves no room for digests is delegated without
+// them.
 func delegateDigested(ks *stream, path string, at, off, n int64, req []byte, src io.ReaderAt, o *FanoutOptions, buf *[]byte) (*Delegation, int64, error) {
 	if m := ks.maxDigestedLength(len(req)); m < n && m > 0 {
 		n = m
