@@ -323,6 +323,21 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}()
 		return true
 	}
+	// delegatePiece delegates bytes [off, off+n) of src to path, at stream offset at (-1: at the
+	// stream's end), with their digests unless o.NoDigests; it returns the length delegated
+	// (delegateDigested may shorten it).
+	delegatePiece := func(to string, at, off, n int64) (*Delegation, int64, error) {
+		req := o.Request(off, n)
+		if ks != nil && !o.NoDigests {
+			return delegateDigested(ks, to, at, off, n, req, src, &o, &digestBuf)
+		}
+		if at < 0 {
+			d, err := st.Delegate(to, n, req)
+			return d, n, err
+		}
+		d, err := ks.delegate(to, at, n, req, nil, 0)
+		return d, n, err
+	}
 	// handBack gives the last pieces of the primary's queue that its writer has not started
 	// to a secondary that would deliver them sooner (fanoutScheduler.handBack), as one range
 	// of the stream. What the secondary does not get after all (its path died, or its
@@ -353,15 +368,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		}
 		off, at := ownQ[i].off, ownQ[i].at
 		ownQ = ownQ[:i]
-		var d *Delegation
-		var given int64
-		var derr error
-		if req := o.Request(off, n); !o.NoDigests {
-			d, given, derr = delegateDigested(ks, to, at, off, n, req, src, &o, &digestBuf)
-		} else {
-			d, derr = ks.delegate(to, at, n, req, nil, 0)
-			given = n
-		}
+		d, given, derr := delegatePiece(to, at, off, n)
 		if derr != nil {
 			given = 0
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
@@ -469,13 +476,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			own <- p // never blocks: ownTarget stays below the queue's size
 			continue
 		}
-		var d *Delegation
-		var derr error
-		if req := o.Request(off, n); ks != nil && !o.NoDigests {
-			d, n, derr = delegateDigested(ks, to, -1, off, n, req, src, &o, &digestBuf)
-		} else {
-			d, derr = st.Delegate(to, n, req)
-		}
+		d, n, derr := delegatePiece(to, -1, off, n)
 		if derr != nil {
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
 				sched.kill(to)
