@@ -342,8 +342,9 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	// to a secondary that would deliver them sooner (fanoutScheduler.handBack), as one range
 	// of the stream. What the secondary does not get after all (its path died, or its
 	// digests cover less) the primary writes on a writer of its own.
+	handBackOff := false // a delegation refused for another reason than its path: no more
 	handBack := func(now time.Time) bool {
-		if own == nil {
+		if own == nil || handBackOff {
 			return false
 		}
 		to, k, ok := sched.handBack(now)
@@ -373,6 +374,8 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			given = 0
 			if errors.Is(derr, ErrPathDead) || errors.Is(derr, ErrPathNotFound) {
 				sched.kill(to)
+			} else {
+				handBackOff = true // the secondary's bounds, say: the same would come again
 			}
 		} else {
 			sched.handedBack(to, off, given, now)
@@ -391,6 +394,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 				if ev.err != nil {
 					fail(ev.err)
 				}
+				ev.credited = false // beside the own writer: its time does not measure the path
 				events <- ev
 			}()
 		}
