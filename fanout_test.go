@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 )
 
 func TestFanoutRequest(t *testing.T) {
@@ -231,4 +232,33 @@ func TestFanoutJoining(t *testing.T) {
 	if served == 0 {
 		t.Fatalf("the joining secondaries served nothing: %v", fr.Bytes)
 	}
+}
+
+// A primary slower than its secondaries (16 Mbit/s behind its link, each secondary 100) serves
+// the least, and the end's repairs both ways (the primary sending a secondary's last bytes
+// again, or handing the unwritten tail of its own queue to a secondary: FanoutResult.HandedBack,
+// most runs here) leave the resource intact and every byte accounted for once.
+func TestFanoutSlowPrimary(t *testing.T) {
+	sconf := *delegationConf
+	sconf.JoinKey = testJoinKey
+	ln := listen(t, &sconf)
+	slow := netsim.LinkConfig{RateBps: 16e6, Delay: 5 * time.Millisecond}
+	client, server := dialVia(t, ln, relay(t, ln, netsim.Config{Up: slow, Down: slow}), delegationConf)
+	ms := &multiSource{p: &pair{ln: ln, client: client, server: server}}
+	for range 2 {
+		sln := listen(t, &sconf)
+		fast := netsim.LinkConfig{RateBps: 100e6, Delay: 5 * time.Millisecond}
+		r := relay(t, sln, netsim.Config{Up: fast, Down: fast})
+		id, sec := addPath(t, server, sln, r.Addr().String())
+		ms.ids, ms.secs, ms.lns, ms.relay = append(ms.ids, id), append(ms.secs, sec), append(ms.lns, sln), append(ms.relay, r)
+	}
+	resource := content(0, 16<<20)
+	fr := fanoutDownload(t, ms, nil, resource, nil, nil)
+	checkFanoutShares(t, fr, ms, int64(len(resource)))
+	for _, id := range ms.ids {
+		if fr.Bytes[id] <= fr.Bytes[""] {
+			t.Errorf("secondary %s served %d bytes, the slower primary %d", id, fr.Bytes[id], fr.Bytes[""])
+		}
+	}
+	t.Logf("shares %v; sent again %d, handed back %d", fr.Bytes, fr.Duplicated, fr.HandedBack)
 }
