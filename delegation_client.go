@@ -60,6 +60,20 @@ type clientDelegations struct {
 	stopped map[uint64]*delegationRecord
 }
 
+// heldDelegations (client) are the ranges delegated to paths still joining, held until the
+// join ends (JoinPath): then handed to the secondary in the order they came, or refused. Its
+// mutex also orders every DelegateRange against the hand-over, so that a secondary always
+// receives its ranges in increasing delegation IDs, as it requires.
+type heldDelegations struct {
+	mu     sync.Mutex
+	byPath map[string]*heldRanges // a path joining since the primary asked for it
+}
+
+type heldRanges struct {
+	ranges []*pb.DelegateRange
+	bytes  int // of their requests and digests
+}
+
 // outcome decides a record once it can. st.recv.mu is held.
 func (d *delegationRecord) outcome() delegationState {
 	if d.state != delegationActive {
@@ -138,8 +152,86 @@ func (sess *session) reportOutcome(d *delegationRecord, state delegationState, m
 	}
 }
 
-// handleDelegateRange (client) records a reservation and hands it to the secondary.
+// handleDelegateRange (client) records a reservation and hands it to the secondary, or holds
+// it while its path is joining.
 func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
+	sess.held.mu.Lock()
+	defer sess.held.mu.Unlock()
+	return sess.takeDelegateRange(m, true)
+}
+
+// holdJoining starts holding the ranges delegated to path id, which the client now joins.
+func (sess *session) holdJoining(id string) {
+	sess.held.mu.Lock()
+	if sess.held.byPath == nil {
+		sess.held.byPath = make(map[string]*heldRanges)
+	}
+	sess.held.byPath[id] = &heldRanges{}
+	sess.held.mu.Unlock()
+}
+
+// releaseJoining ends the join of path id: its held ranges go to the secondary (err nil: the
+// path is active) or are refused.
+func (sess *session) releaseJoining(id string, err error) {
+	var ferr error
+	sess.held.mu.Lock()
+	h := sess.held.byPath[id]
+	delete(sess.held.byPath, id)
+	for _, m := range heldRangesOf(h) {
+		if err != nil {
+			sess.refuseDelegateRange(m, CodePathDead, "the client could not join the path")
+		} else if ferr = sess.takeDelegateRange(m, false); ferr != nil {
+			break
+		}
+	}
+	sess.held.mu.Unlock()
+	if ferr != nil {
+		// A range the primary should not have sent (it broke the protocol): as if it had
+		// come now.
+		sess.closeLocal(ferr)
+	}
+}
+
+func heldRangesOf(h *heldRanges) []*pb.DelegateRange {
+	if h == nil {
+		return nil
+	}
+	return h.ranges
+}
+
+// settleHeld reports complete the ranges of stream id held for paths still joining: the
+// stream's reader has read everything (the primary sent those bytes again), so the primary
+// need not wait for the joins to end. Their secondaries never hear of them.
+func (sess *session) settleHeld(id uint64) {
+	sess.held.mu.Lock()
+	defer sess.held.mu.Unlock()
+	for _, h := range sess.held.byPath {
+		kept := h.ranges[:0]
+		for _, m := range h.ranges {
+			if m.LogicalStreamId != id {
+				kept = append(kept, m)
+				continue
+			}
+			h.bytes -= len(m.Request) + len(m.Digests)
+			sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
+				DelegationId: m.DelegationId, Complete: true,
+			}}})
+		}
+		clear(h.ranges[len(kept):])
+		h.ranges = kept
+	}
+}
+
+// refuseDelegateRange answers a range with its whole length missing.
+func (sess *session) refuseDelegateRange(m *pb.DelegateRange, code ErrorCode, reason string) {
+	sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
+		DelegationId: m.DelegationId, MissingOffset: m.Offset, Remaining: m.Length, ErrorCode: pb.ErrorCode(code), Reason: reason,
+	}}})
+}
+
+// takeDelegateRange is handleDelegateRange, with sess.held.mu held; hold says whether a range
+// for a joining path may be held (not when the join has just ended).
+func (sess *session) takeDelegateRange(m *pb.DelegateRange, hold bool) error {
 	end := m.Offset + m.Length
 	if m.Length == 0 || end < m.Offset || end > 1<<62 {
 		return &Error{Code: CodeInvalidFrame, Message: "delegated range out of bounds"}
@@ -148,9 +240,7 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 		return &Error{Code: CodeInvalidFrame, Message: "delegated range's digests malformed"}
 	}
 	refuse := func(code ErrorCode, reason string) error {
-		sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
-			DelegationId: m.DelegationId, MissingOffset: m.Offset, Remaining: m.Length, ErrorCode: pb.ErrorCode(code), Reason: reason,
-		}}})
+		sess.refuseDelegateRange(m, code, reason)
 		return nil
 	}
 	st, err := sess.streams.get(m.LogicalStreamId)
@@ -159,6 +249,36 @@ func (sess *session) handleDelegateRange(m *pb.DelegateRange) error {
 	}
 	if st == nil {
 		return refuse(CodeStreamCreateFailed, "the stream is finished")
+	}
+	if h := sess.held.byPath[m.PathId]; h != nil && hold {
+		// Its path is joining: held until the join ends, within what the secondary itself
+		// would hold, digests counted with the requests (a primary that keeps to its bounds
+		// never reaches them).
+		if len(h.ranges) >= maxSecondaryDelegations || h.bytes+len(m.Request)+len(m.Digests) > maxSecondaryRequestBytes {
+			return refuse(CodePacketTooLarge, "too many ranges for a path still joining")
+		}
+		h.ranges = append(h.ranges, m)
+		h.bytes += len(m.Request) + len(m.Digests)
+		// The window widens now, as for a range handed over (below): the reader will wait at
+		// this gap until the join ends, and the primary's bytes beyond it need the credit.
+		st.recv.mu.Lock()
+		var grant uint64
+		var wake bool
+		if !st.recv.state.ended() {
+			st.recv.fc.AtLeast(uint64(sess.conf.StreamReceiveWindow))
+			if read := st.recv.buf.ReadOffset(); end > read && end-read > st.recv.fc.Size() {
+				st.recv.fc.AtLeast(end - read)
+			}
+			grant, wake = st.grantLocked()
+		}
+		st.recv.mu.Unlock()
+		if grant > 0 {
+			st.path.ctrl.queueMaxStreamData(st.id, grant)
+		}
+		if wake {
+			sess.serveStalled()
+		}
+		return nil
 	}
 	p, err := sess.livePath(m.PathId)
 	if err != nil {

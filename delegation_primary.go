@@ -53,7 +53,7 @@ func (s *stream) delegate(pathID string, at, length int64, request, digests []by
 	if sess.ctx.Err() != nil {
 		return nil, sess.closeErr()
 	}
-	if err := sess.pathError(pathID); err != nil {
+	if err := sess.delegationPathError(pathID); err != nil {
 		return nil, err
 	}
 	s.send.mu.Lock()

@@ -48,6 +48,9 @@
 // authenticates with the session ID and a join token that the primary signs with
 // Config.JoinKey, a key the primary and its secondaries share. The secondary's Listener.Accept
 // then returns a session whose Role is RoleSecondary and whose ID is the client's session ID.
+// Session.JoinPath does the same without waiting for the client's answer: it returns the
+// path's ID at once, and ranges delegated to it meanwhile are held by the client until the
+// join ends (a secondary's first bytes come a round trip sooner).
 // Every side lists the session's paths with GetActivePaths, GetDeadPaths and GetAllPaths.
 // Liveness rests on QUIC's loss recovery. The primary path behaves as a quic-go connection: it
 // ends after QUIC.MaxIdleTimeout without traffic (unless QUIC.KeepAlivePeriod asks for

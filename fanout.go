@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,10 +28,13 @@ type FanoutOptions struct {
 	// round) outstanding, so that its pipe stays full.
 	MaxInFlight int
 	// Joining, if not nil, gives the IDs of secondary paths that join while Fanout runs: each
-	// takes pieces from its arrival on, as those of paths do. A response that should not wait
-	// for its secondaries' joins (kwikhttp's first large one in a session) starts with the
-	// paths already there, even none. Fanout stops receiving once everything is assigned; it
-	// never closes the channel.
+	// takes pieces from its arrival on, as those of paths do. Fanout stops receiving once
+	// everything is assigned; it never closes the channel. A path still joining
+	// (Session.JoinPath), here or in paths, takes pieces at once: the client holds them until
+	// it has joined (a round trip sooner than after AddPath returns), and the primary sends
+	// them again if the join is late or fails. So a response that should not wait for its
+	// secondaries (kwikhttp's first large one in a session) passes them, joined or not, in
+	// paths.
 	Joining <-chan string
 	// Request makes the request a secondary receives for bytes [off, off+n) of the resource.
 	// nil means FanoutRequest, which ServeFanout understands.
@@ -131,12 +135,43 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		recalled = memo.load()
 		sched.recall(recalled, time.Now())
 	}
+	// Paths still joining (Session.JoinPath) take pieces at once, which the client holds
+	// until the join ends; the scheduler counts them as given from then on.
+	type joiningPath struct {
+		id    string
+		ended <-chan struct{}
+	}
+	var joins []joiningPath
+	watchJoin := func(id string) {
+		if ks == nil || ks.sess == nil {
+			return
+		}
+		if ch := ks.sess.joinOf(id); ch != nil {
+			sched.joining(id, time.Now())
+			joins = append(joins, joiningPath{id, ch})
+		}
+	}
+	checkJoins := func() {
+		for i := 0; i < len(joins); {
+			select {
+			case <-joins[i].ended:
+				sched.joined(joins[i].id, time.Now())
+				joins = slices.Delete(joins, i, i+1)
+			default:
+				i++
+			}
+		}
+	}
+	for _, id := range paths {
+		watchJoin(id)
+	}
 	joining := o.Joining
 	join := func(id string, ok bool) {
 		if !ok {
 			joining = nil
 		} else if src := sched.join(id); src != nil {
 			src.recall(recalled, time.Now())
+			watchJoin(id)
 		}
 	}
 	takeJoins := func() {
@@ -416,6 +451,7 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 			}
 		}
 		takeJoins()
+		checkJoins()
 		off := sched.off
 		if ks != nil {
 			st := &ks.path.stats

@@ -177,7 +177,7 @@ func (s *fanoutScheduler) arrival(src *fanoutSource, now time.Time, n int64) tim
 	if a := s.arrivals(src, now, s.rateOf(src)); len(a) > 0 {
 		t = a[len(a)-1]
 	}
-	return maxTime(t, now.Add(s.tripOf(src))).Add(dur(n, s.rateOf(src)))
+	return maxTime(t, maxTime(now, src.joinReady).Add(s.tripOf(src))).Add(dur(n, s.rateOf(src)))
 }
 
 // arrivals is when the last byte of each of src's outstanding pieces should reach the client,
@@ -194,7 +194,7 @@ func (s *fanoutScheduler) arrivals(src *fanoutSource, now time.Time, rate float6
 	out := slices.Grow(s.arrivalBuf[:0], len(src.pieces))[:len(src.pieces)]
 	s.arrivalBuf = out
 	for i, p := range src.pieces {
-		t = maxTime(t, p.at.Add(trip)).Add(dur(p.n, rate))
+		t = maxTime(t, src.given(p).Add(trip)).Add(dur(p.n, rate))
 		out[i] = t
 	}
 	if len(out) > 0 {
@@ -263,11 +263,11 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// together would make one alone look instantaneous, and the bytes a path recovering a
 	// loss held arrive at once. The source's rate is the best of the recent ones.
 	lat := s.latOf(src)
-	start := maxTime(p.at.Add(lat), src.lastDone)
+	start := maxTime(src.given(p).Add(lat), src.lastDone)
 	if !start.Before(now) {
 		// Done before its latency was up (the estimate, from the primary's round trip, was
 		// too long): its whole time since it was given, or a burst would look instantaneous.
-		start = p.at
+		start = src.given(p)
 	}
 	src.done = append(src.done, fanoutDone{bytes: delivered, start: start, end: now})
 	if len(src.done) > fanoutRateWindow {
@@ -335,7 +335,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
 	// (with others outstanding, their transfer times blur it).
 	if p.outstanding == p.n {
-		took := now.Sub(p.at) - time.Duration(float64(p.n)/src.rate*float64(time.Second))
+		took := now.Sub(src.given(p)) - time.Duration(float64(p.n)/src.rate*float64(time.Second))
 		// A delegation goes primary → client → secondary and its notice back: at least the
 		// primary's round trip (half of it: its smoothed RTT counts its queue), whatever a
 		// piece completed early (its bytes sent again by the primary) suggests.

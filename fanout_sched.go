@@ -117,7 +117,17 @@ type fanoutSource struct {
 	marks    []fanoutMark
 	counted  bool // its latest rate sample came from the client's counter
 	doubling bool // its rate grew by half or more over its last round
+	// joinReady, for a path given pieces while the client was still joining it
+	// (Session.JoinPath): the client holds them until the join ends, so they count as
+	// given no sooner than this. Expected at first; once the join has ended, when the client
+	// handed them over, less the primary's half of the trip.
+	joinReady   time.Time
+	joinPending bool // the join has not ended yet
 }
+
+// given is when piece p counts as given to src: when it was, or once the client could hand
+// it over.
+func (src *fanoutSource) given(p fanoutPiece) time.Time { return maxTime(p.at, src.joinReady) }
 
 // startup says whether src's rate is still growing (see fanoutSource.round).
 func (src *fanoutSource) startup() bool { return src.rate > 0 && src.flat < fanoutStartupRounds }
@@ -141,6 +151,9 @@ const (
 	fanoutRateWindow   = 16      // completions a secondary's rate is the best of
 	fanoutRateAge      = 10      // latencies (at least rounds) a rate sample counts for
 	fanoutProbe        = 1 << 20 // outstanding on a secondary until its rate is known
+	// fanoutJoiningProbe is what a secondary still joining may have outstanding: what the
+	// client holds for it until then, and the primary sends again if the join is late.
+	fanoutJoiningProbe = 512 << 10
 	// fanoutRound is how often, at least, the scheduler decides: the margin every source's
 	// queue keeps beyond its latency.
 	fanoutRound = 50 * time.Millisecond
@@ -198,6 +211,9 @@ func (s *fanoutScheduler) steadyTarget(src *fanoutSource) int64 {
 	t := int64(fanoutGain * s.rateOf(src) * (s.latOf(src) + fanoutRound).Seconds())
 	if src.rate == 0 {
 		t = min(t, fanoutProbe)
+	}
+	if src.joinPending {
+		t = min(t, fanoutJoiningProbe)
 	}
 	return max(t, fanoutMinChunk)
 }
@@ -345,7 +361,7 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 			continue
 		}
 		rate := s.rateOf(src)
-		if waited := now.Sub(src.pieces[0].at); src.rate == 0 && waited > 2*s.latOf(src)+fanoutRound {
+		if waited := now.Sub(src.given(src.pieces[0])); src.rate == 0 && waited > 2*s.latOf(src)+fanoutRound {
 			// Not one piece done yet, long after its latency: it carries less than a piece
 			// over that time, whatever the primary's rate suggested.
 			rate = min(rate, float64(src.pieces[0].n)/waited.Seconds())
@@ -445,7 +461,7 @@ func (s *fanoutScheduler) behind(src *fanoutSource, now time.Time, rate float64)
 		t = src.lastDone.Add(-s.rtt / 2)
 	}
 	p := src.pieces[0]
-	due := maxTime(t, p.at.Add(s.tripOf(src))).Add(dur(p.n, rate))
+	due := maxTime(t, src.given(p).Add(s.tripOf(src))).Add(dur(p.n, rate))
 	return now.After(due.Add(s.rtt/2 + fanoutRound))
 }
 
@@ -468,11 +484,14 @@ func (s *fanoutScheduler) rescue(now time.Time) (off, n int64, ok bool) {
 		due := src.lastDone
 		for i := range src.pieces {
 			p := &src.pieces[i]
-			due = maxTime(due, p.at.Add(lat)).Add(dur(p.n, rate))
+			due = maxTime(due, src.given(*p).Add(lat)).Add(dur(p.n, rate))
 			if low != nil && p.off > low.off {
 				break
 			}
-			if !p.dup && s.dupBytes+p.n <= s.size/8 && now.Sub(due) >= max(3*s.rtt, fanoutOverdue) {
+			// A path whose join is late has all its pieces sent again, whatever the bound:
+			// the client holds them, and the reader waits for them, until the join ends.
+			capped := s.dupBytes+p.n > s.size/8 && !src.joinPending
+			if !p.dup && !capped && now.Sub(due) >= max(3*s.rtt, fanoutOverdue) {
 				low = p
 				break
 			}
@@ -585,6 +604,23 @@ func (s *fanoutScheduler) join(path string) *fanoutSource {
 	src := &fanoutSource{path: path}
 	s.secs = append(s.secs, src)
 	return src
+}
+
+// joining records that path, just given to the scheduler, is still joining at now: the
+// client answers the primary's request after half a round trip, then joins the secondary in
+// two (QUIC's handshake and KWIK's), and hands over what it holds.
+func (s *fanoutScheduler) joining(path string, now time.Time) {
+	if src := s.source(path); !src.dead {
+		src.joinReady, src.joinPending = now.Add(2*s.rtt), true
+	}
+}
+
+// joined records that the join of path ended at now, as the primary learns it (the client
+// answered half a round trip ago, as it handed over what it held). A failed join fails its
+// pieces (resolved).
+func (s *fanoutScheduler) joined(path string, now time.Time) {
+	src := s.source(path)
+	src.joinReady, src.joinPending = now.Add(-s.rtt), false
 }
 
 // kill stops giving path work (it died, or Delegate refused it).

@@ -780,3 +780,69 @@ func TestFanoutSchedulerHandBack(t *testing.T) {
 		t.Errorf("handed back %d bytes with pieces still to assign", m)
 	}
 }
+
+// A secondary still joining (JoinPath) takes pieces at once, which the client holds: at most
+// fanoutJoiningProbe of them; each counts as given once the join should have ended (two round
+// trips), then, once it has, a round trip before the primary learnt it (the client handed
+// them over half a round trip before its answer came); and a late join has all its pieces
+// sent again, past the bound on sending again.
+func TestFanoutSchedulerJoining(t *testing.T) {
+	ms := time.Millisecond
+	now := time.Unix(0, 0)
+	rtt := 80 * ms
+	s := newFanoutScheduler(1<<20, rtt, []string{"a"}, &FanoutOptions{})
+	s.off = fanoutFirstPiece
+	s.joining("a", now)
+	a := s.source("a")
+	if got := s.targetOf(a); got > fanoutJoiningProbe {
+		t.Fatalf("target while joining %d, want at most %d", got, fanoutJoiningProbe)
+	}
+	if got, min := s.arrival(a, now, 0), now.Add(2*rtt+s.tripOf(a)); got.Before(min) {
+		t.Errorf("a piece given while joining arrives %v after, want no sooner than %v", got.Sub(now), min.Sub(now))
+	}
+	var given int64
+	for given+fanoutMinChunk <= s.targetOf(a) {
+		s.delegated("a", fanoutMinChunk, now)
+		given += fanoutMinChunk
+	}
+	if given <= s.size/8 {
+		t.Fatalf("gave %d bytes while joining: the test needs more than the bound on sending again (%d)", given, s.size/8)
+	}
+
+	// The join is late: every piece comes due, and is sent again, one after the other.
+	late := now.Add(time.Second)
+	var again int64
+	for {
+		off, n, ok := s.duplicate(late)
+		if !ok {
+			break
+		}
+		if off != fanoutFirstPiece+again {
+			t.Fatalf("sent again %d at %d, want the lowest piece not sent again, at %d", n, off, fanoutFirstPiece+again)
+		}
+		again += n
+		s.duplicated(n)
+	}
+	if again != given {
+		t.Errorf("sent again %d of the %d bytes held for a late join", again, given)
+	}
+
+	// The join ends: its pieces count from a round trip before, and it may take a probe.
+	s = newFanoutScheduler(1<<20, rtt, []string{"a"}, &FanoutOptions{})
+	s.off = fanoutFirstPiece
+	s.joining("a", now)
+	a = s.source("a")
+	s.delegated("a", fanoutMinChunk, now)
+	end := now.Add(300 * ms)
+	s.joined("a", end)
+	if got, want := a.given(a.pieces[0]), end.Add(-rtt); !got.Equal(want) {
+		t.Errorf("a piece held until the join ended counts as given at %v, want %v", got.Sub(now), want.Sub(now))
+	}
+	s.delegated("a", fanoutMinChunk, end.Add(ms))
+	if got, want := a.given(a.pieces[1]), end.Add(ms); !got.Equal(want) {
+		t.Errorf("a piece given after the join counts as given at %v, want %v", got.Sub(now), want.Sub(now))
+	}
+	if got := s.targetOf(a); got <= fanoutJoiningProbe {
+		t.Errorf("target once joined %d, want more than the joining bound %d", got, fanoutJoiningProbe)
+	}
+}

@@ -1048,6 +1048,38 @@ var primaryAttacks = []primaryAttack{
 		},
 	},
 	{
+		// Ranges for a path still joining are held, within the secondary's own bounds: past
+		// 1024 the client refuses at once (and the session goes on); once the join ends, the
+		// secondary receives the held ones in the order they came.
+		name: "DELEGATE_RANGE flood for a path still joining", want: nil,
+		attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {
+			h.data(t, h.packet(frame(1, 0, []byte("hello"), false)))
+			acceptBounded(t, v)
+			pathID := randomID(8)
+			h.send(addPathRequest(ql.Addr().String(), sid, pathID, []byte("a token")))
+			h2, _ := acceptRaw(t, ql) // not answered yet: the join waits
+			const held = maxSecondaryDelegations
+			var fs []*pb.ControlFrame
+			for i := range uint64(held + 1) {
+				fs = append(fs, &pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+					DelegationId: i + 1, LogicalStreamId: 1, Offset: 5 + 10*i, Length: 10, PathId: pathID,
+				}}})
+			}
+			h.send(fs...)
+			st := h.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationStatus() != nil }).GetDelegationStatus()
+			if st.DelegationId != held+1 || st.ErrorCode != pb.ErrorCode(CodePacketTooLarge) {
+				t.Fatalf("first status %v, want the range past the bound refused (KWIK_PACKET_TOO_LARGE)", st)
+			}
+			h2.send(authOK(sid, pathID))
+			for want := uint64(1); want <= 3; want++ {
+				a := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
+				if a.DelegationId != want {
+					t.Fatalf("assignment %d handed over after the join, want %d (in order)", a.DelegationId, want)
+				}
+			}
+		},
+	},
+	{
 		// The secondary must answer for the session and path it was asked for.
 		name: "ADD_PATH at the primary's own address, answered for another session", want: nil,
 		attack: func(t *testing.T, h *rawPeer, v *session, sid string, ql *quic.Listener) {

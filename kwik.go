@@ -114,8 +114,17 @@ type Session interface {
 	// or Accept has completed it (QUIC's and KWIK's), so it is always closed.
 	HandshakeComplete() <-chan struct{}
 
-	// AddPath asks the client to join the server at address (primary only; elsewhere ErrNotPrimary).
+	// AddPath asks the client to join the server at address (primary only; elsewhere
+	// ErrNotPrimary). It returns once the client has answered: nil means the path is active.
 	AddPath(address string) error
+	// JoinPath is AddPath without the wait: it returns the new path's ID at once (the path is
+	// PathConnecting until the client answers) and a channel that then receives what AddPath
+	// would return. A request refused before it is sent returns "" and its error on the
+	// channel. Ranges may be delegated to the path at once (Stream.Delegate, Fanout, a
+	// FanoutOptions.Joining channel): the client holds them until the path is active, then
+	// hands them to the secondary, and fails them if the join fails; the secondary's first
+	// bytes come a round trip sooner than after AddPath returns.
+	JoinPath(address string) (pathID string, result <-chan error)
 	// RemovePath closes a secondary path (primary only; elsewhere ErrNotPrimary).
 	RemovePath(pathID string) error
 	// GetActivePaths, GetDeadPaths and GetAllPaths report the session's paths as this side knows them.
@@ -191,7 +200,9 @@ type Stream interface {
 	// PathID is the path the stream lives on.
 	PathID() string
 
-	// Delegate reserves the next length bytes of the stream for the secondary on pathID (primary only).
+	// Delegate reserves the next length bytes of the stream for the secondary on pathID
+	// (primary only): an active path, or one still joining (Session.JoinPath), whose ranges
+	// the client holds until the join ends.
 	Delegate(pathID string, length int64, request []byte) (*Delegation, error)
 	// WriteAt fills a reserved range that a failed delegation left undelivered (primary only).
 	WriteAt(p []byte, off int64) (int, error)

@@ -61,6 +61,7 @@ type session struct {
 
 	delegs       primaryDelegations   // primary: delegations awaiting the client's verdict
 	clientDelegs clientDelegations    // client: reservations by delegation ID
+	held         heldDelegations      // client: ranges for paths still joining
 	secondary    secondaryDelegations // secondary: delegations as streams
 
 	delegKey  []byte     // servers: the key of delegation MACs, derived from the join key (trust.go)

@@ -71,6 +71,7 @@ func (s *session) join(req *pb.AddPathRequest) {
 		fail(code, refusal)
 		return
 	}
+	s.holdJoining(rec.id) // before the next frame: the primary may delegate to it at once
 
 	s.wg.Add(1)
 	go func() {
@@ -87,6 +88,7 @@ func (s *session) join(req *pb.AddPathRequest) {
 			err = s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
 		}
 		cancel()
+		s.releaseJoining(rec.id, err)
 		if err == nil {
 			s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathResponse{AddPathResponse: &pb.AddPathResponse{
 				PathId: rec.id, Success: true,

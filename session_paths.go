@@ -20,9 +20,20 @@ type pathRecord struct {
 	changedAt   time.Time  // last status change: LastActive for paths without a connection here
 	p           *path      // the connection, on the side that has one
 	tokens      tokenLimit // primary: the rejoin tokens given for the path
+	// joined, on the primary, for a path it asked the client to join: closed once the join
+	// ends, whichever way (the status then says which). Fanout learns from it when a path it
+	// gave pieces while connecting is up.
+	joined chan struct{}
 }
 
 func (r *pathRecord) setStatus(st PathStatus, reason string) {
+	if r.joined != nil && st != PathConnecting {
+		select {
+		case <-r.joined:
+		default:
+			close(r.joined)
+		}
+	}
 	r.status, r.reason, r.changedAt = st, reason, time.Now()
 }
 
@@ -68,6 +79,32 @@ func (s *session) pathError(pathID string) error {
 	return err
 }
 
+// delegationPathError says why a range cannot be delegated to pathID: nil if it is active, or
+// (primary) still connecting after JoinPath or AddPath, since the client holds the range
+// until the join ends.
+func (s *session) delegationPathError(pathID string) error {
+	var err error
+	s.inspect(func() {
+		if r := s.paths.byID[pathID]; r != nil && r.joined != nil && r.status == PathConnecting {
+			return
+		}
+		err = s.pathErrorOnLoop(pathID)
+	})
+	return err
+}
+
+// joinOf returns the channel closed once the join of path pathID ends (primary): nil if the
+// primary is not joining it.
+func (s *session) joinOf(pathID string) <-chan struct{} {
+	var ch chan struct{}
+	s.inspect(func() {
+		if r := s.paths.byID[pathID]; r != nil && r.status == PathConnecting {
+			ch = r.joined
+		}
+	})
+	return ch
+}
+
 // pathErrorOnLoop is pathError, run on the loop.
 func (s *session) pathErrorOnLoop(pathID string) error {
 	r := s.paths.byID[pathID]
@@ -85,20 +122,47 @@ func (s *session) pathErrorOnLoop(pathID string) error {
 // AddPath asks the client to join the server at address. It returns once the client has
 // answered: nil means the path is active.
 func (s *session) AddPath(address string) error {
+	id, ch, rec, err := s.startJoin(address)
+	if err != nil {
+		return err
+	}
+	return s.awaitJoin(address, id, ch, rec)
+}
+
+// JoinPath asks the client to join the server at address, as AddPath does, without waiting
+// for the answer: it returns the new path's ID (PathConnecting until the client answers) and
+// a channel that receives AddPath's result once (nil: the path is active). A request refused
+// here returns no ID and its error on the channel. Delegations to the path may start at once
+// (Stream.Delegate, Fanout): the client holds them until the path is active and fails them
+// if the join fails, so that a secondary's first bytes come a round trip sooner than after
+// AddPath.
+func (s *session) JoinPath(address string) (pathID string, result <-chan error) {
+	out := make(chan error, 1)
+	id, ch, rec, err := s.startJoin(address)
+	if err != nil {
+		out <- err
+		return "", out
+	}
+	go func() { out <- s.awaitJoin(address, id, ch, rec) }()
+	return id, out
+}
+
+// startJoin records a new path to address, PathConnecting, and asks the client to join it.
+func (s *session) startJoin(address string) (string, chan *pb.AddPathResponse, *pathRecord, error) {
 	if s.role != RolePrimary {
-		return ErrNotPrimary
+		return "", nil, nil, ErrNotPrimary
 	}
 	if len(s.conf.JoinKey) == 0 {
-		return &detailError{msg: "kwik: AddPath needs Config.JoinKey, shared with the secondaries", is: ErrNoJoinKey}
+		return "", nil, nil, &detailError{msg: "kwik: AddPath needs Config.JoinKey, shared with the secondaries", is: ErrNoJoinKey}
 	}
 	if address == "" {
-		return invalidArgument("kwik: AddPath: empty address")
+		return "", nil, nil, invalidArgument("kwik: AddPath: empty address")
 	}
 	id := randomID(8)
 	now := time.Now()
 	token, err := jointoken.Issue(s.conf.JoinKey, s.id, id, address, now, now.Add(s.conf.JoinTokenTTL))
 	if err != nil {
-		return err
+		return "", nil, nil, err
 	}
 	ch := make(chan *pb.AddPathResponse, 1)
 	var rec *pathRecord
@@ -122,20 +186,24 @@ func (s *session) AddPath(address string) error {
 			refused = fmt.Errorf("kwik: AddPath: the session already has %d paths (Config.MaxPaths)", live)
 			return
 		}
-		rec = &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now()}
+		rec = &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now(), joined: make(chan struct{})}
 		s.paths.records = append(s.paths.records, rec)
 		s.paths.byID[id] = rec
 		s.paths.adds[id] = ch
 	}); err != nil {
-		return err
+		return "", nil, nil, err
 	}
 	if refused != nil {
-		return refused
+		return "", nil, nil, refused
 	}
-
 	s.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_AddPathRequest{AddPathRequest: &pb.AddPathRequest{
 		TargetAddress: address, SessionId: s.id, PathId: id, JoinToken: token,
 	}}})
+	return id, ch, rec, nil
+}
+
+// awaitJoin waits for the client's answer to the join of path id and returns AddPath's result.
+func (s *session) awaitJoin(address, id string, ch chan *pb.AddPathResponse, rec *pathRecord) error {
 	// The client dials within its own HandshakeTimeout; allow for the token's life as well.
 	timer := time.NewTimer(s.conf.JoinTokenTTL + s.conf.HandshakeTimeout)
 	defer timer.Stop()

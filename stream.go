@@ -397,6 +397,7 @@ func (s *stream) finishRecv() {
 		s.sess.reportOutcome(d, delegationComplete, d.end, 0, "")
 	}
 	s.sess.stopDelegations(delegs, s.id, 0)
+	s.sess.settleHeld(s.id)
 	s.completeRecv()
 }
 

@@ -44,11 +44,12 @@
 // primary's alone.
 //
 // Which secondaries join a client's session, and when, is the primary's policy:
-// Server.Secondaries are added (kwik.Session.AddPath) at the session's first response that
+// Server.Secondaries are added (kwik.Session.JoinPath) at the session's first response that
 // would be fanned out, not before, so that a client that only asks for small things never
 // costs the secondaries a connection. That response does not wait for them: its body starts
-// from the primary at once, and each secondary serves pieces of it as soon as it has joined
-// (for at most Server.JoinTimeout; one that joins later serves the next responses).
+// from the primary at once, and each secondary is given pieces of it at once, which the
+// client holds until it has joined (a round trip sooner than after the join) and the primary
+// sends again if the join is late or fails.
 //
 // # Integrity
 //

@@ -49,6 +49,7 @@ type cluster struct {
 
 	mu      sync.Mutex
 	fanouts []*kwik.FanoutResult
+	fanned  chan struct{} // closed, and replaced, at each response fanned out
 }
 
 // newCluster starts a primary serving primary and a secondary serving each of secondaries,
@@ -58,7 +59,7 @@ func newCluster(t *testing.T, primary http.Handler, secondaries []http.Handler, 
 	t.Helper()
 	key := make([]byte, 32)
 	rand.Read(key)
-	c := &cluster{}
+	c := &cluster{fanned: make(chan struct{})}
 	var serving sync.WaitGroup
 	t.Cleanup(serving.Wait) // runs last: the servers' Close ends Serve
 	serve := func(role kwik.ListenerRole, h http.Handler) (*kwikhttp.Server, string) {
@@ -85,6 +86,8 @@ func newCluster(t *testing.T, primary http.Handler, secondaries []http.Handler, 
 		if err == nil {
 			c.mu.Lock()
 			c.fanouts = append(c.fanouts, res)
+			close(c.fanned)
+			c.fanned = make(chan struct{})
 			c.mu.Unlock()
 		}
 	}}
@@ -121,6 +124,25 @@ func (c *cluster) lastFanout() *kwik.FanoutResult {
 		return nil
 	}
 	return c.fanouts[len(c.fanouts)-1]
+}
+
+// waitFanouts waits until n responses have been fanned out (Fanout returns once every
+// delegation is resolved, which may follow the body's last byte).
+func (c *cluster) waitFanouts(t *testing.T, ctx context.Context, n int) {
+	t.Helper()
+	for {
+		c.mu.Lock()
+		got, fanned := len(c.fanouts), c.fanned
+		c.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-fanned:
+		case <-ctx.Done():
+			t.Fatalf("%d responses fanned out, want %d", got, n)
+		}
+	}
 }
 
 // fanoutCount is the number of responses fanned out so far.

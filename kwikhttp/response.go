@@ -309,27 +309,16 @@ func (w *responseWriter) fanoutPlan(r io.Reader) (fanoutPlan, bool) {
 }
 
 // fanout sends the headers, has the secondaries join if this is the session's first
-// fan-out, and serves the body with kwik.Fanout over the session's active secondaries and,
-// as they join, the ones still joining: the body does not wait for them.
+// fan-out, and serves the body with kwik.Fanout over the session's secondaries, active or
+// still joining: the body does not wait for them.
 func (w *responseWriter) fanout(f fanoutPlan) (int64, error) {
 	if err := w.FlushError(); err != nil {
 		return 0, err
 	}
 	s := w.srv
-	var joining chan string
-	stop := make(chan struct{})
-	var feeding sync.WaitGroup
-	defer func() { close(stop); feeding.Wait() }()
-	if len(s.Secondaries) > 0 {
-		select {
-		case <-w.ps.join(s):
-		default:
-			joining = make(chan string, len(s.Secondaries))
-			feeding.Go(func() { w.ps.feedJoins(joining, orDefault(s.JoinTimeout, DefaultJoinTimeout), stop) })
-		}
-	}
+	w.ps.join(s)
 	paths := secondaryPaths(w.ps.sess)
-	if len(paths) == 0 && joining == nil {
+	if len(paths) == 0 {
 		return io.CopyBuffer(writerOnly{w}, io.NewSectionReader(f.src, 0, f.n), make([]byte, 32<<10))
 	}
 	var opts kwik.FanoutOptions
@@ -337,7 +326,7 @@ func (w *responseWriter) fanout(f fanoutPlan) (int64, error) {
 		opts = *s.Fanout
 	}
 	opts.Request = func(off, n int64) []byte { return delegationRequest(f, off, n) }
-	opts.Joining = joining
+	opts.Joining = nil
 	// A client that withholds credit stalls the primary's own writes, which then read
 	// nothing more from the source: that ends the transfer after idle.
 	src := &idleReaderAt{ra: f.src}
@@ -360,11 +349,11 @@ func (w *responseWriter) fanout(f fanoutPlan) (int64, error) {
 	return f.n, nil
 }
 
-// secondaryPaths are the IDs of the session's active secondary paths.
+// secondaryPaths are the IDs of the session's secondary paths, active or still joining.
 func secondaryPaths(sess kwik.Session) []string {
 	var ids []string
-	for _, p := range sess.GetActivePaths() {
-		if !p.IsPrimary {
+	for _, p := range sess.GetAllPaths() {
+		if !p.IsPrimary && (p.Status == kwik.PathActive || p.Status == kwik.PathConnecting) {
 			ids = append(ids, p.PathID)
 		}
 	}

@@ -18,7 +18,7 @@ import (
 // Defaults of Server's zero fields.
 const (
 	DefaultFanoutThreshold   = 1 << 20
-	DefaultJoinTimeout       = 2 * time.Second
+	DefaultJoinTimeout       = 2 * time.Second // unused: JoinTimeout has no effect any more
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 30 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
@@ -58,11 +58,11 @@ type Server struct {
 	// FanoutThreshold is the size from which a response of known size is fanned out. 0 means
 	// DefaultFanoutThreshold (1 MiB); negative, never.
 	FanoutThreshold int64
-	// JoinTimeout bounds how long a response being fanned out takes in Secondaries still
-	// joining: the session's first large response does not wait for them (its headers and
-	// first bytes leave at once, from the primary) and each serves pieces of it as soon as it
-	// has joined; one that joins later serves the responses after it. 0 means
-	// DefaultJoinTimeout (2 s).
+	// JoinTimeout has no effect any more; it is kept so that code setting it compiles. The
+	// session's first large response takes its Secondaries in at once, joined or not: its
+	// headers and first bytes leave from the primary, the client holds the pieces delegated
+	// to a secondary until it has joined, and the primary sends again those of one that does
+	// not join in time.
 	JoinTimeout time.Duration
 	// Fanout tunes kwik.Fanout (ChunkSize, MaxInFlight); its Request and Joining are the
 	// Server's own.
@@ -221,82 +221,33 @@ func orDefault[T int | int64 | time.Duration](v, def T) T {
 
 // primarySession is a primary's state for one session: the secondaries' joining.
 type primarySession struct {
-	sess   kwik.Session
-	once   sync.Once
-	joined chan struct{} // closed once every AddPath has returned
-	wg     *sync.WaitGroup
-
-	mu    sync.Mutex
-	added chan struct{} // closed, and replaced, whenever an AddPath succeeds
+	sess kwik.Session
+	once sync.Once
+	wg   *sync.WaitGroup
 }
 
-// join has the client join the Server's secondaries, once per session, and returns a channel
-// closed once every join has succeeded or failed.
-func (p *primarySession) join(s *Server) <-chan struct{} {
+// join asks the client, once per session, to join the Server's secondaries
+// (kwik.Session.JoinPath): their paths are then the session's, connecting, and a response may
+// delegate to them at once (the client holds those ranges until each has joined). Each
+// join's outcome is logged if it fails.
+func (p *primarySession) join(s *Server) {
 	p.once.Do(func() {
-		var joins sync.WaitGroup
 		for _, addr := range s.Secondaries {
-			joins.Go(func() {
-				if err := p.sess.AddPath(addr); err != nil {
+			_, result := p.sess.JoinPath(addr)
+			p.wg.Go(func() {
+				if err := <-result; err != nil {
 					s.logf(slog.LevelWarn, "kwikhttp: secondary not added", "session", p.sess.ID(), "address", addr, "err", err)
-					return
 				}
-				p.mu.Lock()
-				close(p.added)
-				p.added = make(chan struct{})
-				p.mu.Unlock()
 			})
 		}
-		p.wg.Go(func() { joins.Wait(); close(p.joined) })
 	})
-	return p.joined
-}
-
-// feedJoins sends out the session's secondary paths as they join, each once, until every
-// join has returned, timeout passes or stop is closed (kwik.FanoutOptions.Joining).
-func (p *primarySession) feedJoins(out chan<- string, timeout time.Duration, stop <-chan struct{}) {
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	sent := make(map[string]bool)
-	for {
-		p.mu.Lock()
-		added := p.added
-		p.mu.Unlock()
-		last := false
-		select {
-		case <-p.joined: // every join has returned: one last look
-			last = true
-		default:
-		}
-		for _, id := range secondaryPaths(p.sess) {
-			if !sent[id] {
-				sent[id] = true
-				select {
-				case out <- id:
-				case <-stop:
-					return
-				}
-			}
-		}
-		if last {
-			return
-		}
-		select {
-		case <-added:
-		case <-p.joined:
-		case <-t.C:
-			return
-		case <-stop:
-			return
-		}
-	}
 }
 
 // servePrimary answers every request stream of the session.
 func (s *Server) servePrimary(ctx context.Context, sess kwik.Session) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	ps := &primarySession{sess: sess, joined: make(chan struct{}), wg: &wg, added: make(chan struct{})}
+	ps := &primarySession{sess: sess, wg: &wg}
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {

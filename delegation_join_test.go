@@ -1,0 +1,173 @@
+package kwik
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+)
+
+// Ranges delegated to a path still joining (JoinPath) are held by the client until the join
+// ends. Joined: the secondary serves all of them (three ranges held: it takes them in order,
+// or it would cut the path off and they would fail). Refused: each fails with
+// KWIK_PATH_DEAD, and the primary refills it. Never joined: once the reader has read
+// everything (the primary sent the range's bytes again, as Fanout does for a late piece), the
+// client reports the held range complete, and the primary's Wait returns while the join is
+// still under way.
+func TestDelegateWhileJoining(t *testing.T) {
+	const head, part, tail = 64 << 10, 128 << 10, 64 << 10
+	for _, tc := range []struct {
+		name   string
+		join   error // what the client's policy says once released
+		settle bool  // the join never ends: the primary writes the range itself
+	}{
+		{name: "joined"},
+		{name: "refused", join: errors.New("refused by the test")},
+		{name: "read before the join ends", settle: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := testContext(t)
+			release := make(chan struct{})
+			released := false
+			releaseOnce := func() {
+				if !released {
+					released = true
+					close(release)
+				}
+			}
+			cconf := *delegationConf
+			cconf.AllowPath = func(string) error {
+				<-release
+				if tc.settle {
+					return errors.New("the test is over") // not a dial to a listener closed by then
+				}
+				return tc.join
+			}
+			sconf := *delegationConf
+			sconf.JoinKey = testJoinKey
+			p := newPair(t, &cconf, &sconf)
+			t.Cleanup(releaseOnce) // before the session's Close, which waits for the join
+			ln := listen(t, &sconf)
+			go func() {
+				s, err := ln.Accept(ctx)
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { s.Close() })
+				serveSecondary(t, s.(*session), nil)
+			}()
+
+			id, result := p.server.JoinPath(ln.Addr().String())
+			if id == "" {
+				t.Fatalf("JoinPath: %v", <-result)
+			}
+			ranges := 3
+			if tc.settle {
+				ranges = 1
+			}
+			served := make(chan error, 1)
+			go func() {
+				served <- func() error {
+					st, err := p.server.OpenStreamSync(ctx)
+					if err != nil {
+						return err
+					}
+					if _, err := st.Write(content(0, head)); err != nil {
+						return err
+					}
+					var ds []*Delegation
+					for i := range ranges {
+						off := int64(head + i*part)
+						d, err := st.Delegate(id, part, chunkRequest(off, part))
+						if err != nil {
+							return fmt.Errorf("delegating to a joining path: %v", err)
+						}
+						ds = append(ds, d)
+					}
+					if pi, ok := pathByID(p.server.GetAllPaths(), id); !ok || pi.Status != PathConnecting {
+						return fmt.Errorf("the path is %v, want still connecting", pi.Status)
+					}
+					end := int64(head + ranges*part)
+					if _, err := st.Write(content(end, tail)); err != nil {
+						return err
+					}
+					if err := st.Close(); err != nil {
+						return err
+					}
+					if tc.settle {
+						// A spare copy, as Fanout sends one of a late secondary's pieces.
+						if _, err := st.(*stream).duplicate(content(head, part), head); err != nil {
+							return err
+						}
+					} else {
+						releaseOnce()
+					}
+					for _, d := range ds {
+						err := d.Wait(ctx)
+						var de *DelegationError
+						switch {
+						case tc.join == nil && err != nil:
+							return fmt.Errorf("delegation at %d: %v", d.Offset, err)
+						case tc.join != nil && !errors.As(err, &de):
+							return fmt.Errorf("delegation at %d: %v, want a *DelegationError", d.Offset, err)
+						case tc.join != nil:
+							if !errors.Is(err, ErrPathDead) {
+								return fmt.Errorf("delegation at %d: %v, want KWIK_PATH_DEAD", d.Offset, err)
+							}
+							if _, err := st.WriteAt(content(de.Offset, de.Remaining), de.Offset); err != nil {
+								return err
+							}
+						}
+					}
+					if tc.settle {
+						if pi, _ := pathByID(p.server.GetAllPaths(), id); pi.Status != PathConnecting {
+							return fmt.Errorf("the join ended (%v) before the held range settled", pi.Status)
+						}
+					}
+					return nil
+				}()
+			}()
+			cs, err := p.client.AcceptStream(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := io.ReadAll(cs)
+			if err != nil {
+				t.Fatalf("client read %d bytes, then %v", len(got), err)
+			}
+			if err := <-served; err != nil {
+				t.Fatal(err)
+			}
+			size := int64(head + ranges*part + tail)
+			if int64(len(got)) != size || string(got) != string(content(0, size)) {
+				t.Fatalf("client got %d bytes, want %d intact", len(got), size)
+			}
+			if tc.settle {
+				select {
+				case err := <-result:
+					t.Fatalf("the join ended (%v) while the client's policy held it", err)
+				default:
+				}
+			} else if err := <-result; (err == nil) != (tc.join == nil) {
+				t.Fatalf("JoinPath's result: %v, want an error: %v", err, tc.join != nil)
+			}
+			if tc.join == nil && !tc.settle {
+				if ps := pathStats(p.client, id); ps.BytesReceived < uint64(ranges*part) {
+					t.Fatalf("the client received %d bytes from the secondary, want its %d", ps.BytesReceived, ranges*part)
+				}
+			}
+		})
+	}
+}
+
+// JoinPath refuses what AddPath refuses, on its channel, with no path ID.
+func TestJoinPathRefused(t *testing.T) {
+	p := newPair(t, delegationConf, delegationConf) // no JoinKey
+	id, result := p.server.JoinPath("127.0.0.1:1")
+	if err := <-result; id != "" || !errors.Is(err, ErrNoJoinKey) {
+		t.Fatalf("JoinPath without a join key: %q, %v; want no ID and ErrNoJoinKey", id, err)
+	}
+	if id, result := p.client.JoinPath("127.0.0.1:1"); id != "" || !errors.Is(<-result, ErrNotPrimary) {
+		t.Fatal("JoinPath on the client: want no ID and ErrNotPrimary")
+	}
+}
