@@ -155,12 +155,26 @@ func (s *fanoutScheduler) rateOf(src *fanoutSource) float64 {
 	return s.ownRate()
 }
 
-// latOf is a secondary's delegation latency.
+// latOf is a secondary's delegation latency now: its least one, measured beyond the primary
+// path's queue, plus that queue as it is now. A delegation reaches the client behind the
+// primary's own bytes, in the queue they fill at its path's bottleneck: traced at 40 ms one
+// way, the primary's smoothed round trip was 178 ms against a least of 82 while its pipe
+// filled, delegations took 180 to 350 ms to reach their secondaries, and secondaries sized
+// for the least latency ran out of work for 100 to 300 ms at a time.
 func (s *fanoutScheduler) latOf(src *fanoutSource) time.Duration {
 	if src.lat > 0 {
-		return src.lat
+		return src.lat + s.queueDelay()
 	}
-	return max(2*s.rtt, time.Millisecond)
+	return max(2*s.rtt, time.Millisecond) + s.queueDelay()
+}
+
+// queueDelay is how long the primary's bytes wait now in its path's queue: its smoothed round
+// trip beyond its least one.
+func (s *fanoutScheduler) queueDelay() time.Duration {
+	if s.pathSRTT > 0 && s.pathMinRTT > 0 {
+		return max(s.pathSRTT-s.pathMinRTT, 0)
+	}
+	return 0
 }
 
 // tripOf is how long a piece given to src now takes to start reaching the client: the
@@ -339,7 +353,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		// A delegation goes primary → client → secondary and its notice back: at least the
 		// primary's round trip (half of it: its smoothed RTT counts its queue), whatever a
 		// piece completed early (its bytes sent again by the primary) suggests.
-		took = max(took, s.rtt/2, time.Millisecond)
+		took = max(took-s.queueDelay(), s.rtt/2, time.Millisecond) // the queue counts apart (latOf)
 		if src.lat == 0 || took < src.lat {
 			src.lat = took
 		}
