@@ -483,3 +483,57 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// A secondary that refuses the join (its join key is another) is given pieces of the
+// session's first large response while the client joins it: the client refuses them when the
+// join fails (KWIK_PATH_DEAD), and the primary sends them itself. The body arrives intact, the fan-out ends, the
+// other secondary serves its share, and the client lists the refusing one's path as dead,
+// having received nothing on it.
+func TestJoinRefused(t *testing.T) {
+	ctx := testContext(t)
+	const size = 8 << 20
+	dir := t.TempDir()
+	want := writeFile(t, dir, "f.bin", size, 11, time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	fs := http.FileServer(http.Dir(dir))
+	other := bytes.Repeat([]byte{7}, 32) // not the cluster's join key
+	ln, err := kwik.Listen("127.0.0.1:0", serverTLS, &kwik.Config{JoinKey: other, ListenerRole: kwik.ListenSecondary})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serving sync.WaitGroup
+	t.Cleanup(serving.Wait)
+	refusing := &kwikhttp.Server{Handler: fs}
+	t.Cleanup(func() { refusing.Close(); closeListener(ln) })
+	serving.Go(func() { refusing.Serve(ln) })
+	c := newCluster(t, fs, []http.Handler{fs}, func(s *kwikhttp.Server) {
+		s.Secondaries = append(s.Secondaries, ln.Addr().String())
+	})
+	resp, body := c.get(t, ctx, "/f.bin", nil)
+	if resp.StatusCode != http.StatusOK || sum(body) != sum(want) {
+		t.Fatalf("status %d, body intact: %v", resp.StatusCode, sum(body) == sum(want))
+	}
+	c.waitFanouts(t, ctx, 1)
+	var served, refused bool
+	for _, p := range c.tr.Session(c.addr).Stats().Paths {
+		switch {
+		case p.IsPrimary:
+		case p.Address == ln.Addr().String():
+			refused = p.Status == kwik.PathDead && p.BytesReceived == 0
+		default:
+			served = p.BytesReceived > 0
+		}
+	}
+	if !served || !refused {
+		t.Fatalf("the joined secondary served: %v; the refusing one is dead with nothing received: %v", served, refused)
+	}
+	// The primary delegated to it at once (its join takes two handshakes): those pieces failed
+	// with the join, and the primary sent them itself.
+	if r := c.lastFanout(); len(r.Failed) == 0 || r.Refilled == 0 {
+		t.Fatalf("%d delegations failed, %d bytes refilled: none delegated while joining", len(r.Failed), r.Refilled)
+	}
+	for _, de := range c.lastFanout().Failed {
+		if !errors.Is(de, kwik.ErrPathDead) {
+			t.Errorf("a delegation failed with %v, want KWIK_PATH_DEAD", de)
+		}
+	}
+}
