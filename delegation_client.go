@@ -202,7 +202,11 @@ func heldRangesOf(h *heldRanges) []*pb.DelegateRange {
 // settleHeld reports complete the ranges of stream id held for paths still joining: the
 // stream's reader has read everything (the primary sent those bytes again), so the primary
 // need not wait for the joins to end. Their secondaries never hear of them.
-func (sess *session) settleHeld(id uint64) {
+func (sess *session) settleHeld(id uint64) { sess.dropHeld(id, "") }
+
+// dropHeld forgets the ranges of stream id held for paths still joining: complete when
+// reason is empty, refused with it otherwise (the stream was abandoned).
+func (sess *session) dropHeld(id uint64, reason string) {
 	sess.held.mu.Lock()
 	defer sess.held.mu.Unlock()
 	for _, h := range sess.held.byPath {
@@ -213,6 +217,10 @@ func (sess *session) settleHeld(id uint64) {
 				continue
 			}
 			h.bytes -= len(m.Request) + len(m.Digests)
+			if reason != "" {
+				sess.refuseDelegateRange(m, CodeInternal, reason)
+				continue
+			}
 			sess.primary.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationStatus{DelegationStatus: &pb.DelegationStatus{
 				DelegationId: m.DelegationId, Complete: true,
 			}}})
@@ -257,20 +265,21 @@ func (sess *session) takeDelegateRange(m *pb.DelegateRange, hold bool) error {
 		if len(h.ranges) >= maxSecondaryDelegations || h.bytes+len(m.Request)+len(m.Digests) > maxSecondaryRequestBytes {
 			return refuse(CodePacketTooLarge, "too many ranges for a path still joining")
 		}
+		st.recv.mu.Lock()
+		if st.recv.state.ended() {
+			// Abandoned (dropHeld has run, or will find nothing of it): refused now.
+			st.recv.mu.Unlock()
+			return refuse(CodeInternal, "the stream is no longer read")
+		}
 		h.ranges = append(h.ranges, m)
 		h.bytes += len(m.Request) + len(m.Digests)
 		// The window widens now, as for a range handed over (below): the reader will wait at
 		// this gap until the join ends, and the primary's bytes beyond it need the credit.
-		st.recv.mu.Lock()
-		var grant uint64
-		var wake bool
-		if !st.recv.state.ended() {
-			st.recv.fc.AtLeast(uint64(sess.conf.StreamReceiveWindow))
-			if read := st.recv.buf.ReadOffset(); end > read && end-read > st.recv.fc.Size() {
-				st.recv.fc.AtLeast(end - read)
-			}
-			grant, wake = st.grantLocked()
+		st.recv.fc.AtLeast(uint64(sess.conf.StreamReceiveWindow))
+		if read := st.recv.buf.ReadOffset(); end > read && end-read > st.recv.fc.Size() {
+			st.recv.fc.AtLeast(end - read)
 		}
+		grant, wake := st.grantLocked()
 		st.recv.mu.Unlock()
 		if grant > 0 {
 			st.path.ctrl.queueMaxStreamData(st.id, grant)

@@ -13,17 +13,20 @@ import (
 // KWIK_PATH_DEAD, and the primary refills it. Never joined: once the reader has read
 // everything (the primary sent the range's bytes again, as Fanout does for a late piece), the
 // client reports the held range complete, and the primary's Wait returns while the join is
-// still under way.
+// still under way. Canceled: once the client abandons the stream, the held range is refused at
+// once, the join still under way.
 func TestDelegateWhileJoining(t *testing.T) {
 	const head, part, tail = 64 << 10, 128 << 10, 64 << 10
 	for _, tc := range []struct {
 		name   string
 		join   error // what the client's policy says once released
 		settle bool  // the join never ends: the primary writes the range itself
+		cancel bool  // (with settle) the client cancels reading instead, before the range
 	}{
 		{name: "joined"},
 		{name: "refused", join: errors.New("refused by the test")},
 		{name: "read before the join ends", settle: true},
+		{name: "canceled before the join ends", settle: true, cancel: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := testContext(t)
@@ -87,6 +90,17 @@ func TestDelegateWhileJoining(t *testing.T) {
 					if pi, ok := pathByID(p.server.GetAllPaths(), id); !ok || pi.Status != PathConnecting {
 						return fmt.Errorf("the path is %v, want still connecting", pi.Status)
 					}
+					if tc.cancel {
+						// The client abandons the stream: the held range is refused at once.
+						var de *DelegationError
+						if err := ds[0].Wait(ctx); !errors.As(err, &de) || de.Remaining != part {
+							return fmt.Errorf("held range of a canceled stream: %v, want all of it missing", err)
+						}
+						if pi, _ := pathByID(p.server.GetAllPaths(), id); pi.Status != PathConnecting {
+							return fmt.Errorf("the join ended (%v) before the held range was refused", pi.Status)
+						}
+						return nil
+					}
 					end := int64(head + ranges*part)
 					if _, err := st.Write(content(end, tail)); err != nil {
 						return err
@@ -130,6 +144,16 @@ func TestDelegateWhileJoining(t *testing.T) {
 			cs, err := p.client.AcceptStream(ctx)
 			if err != nil {
 				t.Fatal(err)
+			}
+			if tc.cancel {
+				if _, err := io.ReadFull(cs, make([]byte, head)); err != nil {
+					t.Fatal(err)
+				}
+				cs.CancelRead(0)
+				if err := <-served; err != nil {
+					t.Fatal(err)
+				}
+				return
 			}
 			got, err := io.ReadAll(cs)
 			if err != nil {

@@ -345,6 +345,7 @@ func (s *stream) handleReset(code StreamErrorCode, finalSize uint64) error {
 		s.sess.failDelegation(d, CodeInternal, "the primary reset the stream")
 	}
 	s.sess.stopDelegations(delegs, s.id, code)
+	s.sess.dropHeld(s.id, "the primary reset the stream")
 	return nil
 }
 
@@ -371,6 +372,7 @@ func (s *stream) CancelRead(code StreamErrorCode) {
 		s.sess.failDelegation(d, CodeInternal, "the client canceled reading")
 	}
 	s.sess.stopDelegations(delegs, s.id, code)
+	s.sess.dropHeld(s.id, "the client canceled reading")
 	s.completeRecv()
 }
 
