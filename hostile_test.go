@@ -54,14 +54,7 @@ func dialHostile(t *testing.T, serverConf *Config, params *pb.TransportParameter
 
 func (h *hostile) send(t *testing.T, fs ...*pb.ControlFrame) {
 	t.Helper()
-	var b []byte
-	var err error
-	for _, f := range fs {
-		if b, err = wire.AppendControlFrame(b, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := h.cs.Write(b); err != nil {
+	if _, err := h.cs.Write(frames(fs...)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -69,16 +62,8 @@ func (h *hostile) send(t *testing.T, fs ...*pb.ControlFrame) {
 // flood is send for frames the victim may stop reading part way: it closes the session at the
 // first frame past its limits, and the rest of the write then fails. The caller checks how the
 // session ended (waitClosed).
-func (h *hostile) flood(t *testing.T, fs ...*pb.ControlFrame) {
-	t.Helper()
-	var b []byte
-	var err error
-	for _, f := range fs {
-		if b, err = wire.AppendControlFrame(b, f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, _ = h.cs.Write(b)
+func (h *hostile) flood(fs ...*pb.ControlFrame) {
+	_, _ = h.cs.Write(frames(fs...))
 }
 
 func (h *hostile) waitClosed(t *testing.T) error {
@@ -102,7 +87,7 @@ func TestHostileResetFloodStaysWithinLimit(t *testing.T) {
 			&pb.ControlFrame{Payload: &pb.ControlFrame_StreamReset{StreamReset: &pb.StreamReset{LogicalStreamId: 4 * i}}},
 			&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: 4 * i}}})
 	}
-	h.flood(t, fs...) // the session ends part way (below): the write may fail
+	h.flood(fs...) // the session ends part way (below): the write may fail
 	if err := h.waitClosed(t); !errors.Is(err, ErrStreamCreateFailed) {
 		t.Fatalf("session ended with %v, want KWIK_STREAM_CREATE_FAILED", err)
 	}
