@@ -138,24 +138,24 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 	// Paths still joining (Session.JoinPath) take pieces at once, which the client holds
 	// until the join ends; the scheduler counts them as given from then on.
 	type joiningPath struct {
-		id    string
-		ended <-chan struct{}
+		id  string
+		end *joinEnd
 	}
 	var joins []joiningPath
 	watchJoin := func(id string) {
 		if ks == nil || ks.sess == nil {
 			return
 		}
-		if ch := ks.sess.joinOf(id); ch != nil {
+		if j := ks.sess.joinOf(id); j != nil {
 			sched.joining(id, time.Now())
-			joins = append(joins, joiningPath{id, ch})
+			joins = append(joins, joiningPath{id, j})
 		}
 	}
 	checkJoins := func() {
 		for i := 0; i < len(joins); {
 			select {
-			case <-joins[i].ended:
-				sched.joined(joins[i].id, time.Now())
+			case <-joins[i].end.done:
+				sched.joined(joins[i].id, joins[i].end.at) // when it ended, not when the loop looks
 				joins = slices.Delete(joins, i, i+1)
 			default:
 				i++

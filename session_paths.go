@@ -20,21 +20,29 @@ type pathRecord struct {
 	changedAt   time.Time  // last status change: LastActive for paths without a connection here
 	p           *path      // the connection, on the side that has one
 	tokens      tokenLimit // primary: the rejoin tokens given for the path
-	// joined, on the primary, for a path it asked the client to join: closed once the join
-	// ends, whichever way (the status then says which). Fanout learns from it when a path it
-	// gave pieces while connecting is up.
-	joined chan struct{}
+	// join, on the primary, for a path it asked the client to join: when the join ended.
+	// Fanout learns from it when a path it gave pieces while connecting is up.
+	join *joinEnd
+}
+
+// joinEnd is the end of a join, whichever way (the path's status then says which): done is
+// closed once it has ended, at, written before, never changes after.
+type joinEnd struct {
+	done chan struct{}
+	at   time.Time
 }
 
 func (r *pathRecord) setStatus(st PathStatus, reason string) {
-	if r.joined != nil && st != PathConnecting {
+	now := time.Now()
+	if r.join != nil && st != PathConnecting {
 		select {
-		case <-r.joined:
+		case <-r.join.done:
 		default:
-			close(r.joined)
+			r.join.at = now
+			close(r.join.done)
 		}
 	}
-	r.status, r.reason, r.changedAt = st, reason, time.Now()
+	r.status, r.reason, r.changedAt = st, reason, now
 }
 
 func (r *pathRecord) info() PathInfo {
@@ -85,7 +93,7 @@ func (s *session) pathError(pathID string) error {
 func (s *session) delegationPathError(pathID string) error {
 	var err error
 	s.inspect(func() {
-		if r := s.paths.byID[pathID]; r != nil && r.joined != nil && r.status == PathConnecting {
+		if r := s.paths.byID[pathID]; r != nil && r.join != nil && r.status == PathConnecting {
 			return
 		}
 		err = s.pathErrorOnLoop(pathID)
@@ -93,16 +101,16 @@ func (s *session) delegationPathError(pathID string) error {
 	return err
 }
 
-// joinOf returns the channel closed once the join of path pathID ends (primary): nil if the
-// primary is not joining it.
-func (s *session) joinOf(pathID string) <-chan struct{} {
-	var ch chan struct{}
+// joinOf returns the end of the join of path pathID (primary): nil if the primary is not
+// joining it.
+func (s *session) joinOf(pathID string) *joinEnd {
+	var j *joinEnd
 	s.inspect(func() {
 		if r := s.paths.byID[pathID]; r != nil && r.status == PathConnecting {
-			ch = r.joined
+			j = r.join
 		}
 	})
-	return ch
+	return j
 }
 
 // pathErrorOnLoop is pathError, run on the loop.
@@ -186,7 +194,7 @@ func (s *session) startJoin(address string) (string, chan *pb.AddPathResponse, *
 			refused = fmt.Errorf("kwik: AddPath: the session already has %d paths (Config.MaxPaths)", live)
 			return
 		}
-		rec = &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now(), joined: make(chan struct{})}
+		rec = &pathRecord{id: id, address: address, status: PathConnecting, createdAt: time.Now(), join: &joinEnd{done: make(chan struct{})}}
 		s.paths.records = append(s.paths.records, rec)
 		s.paths.byID[id] = rec
 		s.paths.adds[id] = ch
