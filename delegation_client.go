@@ -8,6 +8,7 @@ import (
 
 	"github.com/kwik-go/kwik/internal/data"
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // The client's side of delegation: it records each range the primary reserves
@@ -72,6 +73,15 @@ type heldDelegations struct {
 type heldRanges struct {
 	ranges []*pb.DelegateRange
 	bytes  int // of their requests and digests
+	// presented: the first of them, written behind the client's authentication to the
+	// secondary (presendHeld), to be recorded once it answers (recordPresented), with the
+	// credit limit each carried.
+	presented []presentedRange
+}
+
+type presentedRange struct {
+	m   *pb.DelegateRange
+	max uint64
 }
 
 // outcome decides a record once it can. st.recv.mu is held.
@@ -177,6 +187,11 @@ func (sess *session) releaseJoining(id string, err error) {
 	sess.held.mu.Lock()
 	h := sess.held.byPath[id]
 	delete(sess.held.byPath, id)
+	if h != nil {
+		for _, pr := range h.presented { // the join failed before they were recorded
+			sess.refuseDelegateRange(pr.m, CodePathDead, "the client could not join the path")
+		}
+	}
 	for _, m := range heldRangesOf(h) {
 		if err != nil {
 			sess.refuseDelegateRange(m, CodePathDead, "the client could not join the path")
@@ -197,6 +212,77 @@ func heldRangesOf(h *heldRanges) []*pb.DelegateRange {
 		return nil
 	}
 	return h.ranges
+}
+
+// presendHeld writes to w, the control stream of path id being joined, right behind the
+// authentication request, the assignments of the ranges held for it, from the first, as long
+// as each can be handed over now (its stream read, its start not passed by a reader that
+// must check its digests, its request within any secondary's bounds): the secondary takes
+// them once it has taken the authentication. They are recorded once the secondary has
+// answered (recordPresented), before the path reads any data.
+func (sess *session) presendHeld(id string, w *quic.Stream) error {
+	sess.held.mu.Lock()
+	defer sess.held.mu.Unlock()
+	h := sess.held.byPath[id]
+	if h == nil {
+		return nil
+	}
+	n := 0
+	for _, m := range h.ranges {
+		st, err := sess.streams.get(m.LogicalStreamId)
+		if err != nil || st == nil || len(m.Request) > maxDelegationRequest(minMessageSize) {
+			break
+		}
+		st.recv.mu.Lock()
+		ok := !st.recv.state.ended() && (len(m.Digests) == 0 || st.recv.buf.ReadOffset() <= m.Offset)
+		limit := st.recv.fc.Limit()
+		st.recv.mu.Unlock()
+		if !ok {
+			break
+		}
+		if err := writeFrame(w, &pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
+			DelegationId: m.DelegationId, LogicalStreamId: m.LogicalStreamId, Offset: m.Offset, Length: m.Length,
+			Request: m.Request, MaxOffset: limit, Expiry: m.Expiry, Auth: m.Auth,
+		}}}); err != nil {
+			// Those written are presented (the join will fail, and refuse them all).
+			h.presented = append(h.presented, presentedRange{m, limit})
+			n++
+			h.ranges = h.ranges[n:]
+			return err
+		}
+		h.presented = append(h.presented, presentedRange{m, limit})
+		n++
+	}
+	h.ranges = h.ranges[n:]
+	return nil
+}
+
+// recordPresented records the ranges presendHeld handed to path p's secondary, which has just
+// answered the client's authentication: as any range handed over, without the assignment
+// (it has it). One that can no longer be taken (its stream ended, or its reader passed it) is
+// reported to the primary and stopped at the secondary, its late bytes dropped.
+// It returns what the primary broke of the protocol, if anything (a delegation ID used twice).
+func (sess *session) recordPresented(id string, p *path) error {
+	sess.held.mu.Lock()
+	defer sess.held.mu.Unlock()
+	h := sess.held.byPath[id]
+	if h == nil {
+		return nil
+	}
+	presented := h.presented
+	h.presented = nil
+	for _, pr := range presented {
+		st, err := sess.streams.get(pr.m.LogicalStreamId)
+		if err != nil || st == nil {
+			// Gone: its late bytes find no stream and are dropped.
+			sess.refuseDelegateRange(pr.m, CodeStreamCreateFailed, "the stream is finished")
+			continue
+		}
+		if err := sess.forwardLocked(pr.m, st, p, pr.m.Offset+pr.m.Length, &pr.max); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // settleHeld reports complete the ranges of stream id held for paths still joining: the
@@ -304,6 +390,18 @@ func (sess *session) takeDelegateRange(m *pb.DelegateRange, hold bool) error {
 	if time.Now().UnixNano() < p.stalledUntil.Load() {
 		return refuse(CodeDelegationTimeout, "the secondary delivered nothing for its last ranges")
 	}
+	return sess.forwardLocked(m, st, p, end, nil)
+}
+
+// forwardLocked records range m of stream st for path p and hands it to the secondary, or,
+// when presented is not nil, records one the secondary already has (recordPresented) with
+// the credit limit it carried. sess.held.mu is held.
+func (sess *session) forwardLocked(m *pb.DelegateRange, st *stream, p *path, end uint64, presented *uint64) error {
+	stop := func() { // a presented range that fails here: the secondary has it
+		if presented != nil {
+			p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_StopSending{StopSending: &pb.StopSending{LogicalStreamId: st.id, DelegationIds: []uint64{m.DelegationId}}}})
+		}
+	}
 	now := time.Now()
 	d := &delegationRecord{id: m.DelegationId, st: st, path: p, off: m.Offset, end: end,
 		timeout: time.Duration(min(m.ProgressTimeoutMs, maxProgressTimeoutMs)) * time.Millisecond, since: now}
@@ -323,14 +421,19 @@ func (sess *session) takeDelegateRange(m *pb.DelegateRange, hold bool) error {
 		d.state = delegationFailed
 		st.recv.mu.Unlock()
 		sess.reportOutcome(d, delegationFailed, d.off, CodeInternal, "the stream is no longer read")
+		stop() // its late bytes find the stream ended: dropped
 		return nil
 	}
 	if d.digests != nil && st.recv.buf.ReadOffset() > d.off {
 		// The reader already has bytes of the range (the primary's, sent again before this
 		// reached us): they cannot be checked any more. The primary sends the range itself.
 		d.state = delegationFailed
+		if presented != nil {
+			sess.stopLocked(d) // the secondary has it: its late bytes are dropped
+		}
 		st.recv.mu.Unlock()
 		sess.reportOutcome(d, delegationFailed, d.off, CodeOffsetMismatch, "the reader is past the range's start")
+		stop()
 		return nil
 	}
 	var grant uint64
@@ -361,12 +464,16 @@ func (sess *session) takeDelegateRange(m *pb.DelegateRange, hold bool) error {
 			grant, wake = g, wake || w
 		}
 	}
-	// Queued under recv.mu, so that no credit update can overtake the assignment (the
-	// secondary would drop it, not knowing the delegation yet).
-	p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
-		DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
-		Expiry: m.Expiry, Auth: m.Auth,
-	}}})
+	if presented == nil {
+		// Queued under recv.mu, so that no credit update can overtake the assignment (the
+		// secondary would drop it, not knowing the delegation yet).
+		p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
+			DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
+			Expiry: m.Expiry, Auth: m.Auth,
+		}}})
+	} else if limit := st.recv.fc.Limit(); limit > *presented {
+		p.ctrl.queueMaxStreamData(st.id, limit) // the credit grew since it was presented
+	}
 	st.recv.mu.Unlock()
 	if grant > 0 {
 		st.path.ctrl.queueMaxStreamData(st.id, grant)

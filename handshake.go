@@ -36,7 +36,7 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	}
 	authCtx, cancel := context.WithTimeout(ctx, c.HandshakeTimeout)
 	defer cancel()
-	a, err := clientAuthenticate(authCtx, conn, c, &pb.AuthenticationRequest{})
+	a, err := clientAuthenticate(authCtx, conn, c, &pb.AuthenticationRequest{}, nil)
 	if err != nil {
 		closeConnWith(conn, err)
 		return nil, err
@@ -98,7 +98,9 @@ type authenticated struct {
 
 // clientAuthenticate opens the control stream of a new path and authenticates: req is empty
 // for a new session, and carries the session ID, path ID and join token for a secondary.
-func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req *pb.AuthenticationRequest) (*authenticated, error) {
+// then, if not nil, writes more frames behind the request before the answer is read (a join's
+// held delegations).
+func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req *pb.AuthenticationRequest, then func(*quic.Stream) error) (*authenticated, error) {
 	cs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, err
@@ -109,6 +111,11 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 	req.Params = conf.params()
 	if err := writeFrame(cs, &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: req}}); err != nil {
 		return nil, handshakeError(ctx, conn, err)
+	}
+	if then != nil {
+		if err := then(cs); err != nil {
+			return nil, handshakeError(ctx, conn, err)
+		}
 	}
 	r := wire.NewReader(cs, conf.MaxMessageSize)
 	f, err := readFrame(r)

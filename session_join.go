@@ -136,9 +136,16 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 	if err != nil {
 		return err
 	}
+	var then func(*quic.Stream) error
+	if from == PathConnecting {
+		// The ranges the primary delegated while the client was joining go right behind the
+		// authentication: the secondary starts on them as soon as it has taken it, a round
+		// trip before the client hears its answer.
+		then = func(cs *quic.Stream) error { return s.presendHeld(rec.id, cs) }
+	}
 	p, err := clientAuthenticate(ctx, conn, s.conf, &pb.AuthenticationRequest{
 		SessionId: s.id, Credentials: token, PathId: rec.id, TargetAddress: rec.address,
-	})
+	}, then)
 	if err == nil && (p.sessionID != s.id || p.pathID != rec.id) {
 		err = &Error{Code: CodeAuthFailed, Message: "the secondary answered for another session or path"}
 	}
@@ -173,6 +180,11 @@ func (s *session) dialSecondary(ctx context.Context, rec *pathRecord, token []by
 	if !joined {
 		_ = conn.CloseWithError(kwikCodeBase+ApplicationErrorCode(CodePathRemoved), "session closed")
 		return errors.New("kwik: the session closed, or the path was removed, while joining")
+	}
+	// Before the path reads any data: the secondary may already be sending those ranges.
+	if err := s.recordPresented(rec.id, path); err != nil {
+		s.closeLocal(err)
+		return err
 	}
 	path.start()
 	return nil
