@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"io"
 	"testing"
+	"time"
+
+	"github.com/kwik-go/kwik/internal/wire/pb"
 )
 
 // Ranges delegated to a path still joining (JoinPath) are held by the client until the join
@@ -193,5 +196,92 @@ func TestJoinPathRefused(t *testing.T) {
 	}
 	if id, result := p.client.JoinPath("127.0.0.1:1"); id != "" || !errors.Is(<-result, ErrNotPrimary) {
 		t.Fatal("JoinPath on the client: want no ID and ErrNotPrimary")
+	}
+}
+
+// The ranges held for a path reach its secondary right behind the client's authentication,
+// before the secondary has answered (a raw secondary, which reads them and only then answers),
+// in the order they came; once it answers, the client takes the secondary's bytes for them.
+func TestHeldRangesFollowTheAuthentication(t *testing.T) {
+	ctx := testContext(t)
+	const part = 64 << 10
+	release := make(chan struct{})
+	cconf := *delegationConf
+	cconf.AllowPath = func(string) error { <-release; return nil }
+	sconf := *delegationConf
+	sconf.JoinKey = testJoinKey
+	p := newPair(t, &cconf, &sconf)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ql := listenRaw(t)
+	id, _ := p.server.JoinPath(ql.Addr().String())
+	if id == "" {
+		t.Fatal("JoinPath refused")
+	}
+	st, err := p.server.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(content(0, part)); err != nil {
+		t.Fatal(err)
+	}
+	var ds []*Delegation
+	for i := range int64(3) {
+		d, err := st.Delegate(id, part, chunkRequest((i+1)*part, part))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ds = append(ds, d)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The client holds the three ranges (its reader waits at the first) until it joins.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		p.client.held.mu.Lock()
+		n := 0
+		if h := p.client.held.byPath[id]; h != nil {
+			n = len(h.ranges)
+		}
+		p.client.held.mu.Unlock()
+		if n == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client holds %d ranges, want 3", n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	h2, req := acceptRaw(t, ql)
+	for i := range ds {
+		a := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
+		if a.DelegationId != ds[i].id || a.Offset != uint64(ds[i].Offset) {
+			t.Fatalf("assignment %d: %v, want delegation %d at %d", i, a, ds[i].id, ds[i].Offset)
+		}
+	}
+	h2.send(authOK(req.SessionId, req.PathId))
+	var pkts []byte
+	for off := int64(part); off < 4*part; off += 16 << 10 { // within a message's size
+		pkts = append(pkts, h2.packet(frame(cs.StreamID(), uint64(off), content(off, 16<<10), false))...)
+	}
+	h2.data(t, pkts)
+	got, err := io.ReadAll(cs)
+	if err != nil || string(got) != string(content(0, 4*part)) {
+		t.Fatalf("client read %d bytes, intact %v, %v", len(got), string(got) == string(content(0, 4*part)), err)
+	}
+	for _, d := range ds {
+		if err := d.Wait(ctx); err != nil {
+			t.Errorf("delegation at %d: %v", d.Offset, err)
+		}
 	}
 }
