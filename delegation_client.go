@@ -187,12 +187,14 @@ func (sess *session) releaseJoining(id string, err error) {
 	sess.held.mu.Lock()
 	h := sess.held.byPath[id]
 	delete(sess.held.byPath, id)
+	var ranges []*pb.DelegateRange
 	if h != nil {
 		for _, pr := range h.presented { // the join failed before they were recorded
 			sess.refuseDelegateRange(pr.m, CodePathDead, "the client could not join the path")
 		}
+		ranges = h.ranges
 	}
-	for _, m := range heldRangesOf(h) {
+	for _, m := range ranges {
 		if err != nil {
 			sess.refuseDelegateRange(m, CodePathDead, "the client could not join the path")
 		} else if ferr = sess.takeDelegateRange(m, false); ferr != nil {
@@ -205,13 +207,6 @@ func (sess *session) releaseJoining(id string, err error) {
 		// come now.
 		sess.closeLocal(ferr)
 	}
-}
-
-func heldRangesOf(h *heldRanges) []*pb.DelegateRange {
-	if h == nil {
-		return nil
-	}
-	return h.ranges
 }
 
 // presendHeld writes to w, the control stream of path id being joined, right behind the
@@ -227,34 +222,36 @@ func (sess *session) presendHeld(id string, w *quic.Stream) error {
 	if h == nil {
 		return nil
 	}
-	n := 0
-	for _, m := range h.ranges {
+	for len(h.ranges) > 0 {
+		m := h.ranges[0]
 		st, err := sess.streams.get(m.LogicalStreamId)
 		if err != nil || st == nil || len(m.Request) > maxDelegationRequest(minMessageSize) {
-			break
+			return nil
 		}
 		st.recv.mu.Lock()
 		ok := !st.recv.state.ended() && (len(m.Digests) == 0 || st.recv.buf.ReadOffset() <= m.Offset)
 		limit := st.recv.fc.Limit()
 		st.recv.mu.Unlock()
 		if !ok {
-			break
+			return nil
 		}
-		if err := writeFrame(w, &pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
-			DelegationId: m.DelegationId, LogicalStreamId: m.LogicalStreamId, Offset: m.Offset, Length: m.Length,
-			Request: m.Request, MaxOffset: limit, Expiry: m.Expiry, Auth: m.Auth,
-		}}}); err != nil {
-			// Those written are presented (the join will fail, and refuse them all).
-			h.presented = append(h.presented, presentedRange{m, limit})
-			n++
-			h.ranges = h.ranges[n:]
+		// Presented even if the write fails: the join then fails, and refuses them all.
+		h.ranges = h.ranges[1:]
+		h.presented = append(h.presented, presentedRange{m, limit})
+		if err := writeFrame(w, assignmentOf(m, limit)); err != nil {
 			return err
 		}
-		h.presented = append(h.presented, presentedRange{m, limit})
-		n++
 	}
-	h.ranges = h.ranges[n:]
 	return nil
+}
+
+// assignmentOf is the DelegationAssign that hands range m to its secondary, with credit up to
+// limit.
+func assignmentOf(m *pb.DelegateRange, limit uint64) *pb.ControlFrame {
+	return &pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
+		DelegationId: m.DelegationId, LogicalStreamId: m.LogicalStreamId, Offset: m.Offset, Length: m.Length,
+		Request: m.Request, MaxOffset: limit, Expiry: m.Expiry, Auth: m.Auth,
+	}}}
 }
 
 // recordPresented records the ranges presendHeld handed to path p's secondary, which has just
@@ -467,10 +464,7 @@ func (sess *session) forwardLocked(m *pb.DelegateRange, st *stream, p *path, end
 	if presented == nil {
 		// Queued under recv.mu, so that no credit update can overtake the assignment (the
 		// secondary would drop it, not knowing the delegation yet).
-		p.ctrl.queue(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegationAssign{DelegationAssign: &pb.DelegationAssign{
-			DelegationId: d.id, LogicalStreamId: st.id, Offset: d.off, Length: m.Length, Request: m.Request, MaxOffset: st.recv.fc.Limit(),
-			Expiry: m.Expiry, Auth: m.Auth,
-		}}})
+		p.ctrl.queue(assignmentOf(m, st.recv.fc.Limit()))
 	} else if limit := st.recv.fc.Limit(); limit > *presented {
 		p.ctrl.queueMaxStreamData(st.id, limit) // the credit grew since it was presented
 	}
