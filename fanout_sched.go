@@ -350,7 +350,13 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 		return 0, 0, false
 	}
 	if s.off < s.size {
-		return s.rescue(now)
+		return s.rescue(now, false)
+	}
+	// A join that is late holds its pieces at the client, whatever the model says of its
+	// rate: they are sent again as overdue, past the bound, as while the transfer was under
+	// way (the transfer may well have been assigned before they came due).
+	if off, n, ok := s.rescue(now, true); ok {
+		return off, n, true
 	}
 	var best *fanoutPiece
 	var bestGain time.Duration
@@ -368,7 +374,8 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 		}
 		// A source behind its model (its first piece overdue) may be slower than its rate
 		// says: only a whole piece is sent again then, whose arrival does not depend on it.
-		whole := s.behind(src, now, rate)
+		// So is a piece of a path whose join has not ended: the client holds all of it.
+		whole := src.joinPending || s.behind(src, now, rate)
 		for i, arrival := range s.arrivals(src, now, rate) {
 			p := &src.pieces[i]
 			if p.dup {
@@ -470,11 +477,12 @@ func (s *fanoutScheduler) behind(src *fanoutSource, now time.Time, rate float64)
 // and that the primary has not sent again yet. A secondary slower than
 // its estimate, or not measured yet, or a path in loss recovery, holds the reader at its gap,
 // and then, once the window fills, every other source, the primary's own queue included: the
-// primary sends the piece again at once, on a writer of its own.
-func (s *fanoutScheduler) rescue(now time.Time) (off, n int64, ok bool) {
+// primary sends the piece again at once, on a writer of its own. joining limits it to the
+// paths whose join has not ended.
+func (s *fanoutScheduler) rescue(now time.Time, joining bool) (off, n int64, ok bool) {
 	var low *fanoutPiece
 	for _, src := range s.secs {
-		if len(src.pieces) == 0 {
+		if len(src.pieces) == 0 || joining && !src.joinPending {
 			continue
 		}
 		// Its pieces come in order: each is due once those before it are, and its latency

@@ -846,3 +846,44 @@ func TestFanoutSchedulerJoining(t *testing.T) {
 		t.Errorf("target once joined %d, want more than the joining bound %d", got, fanoutJoiningProbe)
 	}
 }
+
+// A join that never ends, once everything is assigned: the transfer's bound on sending again
+// is spent on another source, yet every piece held for the joining path is sent again, whole
+// (the client holds all of a piece until the join ends, so half of one would leave a gap).
+func TestFanoutSchedulerJoiningAtTheEnd(t *testing.T) {
+	ms := time.Millisecond
+	now := time.Unix(0, 0)
+	rtt := 2 * ms // loopback: the whole transfer is assigned long before anything is overdue
+	s := newFanoutScheduler(8<<20, rtt, []string{"a", "j"}, &FanoutOptions{})
+	s.off = fanoutFirstPiece
+	s.joining("j", now)
+	j := s.source("j")
+	held := map[int64]int64{}
+	for s.targetOf(j)-j.outstanding >= fanoutMinChunk {
+		held[s.off] = fanoutMinChunk
+		s.delegated("j", fanoutMinChunk, now)
+	}
+	s.delegated("a", s.size-s.off, now)
+	s.dupBytes = s.size / 8 // spent on a's pieces
+	if s.off != s.size {
+		t.Fatalf("assigned %d of %d", s.off, s.size)
+	}
+	for at := now; at.Before(now.Add(5 * time.Second)); at = at.Add(10 * ms) {
+		for {
+			off, n, ok := s.duplicate(at)
+			if !ok {
+				break
+			}
+			s.duplicated(n)
+			if want, isHeld := held[off]; isHeld {
+				if n != want {
+					t.Fatalf("at %v: sent again %d bytes of a held piece at %d, want all %d", at.Sub(now), n, off, want)
+				}
+				delete(held, off)
+			}
+		}
+	}
+	if len(held) > 0 {
+		t.Errorf("%d pieces held for a join that never ended were never sent again", len(held))
+	}
+}
