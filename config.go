@@ -86,8 +86,9 @@ type Config struct {
 
 	// HandshakeTimeout bounds KWIK's authentication on a new connection: on Dial, from the
 	// end of the QUIC handshake (which, as in quic-go, only Dial's context and
-	// QUIC.HandshakeIdleTimeout bound) to the primary's answer; on a server, from accepting
-	// the QUIC connection to the client's authentication. It also bounds each secondary path
+	// QUIC.HandshakeIdleTimeout bound) to the primary's offer of a session; on a server, from
+	// accepting the QUIC connection (as soon as quic-go has answered the client's first
+	// packet) to the client's authentication. It also bounds each secondary path
 	// the client joins, QUIC handshake included. 0 means 10 s.
 	HandshakeTimeout time.Duration
 

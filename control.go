@@ -303,6 +303,12 @@ func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
 // the watchdog's (path.watch).
 func (p *path) readControl() {
 	defer p.sess.wg.Done()
+	if p.answerDue {
+		if err := p.readAnswer(); err != nil {
+			p.fail(err)
+			return
+		}
+	}
 	var f pb.ControlFrame
 	for {
 		body, err := p.ctrlReader.Next()
@@ -320,6 +326,22 @@ func (p *path) readControl() {
 			return
 		}
 	}
+}
+
+// readAnswer reads the server's answer to the authentication request of a session the client
+// took from the server's offer (clientAuthenticate): the same session, or a refusal the
+// server decided when the request came (an unsupported version, a full accept queue), which
+// ends the session with the server's error.
+func (p *path) readAnswer() error {
+	resp, err := readAnswer(p.ctrlReader)
+	if err != nil {
+		return err
+	}
+	sessionID, pathID, _, err := checkAnswer(resp)
+	if err == nil && (sessionID != p.sess.id || pathID != p.id) {
+		err = &Error{Code: CodeInvalidFrame, Message: "the server's answer names another session than its offer"}
+	}
+	return err
 }
 
 // handleControl dispatches one control frame. The frames every path takes (heartbeats, acks,

@@ -44,7 +44,9 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 	// The session's context carries ctx's values, as a quic-go connection's does.
 	sess := newSession(context.WithoutCancel(ctx), RoleClient, a.sessionID, c)
 	sess.tlsConf = tc
-	sess.start(newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer))
+	p := newPath(sess, conn, a.pathID, addr, true, true, a.stream, a.reader, a.peer)
+	p.answerDue = a.offered
+	sess.start(p)
 	return sess, nil
 }
 
@@ -56,15 +58,17 @@ func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (
 // accepted have closed (Listener.Close).
 var quicNet = struct {
 	dial   func(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error)
-	listen func(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, func() error, error)
+	listen func(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.EarlyListener, func() error, error)
 }{dial: quic.DialAddr, listen: listenUDP}
 
 // listenUDP listens on a UDP socket of its own through a quic.Transport that KWIK closes
-// itself. quic-go's ListenAddr closes the transport it made once the listener has closed and
-// its connections' IDs are all gone, but one way an ID goes (retired, not expired) does not
+// itself, and listens early: a connection is handed over once quic-go has sent its part of
+// the TLS handshake, so that the server offers its session in 0.5-RTT data (PROTOCOL.md §3).
+// quic-go's ListenAddr closes the transport it made once the listener has closed and its
+// connections' IDs are all gone, but one way an ID goes (retired, not expired) does not
 // check, and the socket and two goroutines then outlive everything (seen once in the test
 // suite's leak check).
-func listenUDP(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Listener, func() error, error) {
+func listenUDP(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.EarlyListener, func() error, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, nil, err
@@ -75,7 +79,7 @@ func listenUDP(addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Liste
 	}
 	tr := &quic.Transport{Conn: udp}
 	closeAll := func() error { return errors.Join(tr.Close(), udp.Close()) }
-	ln, err := tr.Listen(tlsConf, conf)
+	ln, err := tr.ListenEarly(tlsConf, conf)
 	if err != nil {
 		closeAll()
 		return nil, nil, err
@@ -94,12 +98,17 @@ type authenticated struct {
 	stream            *quic.Stream
 	reader            *wire.Reader
 	peer              peerParams
+	// offered says that the session is the one the server offered: its answer to the
+	// request is still to come on the control stream (path.readControl checks it).
+	offered bool
 }
 
 // clientAuthenticate opens the control stream of a new path and authenticates: req is empty
 // for a new session, and carries the session ID, path ID and join token for a secondary.
 // then, if not nil, writes more frames behind the request before the answer is read (a join's
-// held delegations).
+// held delegations). A new session is the one the server offers on the first stream it opens
+// (serverHandshake), which reaches the client with the end of QUIC's handshake: a round trip
+// sooner than the answer to the request, which the session's control stream then reads.
 func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req *pb.AuthenticationRequest, then func(*quic.Stream) error) (*authenticated, error) {
 	cs, err := conn.OpenStreamSync(ctx)
 	if err != nil {
@@ -118,39 +127,85 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 		}
 	}
 	r := wire.NewReader(cs, conf.MaxMessageSize)
-	f, err := readFrame(r)
+	offered := req.SessionId == ""
+	var resp *pb.AuthenticationResponse
+	if offered {
+		resp, err = readOffer(ctx, conn, conf)
+	} else {
+		resp, err = readAnswer(r)
+	}
 	if err != nil {
 		return nil, handshakeError(ctx, conn, err)
 	}
-	resp := f.GetAuthenticationResponse()
-	if resp == nil {
-		return nil, &Error{Code: CodeInvalidFrame, Message: "expected an authentication response"}
-	}
-	if !resp.Success {
-		code := ErrorCode(resp.ErrorCode)
-		if code == 0 {
-			code = CodeAuthFailed
-		}
-		return nil, kwikError(code, resp.ErrorMessage, true)
-	}
-	if !validID(resp.SessionId, 16) || !validID(resp.PathId, 8) {
-		return nil, &Error{Code: CodeInvalidFrame, Message: "malformed session or path ID"}
-	}
-	peer, err := parsePeerParams(resp.Params)
+	sessionID, pathID, peer, err := checkAnswer(resp)
 	if err != nil {
 		return nil, err
 	}
 	if !stopWatch() {
 		return nil, context.Cause(ctx)
 	}
-	return &authenticated{sessionID: resp.SessionId, pathID: resp.PathId, stream: cs, reader: r, peer: peer}, nil
+	return &authenticated{sessionID: sessionID, pathID: pathID, stream: cs, reader: r, peer: peer, offered: offered}, nil
+}
+
+// readAnswer reads the server's answer to an authentication request.
+func readAnswer(r *wire.Reader) (*pb.AuthenticationResponse, error) {
+	f, err := readFrame(r)
+	if err != nil {
+		return nil, err
+	}
+	resp := f.GetAuthenticationResponse()
+	if resp == nil {
+		return nil, &Error{Code: CodeInvalidFrame, Message: "expected an authentication response"}
+	}
+	return resp, nil
+}
+
+// readOffer reads the session the server offers, on the first stream it opens.
+func readOffer(ctx context.Context, conn *quic.Conn, conf *Config) (*pb.AuthenticationResponse, error) {
+	st, err := conn.AcceptStream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	defer st.CancelRead(0)
+	stop := watchDeadline(ctx, st)
+	defer stop()
+	return readAnswer(wire.NewReader(st, conf.MaxMessageSize))
+}
+
+// checkAnswer checks a server's answer (or offer): a refusal is the server's error.
+func checkAnswer(resp *pb.AuthenticationResponse) (sessionID, pathID string, peer peerParams, err error) {
+	if !resp.Success {
+		code := ErrorCode(resp.ErrorCode)
+		if code == 0 {
+			code = CodeAuthFailed
+		}
+		return "", "", peer, kwikError(code, resp.ErrorMessage, true)
+	}
+	if !validID(resp.SessionId, 16) || !validID(resp.PathId, 8) {
+		return "", "", peer, &Error{Code: CodeInvalidFrame, Message: "malformed session or path ID"}
+	}
+	if peer, err = parsePeerParams(resp.Params); err != nil {
+		return "", "", peer, err
+	}
+	return resp.SessionId, resp.PathId, peer, nil
 }
 
 // serverHandshake authenticates a new connection: a client opening a session (this server
 // becomes its primary), or a client joining this server to a session as a secondary.
 // full reports whether the listener's accept queue is full: the server then refuses the
 // session (KWIK_CONNECTION_REFUSED) rather than hold it.
-func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *joinGuard, full func() bool) (*session, error) {
+//
+// Before the client says which it is, the server offers it a session (offerSession), at once
+// if early (conn is quic-go's early connection: the offer goes out as 0.5-RTT data), or once
+// the TLS handshake has completed: a client opening a session has its answer a round trip
+// sooner than if it waited for the answer to its request. A new session is the offer's; the
+// server still answers the request on the control stream, as it does a join.
+func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *joinGuard, full func() bool, early bool) (*session, error) {
+	offer, err := offerSession(ctx, conn, conf, full, early)
+	if err != nil {
+		return nil, err
+	}
 	cs, err := conn.AcceptStream(ctx)
 	if err != nil {
 		return nil, err
@@ -189,8 +244,11 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *
 		return refuse(CodeAuthFailed, err.Error())
 	}
 	if !join {
-		sess = newSession(context.WithoutCancel(conn.Context()), RolePrimary, randomID(16), conf)
-		pathID = randomID(8)
+		if !offer.Success { // refused early for a reason that still holds (it was busy)
+			return refuse(CodeConnectionRefused, errServerBusy.Message)
+		}
+		sess = newSession(context.WithoutCancel(conn.Context()), RolePrimary, offer.SessionId, conf)
+		pathID = offer.PathId
 	} else {
 		entry, err := verifyJoin(conf, joins, req)
 		if err != nil {
@@ -219,6 +277,44 @@ func serverHandshake(ctx context.Context, conn *quic.Conn, conf *Config, joins *
 	}
 	sess.start(newPath(sess, conn, pathID, conn.RemoteAddr().String(), sess.role == RolePrimary, true, cs, r, peer))
 	return sess, nil
+}
+
+// offerSession writes, on the first stream the server opens, the session it offers the client
+// before the client asks: an AuthenticationResponse with the new session's IDs and the
+// server's parameters, or a refusal when this server opens no sessions (ListenSecondary) or
+// its accept queue is full. A client opening a session reads it; a client joining never opens
+// the stream. Unless early, it waits for the TLS handshake to complete (a client certificate
+// the server asks for has then been checked).
+func offerSession(ctx context.Context, conn *quic.Conn, conf *Config, full func() bool, early bool) (*pb.AuthenticationResponse, error) {
+	if !early {
+		select {
+		case <-conn.HandshakeComplete():
+		case <-conn.Context().Done():
+			return nil, closeError(context.Cause(conn.Context()))
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+	}
+	offer := &pb.AuthenticationResponse{Success: true, SessionId: randomID(16), PathId: randomID(8), Params: conf.params()}
+	if err := checkRole(conf.ListenerRole, false); err != nil {
+		offer = &pb.AuthenticationResponse{ErrorCode: pb.ErrorCode(CodeAuthFailed), ErrorMessage: err.Error()}
+	} else if full() {
+		offer = &pb.AuthenticationResponse{ErrorCode: pb.ErrorCode(CodeConnectionRefused), ErrorMessage: errServerBusy.Message}
+	}
+	st, err := conn.OpenStream()
+	if err != nil {
+		return nil, handshakeError(ctx, conn, err)
+	}
+	stop := watchDeadline(ctx, st)
+	defer stop()
+	st.CancelRead(0) // the client sends nothing on it
+	if err := writeFrame(st, &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: offer}}); err != nil {
+		return nil, handshakeError(ctx, conn, err)
+	}
+	if err := st.Close(); err != nil {
+		return nil, handshakeError(ctx, conn, err)
+	}
+	return offer, nil
 }
 
 // verifyJoin checks a secondary join: this server must hold the join key, the token must be

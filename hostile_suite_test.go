@@ -112,6 +112,25 @@ func (h *rawPeer) write(b []byte) { _, _ = h.cs.Write(b) }
 
 func (h *rawPeer) send(fs ...*pb.ControlFrame) { h.write(frames(fs...)) }
 
+// offer writes b on a stream the raw server opens: where a client opening a session reads the
+// session the server offers.
+func (h *rawPeer) offer(t *testing.T, b []byte) {
+	t.Helper()
+	os, err := h.conn.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = os.Write(b)
+	_ = os.Close()
+}
+
+// open offers a client the session sid with path pathID, and answers its request with it.
+func (h *rawPeer) open(t *testing.T, sid, pathID string) {
+	t.Helper()
+	h.offer(t, frames(authOK(sid, pathID)))
+	h.send(authOK(sid, pathID))
+}
+
 // data writes b on the peer's data stream, opened on first use.
 func (h *rawPeer) data(t *testing.T, b []byte) {
 	t.Helper()
@@ -1220,7 +1239,7 @@ func TestHostilePrimaries(t *testing.T) {
 				if tc.early != nil {
 					tc.early(t, h)
 				}
-				h.send(authOK(sid, randomID(8)))
+				h.open(t, sid, randomID(8))
 				if err := <-dialed; err != nil {
 					t.Fatal(err)
 				}
@@ -1280,11 +1299,65 @@ func TestHostilePrimaryHandshake(t *testing.T) {
 				dialed <- err
 			}()
 			h, _ := acceptRaw(t, ql)
-			h.write(tc.answer)
+			h.offer(t, tc.answer)
 			err := <-dialed
 			var ke *Error
 			if !errors.Is(err, tc.want) || !errors.As(err, &ke) || ke.Remote != tc.remote {
 				t.Fatalf("Dial: %v, want %v (remote %v)", err, tc.want, tc.remote)
+			}
+			if err := h.closedWith(t); !tc.remote && !errors.Is(err, tc.want) {
+				t.Fatalf("the client closed the connection with %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestHostilePrimaryAnswer: the server offered a session, and Dial returned it; the server's
+// answer to the request, the control stream's first frame, then refuses it (the session ends
+// with the server's error, the server closing), names another session, or is not an answer
+// (the client closes with the code of the mistake).
+func TestHostilePrimaryAnswer(t *testing.T) {
+	sid, pathID := randomID(16), randomID(8)
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+		want   error
+		remote bool
+	}{
+		{"refusal", frames(&pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationResponse{AuthenticationResponse: &pb.AuthenticationResponse{
+			ErrorCode: pb.ErrorCode(CodeAuthFailed), ErrorMessage: "unsupported protocol version",
+		}}}), ErrAuthFailed, true},
+		{"another session", frames(authOK(randomID(16), pathID)), ErrInvalidFrame, false},
+		{"another path", frames(authOK(sid, randomID(8))), ErrInvalidFrame, false},
+		{"another frame", frames(heartbeat()), ErrInvalidFrame, false},
+		{"garbage", garbage, ErrInvalidFrame, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ql := listenRaw(t)
+			dialed := make(chan Session, 1)
+			go func() {
+				c, err := Dial(boundContext(t), ql.Addr().String(), testTLS.client, victimConf)
+				if err != nil {
+					t.Error(err)
+				}
+				dialed <- c
+			}()
+			h, _ := acceptRaw(t, ql)
+			h.offer(t, frames(authOK(sid, pathID)))
+			c := <-dialed
+			if c == nil {
+				return
+			}
+			defer c.Close()
+			if c.ID() != sid {
+				t.Fatalf("session %s, want the offer's %s", c.ID(), sid)
+			}
+			h.write(tc.answer)
+			err := endedWith(t, c.(*session))
+			var ke *Error
+			if !errors.Is(err, tc.want) || !errors.As(err, &ke) || ke.Remote != tc.remote {
+				t.Fatalf("the session ended with %v, want %v (remote %v)", err, tc.want, tc.remote)
 			}
 			if err := h.closedWith(t); !tc.remote && !errors.Is(err, tc.want) {
 				t.Fatalf("the client closed the connection with %v, want %v", err, tc.want)

@@ -26,8 +26,12 @@ const acceptQueueLen = 32
 // handshakes in progress, waits for them, and then closes done: from then on Accept drains the
 // queue and returns ErrServerClosed once it is empty.
 type Listener struct {
-	ql   *quic.Listener
+	ql   *quic.EarlyListener
 	conf *Config
+	// offerEarly says whether a connection is offered its session as soon as quic-go hands
+	// it over, before the client's handshake has completed (0.5-RTT data): not when the TLS
+	// config may ask for a client certificate, which the offer then waits for.
+	offerEarly bool
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -63,7 +67,7 @@ func Listen(addr string, tlsConf *tls.Config, conf *Config) (*Listener, error) {
 		return nil, err
 	}
 	l := &Listener{ql: ql, conf: c, done: make(chan struct{}), queue: make(chan *session, acceptQueueLen), joins: newJoinGuard(),
-		closeTransport: closeTransport}
+		closeTransport: closeTransport, offerEarly: tc.ClientAuth == tls.NoClientCert && tc.GetConfigForClient == nil}
 	l.joins.self = ql.Addr().String()
 	l.ctx, l.cancel = context.WithCancel(context.Background())
 	l.wg.Add(1)
@@ -95,7 +99,7 @@ func (l *Listener) handshake(conn *quic.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.conf.HandshakeTimeout)
 	defer cancel()
 	full := func() bool { return len(l.queue) == cap(l.queue) }
-	sess, err := serverHandshake(ctx, conn, l.conf, l.joins, full)
+	sess, err := serverHandshake(ctx, conn, l.conf, l.joins, full, l.offerEarly)
 	if err != nil {
 		switch {
 		case l.ctx.Err() != nil:

@@ -44,6 +44,9 @@ type path struct {
 
 	ctrlStream *quic.Stream
 	ctrlReader *wire.Reader
+	// answerDue: the server's answer to the client's authentication request is the first
+	// frame to read (a session the server offered, clientAuthenticate). Set before start.
+	answerDue bool
 	ctrl       *controlWriter
 	// roleControl handles the control frames of the session's role on this kind of path
 	// (controlHandlerFor); handleControl rejects what it does not take.
