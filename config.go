@@ -181,9 +181,11 @@ type Config struct {
 	// reason (the client's PathInfo.Reason keeps it). nil allows any address, which lets a
 	// primary make its clients dial wherever it likes, their own networks included: a client
 	// facing primaries it does not control should set it (kwik get refuses loopback,
-	// link-local and private addresses unless told otherwise). It runs on the join's own
-	// goroutine before the dial, within HandshakeTimeout: it may resolve the address. Whatever
-	// the outcome, the primary learns only a code and a generic reason, never the dial's error.
+	// link-local and private addresses unless told otherwise). It runs on a goroutine of its
+	// own before the dial, and may resolve the address: a policy that has not answered
+	// within HandshakeTimeout (or by the session's end) fails the join, and holds neither the
+	// join nor Close; its goroutine ends when it returns. Whatever the outcome, the primary
+	// learns only a code and a generic reason, never the dial's error.
 	AllowPath func(address string) error
 
 	// PathTLS, on a client, gives the TLS configuration for joining the secondary at address

@@ -77,13 +77,7 @@ func (s *session) join(req *pb.AddPathRequest) {
 	go func() {
 		defer s.wg.Done()
 		ctx, cancel := context.WithTimeout(s.ctx, s.conf.HandshakeTimeout)
-		var err error
-		if s.conf.AllowPath != nil {
-			// Here, not on the control reader: a policy may resolve the address.
-			if perr := s.conf.AllowPath(req.TargetAddress); perr != nil {
-				err = &Error{Code: CodeAuthFailed, Message: "the client's policy refuses " + req.TargetAddress + ": " + perr.Error()}
-			}
-		}
+		err := allowPath(ctx, s.conf.AllowPath, req.TargetAddress)
 		if err == nil {
 			err = s.dialSecondary(ctx, rec, req.JoinToken, PathConnecting)
 		}
@@ -103,6 +97,28 @@ func (s *session) join(req *pb.AddPathRequest) {
 		s.log.Info("kwik: join failed", "path", rec.id, "address", rec.address, "err", err)
 		fail(joinFailure(err))
 	}()
+}
+
+// allowPath asks the client's policy (Config.AllowPath, if set) about address, here and not
+// on the control reader: a policy may resolve the address. The policy runs on a goroutine of
+// its own, which the join waits for until ctx ends (the handshake timeout, or the session's
+// end): a policy that does not return fails the join, and holds neither the session's Close
+// nor its goroutines; its own goroutine ends when it returns.
+func allowPath(ctx context.Context, policy func(string) error, address string) error {
+	if policy == nil {
+		return nil
+	}
+	verdict := make(chan error, 1)
+	go func() { verdict <- policy(address) }()
+	select {
+	case err := <-verdict:
+		if err != nil {
+			return &Error{Code: CodeAuthFailed, Message: "the client's policy refuses " + address + ": " + err.Error()}
+		}
+		return nil
+	case <-ctx.Done():
+		return &Error{Code: CodePathDead, Message: "the client's policy did not answer for " + address + ": " + context.Cause(ctx).Error()}
+	}
 }
 
 // joinFailure is what a failed join tells the primary: a code and a generic reason, never the

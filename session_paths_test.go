@@ -378,3 +378,40 @@ func TestAllowPath(t *testing.T) {
 	noSession(t, bad)
 	addPath(t, p.server, good, good.Addr().String())
 }
+
+// A client's AllowPath that never answers fails the join once the handshake timeout passes
+// (the primary's AddPath fails, the path is dead), and the client's Close does not wait for it.
+func TestAllowPathThatNeverAnswers(t *testing.T) {
+	sec := listen(t, serverConf())
+	release := make(chan struct{})
+	asked := make(chan struct{}, 1)
+	conf := clientConf()
+	conf.HandshakeTimeout = 300 * time.Millisecond
+	conf.AllowPath = func(string) error {
+		asked <- struct{}{}
+		<-release
+		return nil
+	}
+	p := newPair(t, conf, serverConf())
+	defer close(release)
+	err := p.server.AddPath(sec.Addr().String())
+	if !errors.Is(err, ErrPathDead) {
+		t.Fatalf("AddPath while the client's policy does not answer: %v, want KWIK_PATH_DEAD", err)
+	}
+	<-asked
+	paths := p.client.GetAllPaths()
+	if len(paths) != 2 || paths[1].Status != PathDead || !strings.Contains(paths[1].Reason, "did not answer") {
+		t.Fatalf("the client's paths: %+v", paths)
+	}
+	noSession(t, sec)
+	closed := make(chan error, 1)
+	go func() { closed <- p.client.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-testContext(t).Done():
+		t.Fatal("Close waits for the client's policy")
+	}
+}
