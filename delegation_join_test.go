@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"testing"
 	"time"
 
@@ -283,5 +284,78 @@ func TestHeldRangesFollowTheAuthentication(t *testing.T) {
 		if err := d.Wait(ctx); err != nil {
 			t.Errorf("delegation at %d: %v", d.Offset, err)
 		}
+	}
+}
+
+// A range handed to a joining secondary behind the client's authentication that can no longer
+// be taken when the secondary answers (the reader canceled the stream meanwhile): the client
+// reports the delegation failed to the primary and stops it at the secondary, which had it.
+func TestPresentedRangeAbandonedBeforeTheAnswer(t *testing.T) {
+	ctx := testContext(t)
+	const part = 64 << 10
+	release := make(chan struct{})
+	cconf := *delegationConf
+	cconf.AllowPath = func(string) error { <-release; return nil }
+	sconf := *delegationConf
+	sconf.JoinKey = testJoinKey
+	p := newPair(t, &cconf, &sconf)
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ql := listenRaw(t)
+	id, _ := p.server.JoinPath(ql.Addr().String())
+	if id == "" {
+		t.Fatal("JoinPath refused")
+	}
+	st, err := p.server.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(content(0, part)); err != nil {
+		t.Fatal(err)
+	}
+	d, err := st.Delegate(id, part, chunkRequest(part, part))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := p.client.AcceptStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		p.client.held.mu.Lock()
+		h := p.client.held.byPath[id]
+		n := 0
+		if h != nil {
+			n = len(h.ranges)
+		}
+		p.client.held.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client holds %d ranges, want 1", n)
+		}
+	}
+	close(release)
+	h2, req := acceptRaw(t, ql)
+	a := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
+	if a.DelegationId != d.id {
+		t.Fatalf("assignment %v, want delegation %d", a, d.id)
+	}
+	// Handed over, not yet recorded: the reader gives up on the stream, then the secondary
+	// answers.
+	cs.CancelRead(7)
+	h2.send(authOK(req.SessionId, req.PathId))
+	stop := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetStopSending() != nil }).GetStopSending()
+	if stop.LogicalStreamId != uint64(cs.StreamID()) || !slices.Contains(stop.DelegationIds, d.id) {
+		t.Fatalf("the secondary was told %v, want to stop delegation %d of stream %d", stop, d.id, cs.StreamID())
+	}
+	if err := d.Wait(ctx); err == nil {
+		t.Fatal("the primary's delegation succeeded; want it failed (the client could not take it)")
 	}
 }
