@@ -455,6 +455,10 @@ func (c *Config) takeQUICStreamSettings() (*quic.Config, error) {
 		return nil, err
 	}
 	c.initialWindow = q.InitialStreamReceiveWindow
+	// Listeners are quic-go's early ones (for the offer, handshake.go), which would take 0-RTT
+	// data with Allow0RTT: replayable requests, sessions queued before the client's address
+	// is validated. KWIK takes none.
+	q.Allow0RTT = false
 	q.MaxIncomingStreams, q.MaxIncomingUniStreams = 0, 0
 	q.InitialStreamReceiveWindow, q.MaxStreamReceiveWindow = realStreamWindow, realStreamWindow
 	q.InitialConnectionReceiveWindow, q.MaxConnectionReceiveWindow = realConnWindow, realConnWindow

@@ -1,7 +1,9 @@
 package kwik
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -333,7 +335,14 @@ func (p *path) readControl() {
 // server decided when the request came (an unsupported version, a full accept queue), which
 // ends the session with the server's error.
 func (p *path) readAnswer() error {
+	// Within the handshake timeout, as Dial waited for it before the offer: a server that
+	// offers and never answers holds the control stream, heartbeats and all.
+	_ = p.ctrlStream.SetReadDeadline(time.Now().Add(p.sess.conf.HandshakeTimeout))
 	resp, err := readAnswer(p.ctrlReader)
+	_ = p.ctrlStream.SetReadDeadline(time.Time{})
+	if errors.Is(err, os.ErrDeadlineExceeded) && p.ctx.Err() == nil {
+		return &Error{Code: CodeAuthFailed, Message: "the server offered a session and did not answer its request within the handshake timeout"}
+	}
 	if err != nil {
 		return err
 	}

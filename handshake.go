@@ -303,7 +303,12 @@ func offerSession(ctx context.Context, conn *quic.Conn, conf *Config, full func(
 	}
 	st, err := conn.OpenStream()
 	if err != nil {
-		return nil, handshakeError(ctx, conn, err)
+		if conn.Context().Err() != nil {
+			return nil, handshakeError(ctx, conn, err)
+		}
+		// The client takes no stream of ours (a client that does not read offers may say
+		// so): no offer, the request is answered as it comes.
+		return offer, nil
 	}
 	stop := watchDeadline(ctx, st)
 	defer stop()

@@ -1331,6 +1331,7 @@ func TestHostilePrimaryAnswer(t *testing.T) {
 		{"another path", frames(authOK(sid, randomID(8))), ErrInvalidFrame, false},
 		{"another frame", frames(heartbeat()), ErrInvalidFrame, false},
 		{"garbage", garbage, ErrInvalidFrame, false},
+		{"none within the handshake timeout", nil, ErrAuthFailed, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -1353,7 +1354,9 @@ func TestHostilePrimaryAnswer(t *testing.T) {
 			if c.ID() != sid {
 				t.Fatalf("session %s, want the offer's %s", c.ID(), sid)
 			}
-			h.write(tc.answer)
+			if tc.answer != nil {
+				h.write(tc.answer)
+			}
 			err := endedWith(t, c.(*session))
 			var ke *Error
 			if !errors.Is(err, tc.want) || !errors.As(err, &ke) || ke.Remote != tc.remote {

@@ -47,7 +47,7 @@ type path struct {
 	// answerDue: the server's answer to the client's authentication request is the first
 	// frame to read (a session the server offered, clientAuthenticate). Set before start.
 	answerDue bool
-	ctrl       *controlWriter
+	ctrl      *controlWriter
 	// roleControl handles the control frames of the session's role on this kind of path
 	// (controlHandlerFor); handleControl rejects what it does not take.
 	roleControl controlHandler
