@@ -73,6 +73,9 @@ type HTTP struct {
 	stripes  []string // a URL per striping server
 	kwikTr   *kwikhttp.Transport
 	kwikURL  string
+	// What a fresh client of each way is made of (FreshSmall).
+	h3TLS, kwikTLS *tls.Config
+	kwikConf       *kwik.Config
 	fanouts  chan *kwik.FanoutResult
 	lastKWIK *kwik.FanoutResult
 	first    HTTPTimes
@@ -119,6 +122,7 @@ func NewHTTP(ctx context.Context, conf HTTPConfig) (_ *HTTP, err error) {
 	h3Client.NextProtos = []string{http3.NextProtoH3}
 	h.h3 = &http3.Transport{TLSClientConfig: h3Client}
 	h.closers.add(func() { h.h3.Close() })
+	h.h3TLS = h3Client
 
 	// kwikhttp: the primary behind the first link, its secondaries behind the others.
 	key := make([]byte, 32)
@@ -150,6 +154,7 @@ func NewHTTP(ctx context.Context, conf HTTPConfig) (_ *HTTP, err error) {
 	serving.Go(func() { primary.Serve(ln) })
 	h.closers.add(func() { primary.Close() })
 	h.kwikTr = &kwikhttp.Transport{TLSClientConfig: clientTLS, Config: conf0}
+	h.kwikTLS, h.kwikConf = clientTLS, conf0
 	h.closers.add(func() { h.kwikTr.Close() })
 	h.kwikURL = "https://" + r.Addr().String() + "/object"
 
@@ -276,6 +281,28 @@ func (h *HTTP) round(ctx context.Context) (HTTPTimes, error) {
 	}
 	t.KWIK = time.Since(start)
 	return t, nil
+}
+
+// FreshSmall times a new client's first request each way, http3's from its one server and
+// kwikhttp's from its primary: a Range GET of the object's first n bytes (a small response,
+// which the primary serves alone) on a new transport, from the request to the body's last
+// byte, the connection's (and KWIK's session's) set-up included, as a user's first small
+// download. The transports are closed after.
+func (h *HTTP) FreshSmall(ctx context.Context, n int64) (h3, kw time.Duration, err error) {
+	h3tr := &http3.Transport{TLSClientConfig: h.h3TLS}
+	defer h3tr.Close()
+	start := time.Now()
+	if err := fetch1(ctx, h3tr, h.h3URL, h.resource, 0, n); err != nil {
+		return 0, 0, fmt.Errorf("http3: %w", err)
+	}
+	h3 = time.Since(start)
+	kwtr := &kwikhttp.Transport{TLSClientConfig: h.kwikTLS, Config: h.kwikConf}
+	defer kwtr.Close()
+	start = time.Now()
+	if err := fetch1(ctx, kwtr, h.kwikURL, h.resource, 0, n); err != nil {
+		return 0, 0, fmt.Errorf("kwikhttp: %w", err)
+	}
+	return h3, time.Since(start), nil
 }
 
 // Mbps is the rate of a way that took t in total.
