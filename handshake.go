@@ -15,9 +15,11 @@ import (
 	"github.com/quic-go/quic-go"
 )
 
-// Dial opens a session with the primary server at addr: QUIC handshake, control stream,
-// authentication, then the session ID the primary issues. conf may be nil. The tls.Config is
-// also used to join the secondaries the primary adds.
+// Dial opens a session with the primary server at addr: the QUIC handshake, with which the
+// session the primary offers arrives (0.5-RTT data: one round trip in all, as quic-go's Dial),
+// and the client's authentication request, whose answer the session reads first on its control
+// stream (a refusal then ends it). conf may be nil. The tls.Config is also used to join the
+// secondaries the primary adds.
 func Dial(ctx context.Context, addr string, tlsConf *tls.Config, conf *Config) (Session, error) {
 	c, err := conf.populate()
 	if err != nil {
