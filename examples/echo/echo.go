@@ -6,12 +6,14 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"log"
 	"math/big"
 
 	"github.com/kwik-go/kwik"
+	"github.com/quic-go/quic-go"
 )
 
 const addr = "localhost:4242"
@@ -21,7 +23,13 @@ const message = "foobar"
 // We start a server echoing data on the first stream the client opens,
 // then connect with a client, send the message, and wait for its receipt.
 func main() {
-	go func() { log.Fatal(echoServer()) }()
+	go func() {
+		// The server returns nil once the client has closed its stream, which may come
+		// before main returns: only an error ends the process from here.
+		if err := echoServer(); err != nil {
+			log.Fatal(err)
+		}
+	}()
 
 	if err := clientMain(); err != nil {
 		panic(err)
@@ -49,6 +57,10 @@ func echoServer() error {
 
 	// Echo through the loggingWriter
 	_, err = io.Copy(loggingWriter{stream}, stream)
+	var closed *quic.ApplicationError
+	if errors.As(err, &closed) && closed.Remote && closed.ErrorCode == 0 {
+		return nil // the client closed its session, done: a normal end
+	}
 	return err
 }
 
