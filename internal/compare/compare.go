@@ -65,16 +65,17 @@ func dialKWIK(ctx context.Context, ln *kwik.Listener, addr string, clientTLS *tl
 		s, err := ln.Accept(ctx)
 		acc <- accepted{s, err}
 	}()
-	if client, err = kwik.Dial(ctx, addr, clientTLS, conf); err != nil {
+	c, err := kwik.Dial(ctx, addr, clientTLS, conf)
+	if err != nil {
 		return nil, nil, err // Accept returns when the listener closes
 	}
-	cl.add(func() { client.Close() })
+	cl.add(func() { c.Close() }) // c, not the result client, which an error return sets to nil
 	a := <-acc
 	if a.err != nil {
 		return nil, nil, a.err
 	}
 	cl.add(func() { a.s.Close() })
-	return client, a.s, nil
+	return c, a.s, nil
 }
 
 // closeListener closes ln and the sessions still in its accept queue (rejoins of secondaries,
