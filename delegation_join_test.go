@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/kwik-go/kwik/internal/wire/pb"
+	"github.com/quic-go/quic-go"
 )
 
 // Ranges delegated to a path still joining (JoinPath) are held by the client until the join
@@ -206,31 +208,7 @@ func TestJoinPathRefused(t *testing.T) {
 func TestHeldRangesFollowTheAuthentication(t *testing.T) {
 	ctx := testContext(t)
 	const part = 64 << 10
-	release := make(chan struct{})
-	cconf := *delegationConf
-	cconf.AllowPath = func(string) error { <-release; return nil }
-	sconf := *delegationConf
-	sconf.JoinKey = testJoinKey
-	p := newPair(t, &cconf, &sconf)
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	ql := listenRaw(t)
-	id, _ := p.server.JoinPath(ql.Addr().String())
-	if id == "" {
-		t.Fatal("JoinPath refused")
-	}
-	st, err := p.server.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Write(content(0, part)); err != nil {
-		t.Fatal(err)
-	}
+	p, id, ql, release, st := joiningRaw(t, part)
 	var ds []*Delegation
 	for i := range int64(3) {
 		d, err := st.Delegate(id, part, chunkRequest((i+1)*part, part))
@@ -247,22 +225,8 @@ func TestHeldRangesFollowTheAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The client holds the three ranges (its reader waits at the first) until it joins.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		p.client.held.mu.Lock()
-		n := 0
-		if h := p.client.held.byPath[id]; h != nil {
-			n = len(h.ranges)
-		}
-		p.client.held.mu.Unlock()
-		if n == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the client holds %d ranges, want 3", n)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	close(release)
+	waitHeld(t, p.client, id, 3)
+	release()
 	h2, req := acceptRaw(t, ql)
 	for i := range ds {
 		a := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
@@ -293,31 +257,7 @@ func TestHeldRangesFollowTheAuthentication(t *testing.T) {
 func TestPresentedRangeAbandonedBeforeTheAnswer(t *testing.T) {
 	ctx := testContext(t)
 	const part = 64 << 10
-	release := make(chan struct{})
-	cconf := *delegationConf
-	cconf.AllowPath = func(string) error { <-release; return nil }
-	sconf := *delegationConf
-	sconf.JoinKey = testJoinKey
-	p := newPair(t, &cconf, &sconf)
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	ql := listenRaw(t)
-	id, _ := p.server.JoinPath(ql.Addr().String())
-	if id == "" {
-		t.Fatal("JoinPath refused")
-	}
-	st, err := p.server.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.Write(content(0, part)); err != nil {
-		t.Fatal(err)
-	}
+	p, id, ql, release, st := joiningRaw(t, part)
 	d, err := st.Delegate(id, part, chunkRequest(part, part))
 	if err != nil {
 		t.Fatal(err)
@@ -326,22 +266,8 @@ func TestPresentedRangeAbandonedBeforeTheAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		p.client.held.mu.Lock()
-		h := p.client.held.byPath[id]
-		n := 0
-		if h != nil {
-			n = len(h.ranges)
-		}
-		p.client.held.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the client holds %d ranges, want 1", n)
-		}
-	}
-	close(release)
+	waitHeld(t, p.client, id, 1)
+	release()
 	h2, req := acceptRaw(t, ql)
 	a := h2.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationAssign() != nil }).GetDelegationAssign()
 	if a.DelegationId != d.id {
@@ -357,5 +283,52 @@ func TestPresentedRangeAbandonedBeforeTheAnswer(t *testing.T) {
 	}
 	if err := d.Wait(ctx); err == nil {
 		t.Fatal("the primary's delegation succeeded; want it failed (the client could not take it)")
+	}
+}
+
+// joiningRaw has a pair's primary join a raw secondary (listenRaw) as path id, which the
+// client holds in its join (its AllowPath waits) until release is called, and open a stream
+// whose first n bytes it writes itself.
+func joiningRaw(t *testing.T, n int64) (p *pair, id string, ql *quic.Listener, release func(), st Stream) {
+	t.Helper()
+	gate := make(chan struct{})
+	cconf := *delegationConf
+	cconf.AllowPath = func(string) error { <-gate; return nil }
+	sconf := *delegationConf
+	sconf.JoinKey = testJoinKey
+	p = newPair(t, &cconf, &sconf)
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	t.Cleanup(release)
+	ql = listenRaw(t)
+	if id, _ = p.server.JoinPath(ql.Addr().String()); id == "" {
+		t.Fatal("JoinPath refused")
+	}
+	st, err := p.server.OpenStreamSync(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write(content(0, n)); err != nil {
+		t.Fatal(err)
+	}
+	return p, id, ql, release, st
+}
+
+// waitHeld waits until the client holds n ranges for path id, which is joining.
+func waitHeld(t *testing.T, c *session, id string, n int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		c.held.mu.Lock()
+		got := 0
+		if h := c.held.byPath[id]; h != nil {
+			got = len(h.ranges)
+		}
+		c.held.mu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client holds %d ranges for the joining path, want %d", got, n)
+		}
 	}
 }
