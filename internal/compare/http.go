@@ -68,17 +68,17 @@ type HTTP struct {
 	resource []byte
 	closers  closers
 
-	h3       *http3.Transport
-	h3URL    string   // the one-link server
-	stripes  []string // a URL per striping server
-	kwikTr   *kwikhttp.Transport
-	kwikURL  string
+	h3      *http3.Transport
+	h3URL   string   // the one-link server
+	stripes []string // a URL per striping server
+	kwikTr  *kwikhttp.Transport
+	kwikURL string
 	// What a fresh client of each way is made of (FreshSmall).
 	h3TLS, kwikTLS *tls.Config
 	kwikConf       *kwik.Config
-	fanouts  chan *kwik.FanoutResult
-	lastKWIK *kwik.FanoutResult
-	first    HTTPTimes
+	fanouts        chan *kwik.FanoutResult
+	lastKWIK       *kwik.FanoutResult
+	first          HTTPTimes
 }
 
 // NewHTTP starts the servers and their links.
