@@ -306,7 +306,7 @@ func (w *controlWriter) append(f *pb.ControlFrame) ([]byte, error) {
 func (p *path) readControl() {
 	defer p.sess.wg.Done()
 	if p.answerDue {
-		if err := p.readAnswer(); err != nil {
+		if err := p.awaitAnswer(); err != nil {
 			p.fail(err)
 			return
 		}
@@ -330,11 +330,11 @@ func (p *path) readControl() {
 	}
 }
 
-// readAnswer reads the server's answer to the authentication request of a session the client
+// awaitAnswer reads the server's answer to the authentication request of a session the client
 // took from the server's offer (clientAuthenticate): the same session, or a refusal the
 // server decided when the request came (an unsupported version, a full accept queue), which
 // ends the session with the server's error.
-func (p *path) readAnswer() error {
+func (p *path) awaitAnswer() error {
 	// Within the handshake timeout, as Dial waited for it before the offer: a server that
 	// offers and never answers holds the control stream, heartbeats and all.
 	_ = p.ctrlStream.SetReadDeadline(time.Now().Add(p.sess.conf.HandshakeTimeout))
