@@ -136,7 +136,7 @@ func (c *sendCredit) send(sess *session, id uint64, maxFrame int, p []byte, call
 		c.mu.Unlock()
 		if err != nil || !ok {
 			if call.order != nil {
-				call.order.release()
+				call.order.release(0, 0, false)
 			}
 			if err != nil {
 				return n, err
@@ -145,7 +145,8 @@ func (c *sendCredit) send(sess *session, id uint64, maxFrame int, p []byte, call
 		}
 		err = rs.writeFrame(id, off, p[n:n+int(chunk)], false)
 		if call.order != nil {
-			call.order.release()
+			// The range keeps its place if it has more to send (sendOrder).
+			call.order.release(id, off+chunk, err == nil && chunk < room)
 		}
 		if err != nil {
 			return n, call.failed(err)

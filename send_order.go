@@ -14,13 +14,28 @@ import (
 // when all of them do, and the reader would wait at the first gap for the whole batch.
 //
 // Only a writer ready to send competes: one waiting for credit, or whose application has not
-// written yet, holds nothing up. One writer sends at a time; a turn lasts one Write's chunk.
+// written yet, holds nothing up. One writer sends at a time; a turn lasts one frame. A writer
+// whose range has more to send keeps its place for orderLinger once its turn ends: its
+// application writes again within microseconds (the next buffer of an io.Copy), and a writer
+// of the same stream further on, waiting, would otherwise take every other turn, so that the
+// lowest range, the one the reader waits for, went at half the path's rate (traced: a
+// secondary's first 64 KiB piece of eight done when it had sent 150 KiB). A writer that does
+// not come back within orderLinger loses its place.
 type sendOrder struct {
 	mu      sync.Mutex
 	busy    bool
 	seq     uint64 // arrival order of waiters
 	waiting []*orderWaiter
+	// kept is the place of the writer whose turn ended with more of its range to send: the
+	// stream and the offset it resumes at. Until it comes back, or orderLinger passes
+	// (expire), waiters it comes before wait.
+	kept      *orderWaiter
+	keptUntil time.Time   // when the kept place lapses
+	expiry    *time.Timer // runs expire; made on first use
 }
+
+// orderLinger is how long a writer keeps its place between two of its frames.
+const orderLinger = time.Millisecond
 
 type orderWaiter struct {
 	stream, off uint64
@@ -32,8 +47,9 @@ type orderWaiter struct {
 // not zero). It returns false if they came first: then the caller does not hold the turn.
 func (o *sendOrder) acquire(stream, off uint64, abort <-chan struct{}, deadline time.Time) bool {
 	o.mu.Lock()
-	if !o.busy && len(o.waiting) == 0 {
+	if !o.busy && (o.kept == nil && len(o.waiting) == 0 || o.kept != nil && o.kept.stream == stream && off <= o.kept.off) {
 		o.busy = true
+		o.kept = nil
 		o.mu.Unlock()
 		return true
 	}
@@ -58,7 +74,7 @@ func (o *sendOrder) acquire(stream, off uint64, abort <-chan struct{}, deadline 
 	case <-w.ready:
 		// Granted meanwhile: pass the turn on.
 		o.mu.Unlock()
-		o.release()
+		o.release(0, 0, false)
 		return false
 	default:
 	}
@@ -67,15 +83,48 @@ func (o *sendOrder) acquire(stream, off uint64, abort <-chan struct{}, deadline 
 	return false
 }
 
-// release ends the caller's turn and hands it to the next writer.
-func (o *sendOrder) release() {
+// release ends the caller's turn. more says that the caller's range has more to send, from
+// next in stream: it then keeps its place (orderLinger) before the waiters it comes before.
+// Otherwise the turn goes to the next writer.
+func (o *sendOrder) release(stream, next uint64, more bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.waiting) == 0 {
-		o.busy = false
+	if more {
+		if w := o.first(); w == nil || w.stream == stream && w.off > next {
+			o.busy = false
+			o.kept = &orderWaiter{stream: stream, off: next}
+			o.keptUntil = time.Now().Add(orderLinger)
+			if o.expiry == nil {
+				o.expiry = time.AfterFunc(orderLinger, o.expire)
+			} else {
+				o.expiry.Reset(orderLinger)
+			}
+			return
+		}
+	}
+	o.handOver()
+}
+
+// expire ends a kept place its writer did not come back to: the turn goes to the next. A
+// run that finds the place still current (the timer was reset as it fired) does nothing: the
+// reset runs it again.
+func (o *sendOrder) expire() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.busy || o.kept == nil || time.Now().Before(o.keptUntil) {
 		return
 	}
-	// The stream that has waited longest, and in it the lowest offset.
+	o.busy = true
+	o.kept = nil
+	o.handOver()
+}
+
+// first is the waiter the turn goes to next: of the stream that has waited longest, the
+// lowest offset; nil if none waits.
+func (o *sendOrder) first() *orderWaiter {
+	if len(o.waiting) == 0 {
+		return nil
+	}
 	first := o.waiting[0]
 	for _, w := range o.waiting[1:] {
 		if w.seq < first.seq {
@@ -87,6 +136,17 @@ func (o *sendOrder) release() {
 		if w.stream == first.stream && w.off < next.off {
 			next = w
 		}
+	}
+	return next
+}
+
+// handOver gives the turn, which the caller holds, to the next writer, or frees it. o.mu is
+// held.
+func (o *sendOrder) handOver() {
+	next := o.first()
+	if next == nil {
+		o.busy = false
+		return
 	}
 	o.waiting = without(o.waiting, next)
 	close(next.ready) // busy stays set: the turn passes

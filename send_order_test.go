@@ -46,7 +46,7 @@ func TestSendOrder(t *testing.T) {
 	waitForWaiters(t, &o, 3)
 
 	for i, want := range []<-chan bool{low, high, other} {
-		o.release()
+		o.release(0, 0, false)
 		if !<-want {
 			t.Fatalf("turn %d refused", i)
 		}
@@ -56,7 +56,7 @@ func TestSendOrder(t *testing.T) {
 			}
 		}
 	}
-	o.release()
+	o.release(0, 0, false)
 	if o.busy || len(o.waiting) != 0 {
 		t.Fatalf("the order is not idle after the last release: busy %v, %d waiting", o.busy, len(o.waiting))
 	}
@@ -76,15 +76,84 @@ func TestSendOrderAbort(t *testing.T) {
 	if <-gone {
 		t.Fatal("an aborted writer got the turn")
 	}
-	o.release()
+	o.release(0, 0, false)
 	if !<-next {
 		t.Fatal("the next writer did not get the turn")
 	}
 	if o.acquire(0, 3, nil, time.Now().Add(10*time.Millisecond)) {
 		t.Fatal("a writer got a turn held by another before its deadline")
 	}
-	o.release()
+	o.release(0, 0, false)
 	if !o.acquire(0, 4, nil, time.Time{}) {
 		t.Fatal("the turn was lost")
+	}
+}
+
+// A writer whose range has more to send keeps its place between two frames: a writer further
+// on in its stream, waiting, does not take every other turn (the reader waits for the lowest
+// range); once the range is sent, the turn passes at once.
+func TestSendOrderKeepsTheLowestRange(t *testing.T) {
+	var o sendOrder
+	o.acquire(4, 0, nil, time.Time{})
+	high := waitTurn(&o, 4, 1<<20, nil)
+	waitForWaiters(t, &o, 1)
+	for off := uint64(16 << 10); off < 64<<10; off += 16 << 10 {
+		o.release(4, off, true)
+		if !o.acquire(4, off, nil, time.Now().Add(5*time.Second)) {
+			t.Fatalf("the lowest range lost its turn at %d", off)
+		}
+		if len(high) > 0 {
+			t.Fatalf("at %d: the range further on got a turn the lowest kept", off)
+		}
+	}
+	o.release(4, 64<<10, false) // its last frame
+	select {
+	case ok := <-high:
+		if !ok {
+			t.Fatal("the next range was refused its turn")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the next range did not get the turn once the lowest was sent")
+	}
+}
+
+// A kept place lapses: a writer that does not come back within orderLinger (its application
+// has nothing to write yet) holds the path no longer, and a waiter of another stream, which
+// has waited longest, is never held for it.
+func TestSendOrderKeptPlaceLapses(t *testing.T) {
+	var o sendOrder
+	o.acquire(4, 0, nil, time.Time{})
+	high := waitTurn(&o, 4, 1<<20, nil)
+	waitForWaiters(t, &o, 1)
+	o.release(4, 16<<10, true) // and never comes back
+	select {
+	case ok := <-high:
+		if !ok {
+			t.Fatal("the waiter was refused its turn")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a kept place that its writer did not come back to held the turn")
+	}
+	// The lapsed writer comes back: it waits for the turn like any other.
+	back := waitTurn(&o, 4, 16<<10, nil)
+	waitForWaiters(t, &o, 1)
+	other := waitTurn(&o, 8, 0, nil)
+	waitForWaiters(t, &o, 2)
+	o.release(4, 1<<20+16<<10, true)
+	if !<-back {
+		t.Fatal("the lapsed writer was refused its turn")
+	}
+	// Stream 8 waits, and has waited longest: the writer of stream 4 keeps no place before it.
+	o.release(4, 32<<10, true)
+	select {
+	case ok := <-other:
+		if !ok {
+			t.Fatal("the other stream's writer was refused its turn")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a kept place held up another stream's writer")
+	}
+	if len(o.waiting) != 0 {
+		t.Fatalf("%d writers still wait", len(o.waiting))
 	}
 }
