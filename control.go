@@ -26,8 +26,9 @@ type controlWriter struct {
 
 	mu            sync.Mutex
 	frames        []*pb.ControlFrame
-	written       []chan struct{} // closed once the frames queued before them are written
-	creates       []*stream       // opened streams to announce, unless their data went first
+	alone         []*pb.ControlFrame // each on a stream of its own (queueAlone)
+	written       []chan struct{}    // closed once the frames queued before them are written
+	creates       []*stream          // opened streams to announce, unless their data went first
 	maxStreamData map[uint64]uint64
 	maxStreams    [2]uint64 // by direction
 	rawBytes      int       // relayed data queued, bounded by Config.MaxPendingRawData
@@ -64,6 +65,28 @@ func (w *controlWriter) queue(f *pb.ControlFrame) {
 		}
 	} else {
 		w.frames = append(w.frames, f)
+	}
+	w.mu.Unlock()
+	notify(w.wake)
+}
+
+// queueAlone queues f to go on a QUIC stream of its own, which the writer opens, writes and
+// closes: the primary's delegations (PROTOCOL.md §14), which a packet of the control stream
+// lost behind the primary's own bytes would otherwise hold up. When the peer allows no more
+// streams for now, f goes on the control stream.
+func (w *controlWriter) queueAlone(f *pb.ControlFrame) {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return
+	}
+	if len(w.frames)+len(w.alone) >= maxQueuedControlFrames {
+		if !w.overflow {
+			w.overflow = true
+			_ = w.p.ctrlStream.SetWriteDeadline(time.Now())
+		}
+	} else {
+		w.alone = append(w.alone, f)
 	}
 	w.mu.Unlock()
 	notify(w.wake)
@@ -149,6 +172,7 @@ func (w *controlWriter) run() {
 	defer w.stop() // however the writer ends, flush's callers hear of it
 	var (
 		frames     []*pb.ControlFrame
+		alone      []*pb.ControlFrame
 		creates    []*stream
 		credit     = make(map[uint64]uint64)
 		maxStreams [2]uint64
@@ -185,6 +209,7 @@ func (w *controlWriter) run() {
 		sendHeartbeat := w.heartbeat
 		w.heartbeat = false
 		frames, w.frames = w.frames, frames[:0]
+		alone, w.alone = w.alone, alone[:0]
 		written := w.written
 		w.written = nil
 		w.rawBytes = 0 // taken for writing: the room is free again
@@ -208,6 +233,12 @@ func (w *controlWriter) run() {
 				w.buf, err = w.append(f)
 			}
 			frames[i] = nil
+		}
+		for i, f := range alone {
+			if err == nil {
+				err = w.writeAlone(f)
+			}
+			alone[i] = nil
 		}
 		for i, st := range creates {
 			if !st.announced.Swap(true) && err == nil {
@@ -277,11 +308,34 @@ func (w *controlWriter) run() {
 	}
 }
 
+// writeAlone writes f on a new QUIC stream, or, if the peer allows none now, appends it to the
+// control stream's batch.
+func (w *controlWriter) writeAlone(f *pb.ControlFrame) error {
+	st, err := w.p.conn.OpenStream()
+	if err != nil {
+		if w.p.conn.Context().Err() != nil {
+			return err
+		}
+		w.buf, err = w.append(f) // at the peer's stream limit: on the control stream
+		return err
+	}
+	st.CancelRead(0) // the client sends nothing on it
+	b, err := wire.AppendControlFrame(nil, f)
+	if err == nil {
+		_, err = st.Write(b)
+	}
+	// Close's error is ignored, as the offer's (offerSession): once written, the frame is
+	// QUIC's to deliver.
+	_ = st.Close()
+	return err
+}
+
 // stop ends the writer: nothing more is queued, and every flush waiting is released.
 func (w *controlWriter) stop() {
 	w.mu.Lock()
 	w.closed = true
 	w.frames = nil
+	w.alone = nil
 	written := w.written
 	w.written = nil
 	w.mu.Unlock()

@@ -63,8 +63,8 @@ type clientDelegations struct {
 
 // heldDelegations (client) are the ranges delegated to paths still joining, held until the
 // join ends (JoinPath): then handed to the secondary in the order they came, or refused. Its
-// mutex also orders every DelegateRange against the hand-over, so that a secondary always
-// receives its ranges in increasing delegation IDs, as it requires.
+// mutex also orders every DelegateRange against the hand-over, and serializes those that come
+// on the primary's delegation streams at once (path.readAlone).
 type heldDelegations struct {
 	mu     sync.Mutex
 	byPath map[string]*heldRanges // a path joining since the primary asked for it

@@ -1694,3 +1694,56 @@ func TestViolationsAreNotRejoined(t *testing.T) {
 		t.Fatalf("path %+v: a rejoin is under way", pi)
 	}
 }
+
+// dialRawPrimary has a KWIK client open a session at a raw primary, which offers and answers
+// it: the client's session, the raw primary, and the client's authentication request.
+func dialRawPrimary(t *testing.T) (*session, *rawPeer, *pb.AuthenticationRequest) {
+	t.Helper()
+	ql := listenRaw(t)
+	sid, pathID := randomID(16), randomID(8)
+	dialed := make(chan Session, 1)
+	go func() {
+		c, err := Dial(boundContext(t), ql.Addr().String(), testTLS.client, victimConf)
+		if err != nil {
+			t.Error(err)
+		}
+		dialed <- c
+	}()
+	h, req := acceptRaw(t, ql)
+	h.open(t, sid, pathID)
+	c := <-dialed
+	if c == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { c.Close() })
+	return c.(*session), h, req
+}
+
+// A client opening a session says it takes delegations on streams of their own, and reads
+// them: a DelegateRange on one is handled as on the control stream (this one names a path the
+// client does not know: it is refused, and the primary told); any other frame there ends the
+// session with KWIK_INVALID_FRAME.
+func TestDelegationStreams(t *testing.T) {
+	t.Run("delegation", func(t *testing.T) {
+		t.Parallel()
+		_, h, req := dialRawPrimary(t)
+		if !req.GetParams().GetDelegationStreams() {
+			t.Fatal("the client did not announce delegation streams")
+		}
+		h.offer(t, frames(&pb.ControlFrame{Payload: &pb.ControlFrame_DelegateRange{DelegateRange: &pb.DelegateRange{
+			DelegationId: 7, LogicalStreamId: 1, Offset: 0, Length: 100, PathId: randomID(8),
+		}}}))
+		f := h.next(t, func(f *pb.ControlFrame) bool { return f.GetDelegationStatus() != nil })
+		if st := f.GetDelegationStatus(); st.DelegationId != 7 || st.Complete || st.ErrorCode != pb.ErrorCode(CodePathNotFound) {
+			t.Fatalf("the client answered %v, want delegation 7 refused with KWIK_PATH_NOT_FOUND", st)
+		}
+	})
+	t.Run("another frame", func(t *testing.T) {
+		t.Parallel()
+		c, h, _ := dialRawPrimary(t)
+		h.offer(t, frames(heartbeat()))
+		if err := endedWith(t, c); !errors.Is(err, ErrInvalidFrame) {
+			t.Fatalf("the session ended with %v, want KWIK_INVALID_FRAME", err)
+		}
+	})
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/kwik-go/kwik/internal/data"
 	"github.com/kwik-go/kwik/internal/wire"
+	"github.com/kwik-go/kwik/internal/wire/pb"
 	"github.com/quic-go/quic-go"
 )
 
@@ -110,6 +111,10 @@ func (p *path) start() {
 	go p.readControl()
 	go p.ctrl.run()
 	go p.acceptData()
+	if p.sess.role == RoleClient && p.isPrimary {
+		p.sess.wg.Add(1)
+		go p.acceptAlone()
+	}
 	if !p.essential {
 		p.sess.wg.Add(1)
 		go p.watch()
@@ -171,6 +176,50 @@ func (p *path) acceptData() {
 		}
 		p.sess.wg.Add(1)
 		go p.readData(qs)
+	}
+}
+
+// acceptAlone (the client's primary path) takes the streams the primary opens for its
+// delegations, one each (PROTOCOL.md §14).
+func (p *path) acceptAlone() {
+	defer p.sess.wg.Done()
+	for {
+		qs, err := p.conn.AcceptStream(p.ctx)
+		if err != nil {
+			return
+		}
+		p.sess.wg.Add(1)
+		go p.readAlone(qs)
+	}
+}
+
+// readAlone reads one of the primary's delegation streams to its end: DelegateRange frames
+// only, each taken as if from the control stream, in whatever order the streams come.
+func (p *path) readAlone(qs *quic.Stream) {
+	defer p.sess.wg.Done()
+	qs.Close() // this side sends nothing on it
+	r := wire.NewReader(qs, p.sess.conf.MaxMessageSize)
+	var f pb.ControlFrame
+	for {
+		body, err := r.Next()
+		if err == io.EOF {
+			return
+		}
+		if err == nil {
+			err = wire.ParseControlFrame(body, &f)
+		}
+		if err == nil {
+			m, ok := f.Payload.(*pb.ControlFrame_DelegateRange)
+			if !ok {
+				err = &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("%T on a delegation stream", f.Payload)}
+			} else {
+				err = p.sess.handleDelegateRange(m.DelegateRange)
+			}
+		}
+		if err != nil {
+			p.fail(err)
+			return
+		}
 	}
 }
 

@@ -380,6 +380,77 @@ func TestReplayedDelegationEndsThePath(t *testing.T) {
 	}
 }
 
+// A secondary takes each delegation ID once, in any order within delegationWindow below the
+// highest it took (the primary's delegations reach it in any order, PROTOCOL.md §14), and
+// cannot tell one below the window: it refuses that one without ending the path.
+func TestDelegationWindow(t *testing.T) {
+	const base = 10000
+	e := &joinEntry{g: newJoinGuard()}
+	for i, c := range []struct {
+		id   uint64
+		want delegationTake
+	}{
+		{base, delegationTaken},
+		{base - 2, delegationTaken}, // behind, not seen
+		{base, delegationReplayed},
+		{base - 1, delegationTaken},
+		{base - 2, delegationReplayed},
+		{base - 70, delegationTaken}, // in the bitmap's second word
+		{base + 10, delegationTaken}, // the window moves up by 10: base-70 is now 80 behind
+		{base - 70, delegationReplayed},
+		{base - 69, delegationTaken},
+		{base - 1, delegationReplayed},
+		{base + 75, delegationTaken}, // across a word again
+		{base - 70, delegationReplayed},
+		{base, delegationReplayed},
+		{base + 75 - delegationWindow + 1, delegationTaken}, // the window's last ID
+		{base + 75 - delegationWindow, delegationTooOld},
+		{base + 3*delegationWindow, delegationTaken}, // a jump past the whole window
+		{base + 75, delegationTooOld},
+		{base + 3*delegationWindow - 1, delegationTaken},
+		{base + 3*delegationWindow, delegationReplayed},
+	} {
+		if got := e.takeDelegation(c.id, 0); got != c.want {
+			t.Fatalf("step %d: ID %d: %d, want %d", i, c.id, got, c.want)
+		}
+	}
+}
+
+// Through a real secondary: delegations that come out of the order of their IDs are all
+// served, a replay of one of them still ends the path, and one below the window is refused
+// (DelegationDone with nothing written, for the primary to refill) without ending it.
+func TestDelegationsInAnyOrder(t *testing.T) {
+	ln := listen(t, secondaryOnlyConf())
+	sid, pid := randomID(16), randomID(8)
+	h, s := joinRaw(t, ln, sid, pid)
+	const high = 3 * delegationWindow
+	h.send(assignFrame(signedAssign(sid, pid, high, 1, 0, 100, nil)),
+		assignFrame(signedAssign(sid, pid, high-2, 1, 100, 100, nil)),
+		assignFrame(signedAssign(sid, pid, high-1, 1, 200, 100, nil)))
+	for range 3 {
+		st, err := s.AcceptStream(boundContext(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Close()
+	}
+	h.send(assignFrame(signedAssign(sid, pid, high-delegationWindow, 1, 300, 100, nil)))
+	f := h.next(t, func(f *pb.ControlFrame) bool {
+		d := f.GetDelegationDone()
+		return d != nil && d.DelegationId == high-delegationWindow
+	})
+	if w := f.GetDelegationDone().Written; w != 0 {
+		t.Fatalf("a delegation below the window: %d bytes written, want none", w)
+	}
+	if err := s.Context().Err(); err != nil {
+		t.Fatalf("a delegation below the window ended the path: %v", context.Cause(s.Context()))
+	}
+	h.send(assignFrame(signedAssign(sid, pid, high-2, 1, 100, 100, nil)))
+	if err := endedWith(t, s); !detected(err, ErrInvalidFrame) {
+		t.Fatalf("a replay behind the highest ID: the secondary ended with %v, want KWIK_INVALID_FRAME", err)
+	}
+}
+
 // However many delegations arrive, genuine ones included, a secondary session holds at most
 // maxSecondaryDelegations of them (finding 2: 22,000 frames took a secondary to 1.3 GiB); one
 // more ends the path with KWIK_INVALID_FRAME. Its primary never sends that many.

@@ -79,6 +79,9 @@ type peerParams struct {
 	maxStreams     uint64 // bidirectional logical streams this side may open at first
 	maxUniStreams  uint64 // unidirectional ones
 	zstd           bool   // accepts compressed DataPackets
+	// delegationStreams: a client that takes DelegateRange frames on streams the primary
+	// opens, one each (controlWriter.queueAlone).
+	delegationStreams bool
 }
 
 func (c *Config) params() *pb.TransportParameters {
@@ -116,6 +119,7 @@ func parsePeerParams(tp *pb.TransportParameters) (peerParams, error) {
 			pp.maxUniStreams = min(tp.MaxIncomingUniStreams, 1<<40)
 		}
 		pp.zstd = tp.Compression&compressZstd != 0
+		pp.delegationStreams = tp.DelegationStreams
 		pp.windowMax = min(tp.MaxStreamReceiveWindow, maxStreamReceiveWindow)
 	}
 	pp.windowMax = max(pp.windowMax, pp.streamWindow)

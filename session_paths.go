@@ -88,17 +88,17 @@ func (s *session) pathError(pathID string) error {
 }
 
 // delegationPathError says why a range cannot be delegated to pathID: nil if it is active, or
-// (primary) still connecting after JoinPath or AddPath, since the client holds the range
-// until the join ends.
-func (s *session) delegationPathError(pathID string) error {
-	var err error
+// (primary) still connecting after JoinPath or AddPath (joining), since the client holds the
+// range until the join ends.
+func (s *session) delegationPathError(pathID string) (joining bool, err error) {
 	s.inspect(func() {
 		if r := s.paths.byID[pathID]; r != nil && r.join != nil && r.status == PathConnecting {
+			joining = true
 			return
 		}
 		err = s.pathErrorOnLoop(pathID)
 	})
-	return err
+	return joining, err
 }
 
 // joinOf returns the end of the join of path pathID (primary): nil if the primary is not

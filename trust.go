@@ -122,9 +122,10 @@ func (s *session) signDelegation(m *pb.DelegateRange) {
 var errDelegationForged = &Error{Code: CodeAuthFailed, Message: "delegation not authenticated by the primary"}
 
 // verifyAssign checks an assignment on the secondary p: the primary's MAC for this session and
-// path, and a delegation ID above every one taken before on this session and path (here or in
-// an earlier join of the same path). It returns expired=true for a genuine assignment that
-// arrived too late, which is refused without ending the path.
+// path, and a delegation ID never taken before on this session and path (here or in an earlier
+// join of the same path), which may come in any order within delegationWindow below the
+// highest taken. It returns expired=true for a genuine assignment that arrived too late, or
+// below the window, which is refused without ending the path.
 func (s *session) verifyAssign(p *path, m *pb.DelegationAssign) (expired bool, err error) {
 	if s.delegKey == nil {
 		return false, errDelegationForged
@@ -133,8 +134,13 @@ func (s *session) verifyAssign(p *path, m *pb.DelegationAssign) (expired bool, e
 	if !hmac.Equal(m.Auth, want) {
 		return false, errDelegationForged
 	}
-	if s.joinState != nil && !s.joinState.takeDelegation(m.DelegationId, m.Expiry) {
-		return false, &Error{Code: CodeInvalidFrame, Message: "delegation replayed"}
+	if s.joinState != nil {
+		switch s.joinState.takeDelegation(m.DelegationId, m.Expiry) {
+		case delegationReplayed:
+			return false, &Error{Code: CodeInvalidFrame, Message: "delegation replayed"}
+		case delegationTooOld:
+			return true, nil // refused as an expired one: the primary sends the range itself
+		}
 	}
 	if m.Expiry > 1<<63-1 || !time.Now().Before(time.Unix(0, int64(m.Expiry))) {
 		return true, nil
@@ -162,14 +168,33 @@ type joinKey struct{ session, path string }
 
 // joinEntry is the state of one session's path. Fields guarded by joinGuard.mu.
 type joinEntry struct {
-	g          *joinGuard
-	key        joinKey
-	issued     int64  // Unix ns of the last token taken
-	expiry     int64  // Unix ns: the latest expiry of what it took
-	lastDeleg  uint64 // the last delegation ID taken, plus one (0: none)
-	sessions   int    // live sessions using it
-	lastDelegN bool
+	g        *joinGuard
+	key      joinKey
+	issued   int64 // Unix ns of the last token taken
+	expiry   int64 // Unix ns: the latest expiry of what it took
+	sessions int   // live sessions using it
+	// The delegation IDs taken: the highest, and the delegationWindow IDs below it (bit i of
+	// delegSeen: delegHigh-i was taken).
+	delegHigh uint64
+	delegSeen [delegationWindow / 64]uint64
+	delegAny  bool
 }
+
+// delegationWindow is how far below the highest delegation ID taken a secondary still takes
+// one it has not seen. A primary sends each delegation on a stream of its own (PROTOCOL.md
+// §14), so they reach the client, and the secondary, in any order: as IPsec and DTLS do for
+// their packets, the secondary takes every ID once, in any order within the window, and
+// refuses one older than that.
+const delegationWindow = 4096
+
+// delegationTake is what takeDelegation found of an ID.
+type delegationTake int
+
+const (
+	delegationTaken    delegationTake = iota // new: taken
+	delegationReplayed                       // taken before
+	delegationTooOld                         // below the window: it cannot tell
+)
 
 func newJoinGuard() *joinGuard {
 	return &joinGuard{start: time.Now(), entries: make(map[joinKey]*joinEntry), bySession: make(map[string]int)}
@@ -237,18 +262,52 @@ func (e *joinEntry) release() {
 	e.g.mu.Unlock()
 }
 
-// takeDelegation records a delegation ID, and says whether it is above every one taken before.
-func (e *joinEntry) takeDelegation(id, expiry uint64) bool {
+// takeDelegation records a delegation ID once, in any order within delegationWindow below the
+// highest taken.
+func (e *joinEntry) takeDelegation(id, expiry uint64) delegationTake {
 	e.g.mu.Lock()
 	defer e.g.mu.Unlock()
-	if e.lastDelegN && id <= e.lastDeleg {
-		return false
+	switch {
+	case !e.delegAny || id > e.delegHigh:
+		shift := uint64(delegationWindow)
+		if e.delegAny {
+			shift = min(id-e.delegHigh, delegationWindow)
+		}
+		e.shiftSeen(shift)
+		e.delegHigh, e.delegAny = id, true
+		e.delegSeen[0] |= 1
+	case e.delegHigh-id >= delegationWindow:
+		return delegationTooOld
+	default:
+		i := e.delegHigh - id
+		if e.delegSeen[i/64]&(1<<(i%64)) != 0 {
+			return delegationReplayed
+		}
+		e.delegSeen[i/64] |= 1 << (i % 64)
 	}
-	e.lastDeleg, e.lastDelegN = id, true
 	if expiry <= 1<<63-1 {
 		e.expiry = max(e.expiry, int64(expiry))
 	}
-	return true
+	return delegationTaken
+}
+
+// shiftSeen moves the window up by n IDs: bit i becomes bit i+n, those past the window go.
+func (e *joinEntry) shiftSeen(n uint64) {
+	if n >= delegationWindow {
+		clear(e.delegSeen[:])
+		return
+	}
+	words, bits := int(n/64), n%64
+	for i := len(e.delegSeen) - 1; i >= 0; i-- {
+		var v uint64
+		if j := i - words; j >= 0 {
+			v = e.delegSeen[j] << bits
+			if bits > 0 && j > 0 {
+				v |= e.delegSeen[j-1] >> (64 - bits)
+			}
+		}
+		e.delegSeen[i] = v
+	}
 }
 
 // ---- listener roles ----

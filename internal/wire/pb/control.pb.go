@@ -470,6 +470,7 @@ type TransportParameters struct {
 	Compression            uint32                 `protobuf:"varint,4,opt,name=compression,proto3" json:"compression,omitempty"`                                                         // bit 0: accepts zstd-compressed DataPackets (DataPacket.compressed)
 	MaxStreamReceiveWindow uint64                 `protobuf:"varint,5,opt,name=max_stream_receive_window,json=maxStreamReceiveWindow,proto3" json:"max_stream_receive_window,omitempty"` // the credit a stream may grow to ahead of the reads (0: stream_receive_window)
 	MaxIncomingUniStreams  uint64                 `protobuf:"varint,6,opt,name=max_incoming_uni_streams,json=maxIncomingUniStreams,proto3" json:"max_incoming_uni_streams,omitempty"`    // unidirectional logical streams the other side may open at first (0: 100)
+	DelegationStreams      bool                   `protobuf:"varint,7,opt,name=delegation_streams,json=delegationStreams,proto3" json:"delegation_streams,omitempty"`                    // a client: takes DelegateRange frames on streams the primary opens (PROTOCOL.md §14)
 	unknownFields          protoimpl.UnknownFields
 	sizeCache              protoimpl.SizeCache
 }
@@ -544,6 +545,13 @@ func (x *TransportParameters) GetMaxIncomingUniStreams() uint64 {
 		return x.MaxIncomingUniStreams
 	}
 	return 0
+}
+
+func (x *TransportParameters) GetDelegationStreams() bool {
+	if x != nil {
+		return x.DelegationStreams
+	}
+	return false
 }
 
 type AuthenticationRequest struct {
@@ -2077,14 +2085,15 @@ const file_control_proto_rawDesc = "" +
 	"\x11delegation_status\x18\x1e \x01(\v2\x1e.kwik.control.DelegationStatusH\x00R\x10delegationStatus\x12N\n" +
 	"\x12path_token_request\x18\x1f \x01(\v2\x1e.kwik.control.PathTokenRequestH\x00R\x10pathTokenRequest\x12Q\n" +
 	"\x13path_token_response\x18  \x01(\v2\x1f.kwik.control.PathTokenResponseH\x00R\x11pathTokenResponseB\t\n" +
-	"\apayload\"\xbb\x02\n" +
+	"\apayload\"\xea\x02\n" +
 	"\x13TransportParameters\x12(\n" +
 	"\x10max_message_size\x18\x01 \x01(\x04R\x0emaxMessageSize\x120\n" +
 	"\x14max_incoming_streams\x18\x02 \x01(\x04R\x12maxIncomingStreams\x122\n" +
 	"\x15stream_receive_window\x18\x03 \x01(\x04R\x13streamReceiveWindow\x12 \n" +
 	"\vcompression\x18\x04 \x01(\rR\vcompression\x129\n" +
 	"\x19max_stream_receive_window\x18\x05 \x01(\x04R\x16maxStreamReceiveWindow\x127\n" +
-	"\x18max_incoming_uni_streams\x18\x06 \x01(\x04R\x15maxIncomingUniStreams\"\xed\x01\n" +
+	"\x18max_incoming_uni_streams\x18\x06 \x01(\x04R\x15maxIncomingUniStreams\x12-\n" +
+	"\x12delegation_streams\x18\a \x01(\bR\x11delegationStreams\"\xed\x01\n" +
 	"\x15AuthenticationRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12 \n" +
