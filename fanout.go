@@ -486,12 +486,18 @@ func Fanout(ctx context.Context, st Stream, src io.ReaderAt, size int64, paths [
 		if !ok {
 			// Every source has enough to do: wait for a piece written or a delegation resolved.
 			// Wake up now and then while delegations are under way: one may become
-			// overdue (duplicate) without any event.
+			// overdue (duplicate) without any event; and as a join ends (checkJoins: its path may
+			// then take more than what the client held for it).
+			var joined <-chan struct{}
+			if len(joins) > 0 {
+				joined = joins[0].end.done
+			}
 			select {
 			case ev := <-events:
 				handle(ev)
 			case id, ok := <-joining:
 				join(id, ok)
+			case <-joined:
 			case <-tick.C:
 			}
 			continue

@@ -845,6 +845,12 @@ func TestFanoutSchedulerJoining(t *testing.T) {
 	if got := s.targetOf(a); got <= fanoutJoiningProbe {
 		t.Errorf("target once joined %d, want more than the joining bound %d", got, fanoutJoiningProbe)
 	}
+	// The primary's first rate comes from its own slow start (3.4 Mbit/s, traced for a 50
+	// Mbit/s path): the joined secondary, not measured yet, keeps the whole probe.
+	s.pathRate = 3.4e6 / 8
+	if got := s.targetOf(a); got != fanoutProbe {
+		t.Errorf("target once joined, the primary's first rate low: %d, want the probe %d", got, fanoutProbe)
+	}
 }
 
 // A join that never ends, once everything is assigned: the transfer's bound on sending again
