@@ -50,43 +50,33 @@ func newControlWriter(p *path) *controlWriter {
 // fills it; that path then fails instead of holding memory.
 const maxQueuedControlFrames = 16384
 
-func (w *controlWriter) queue(f *pb.ControlFrame) {
+func (w *controlWriter) queue(f *pb.ControlFrame) { w.push(f, false) }
+
+// queueAlone queues f to go on a QUIC stream of its own, which the writer opens, writes and
+// closes: the primary's delegations (PROTOCOL.md §14), which a packet of the control stream
+// lost behind the primary's own bytes would otherwise hold up. When the peer allows no more
+// streams for now, f goes on the control stream.
+func (w *controlWriter) queueAlone(f *pb.ControlFrame) { w.push(f, true) }
+
+// push queues f for the control stream, or alone on a stream of its own.
+func (w *controlWriter) push(f *pb.ControlFrame, alone bool) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
 		return
 	}
-	if len(w.frames) >= maxQueuedControlFrames {
+	switch {
+	case len(w.frames)+len(w.alone) >= maxQueuedControlFrames:
 		if !w.overflow {
 			w.overflow = true
 			// The writer may be stuck in a Write that a peer who reads nothing never lets
 			// through: make it return, so that it fails the path now rather than never.
 			_ = w.p.ctrlStream.SetWriteDeadline(time.Now())
 		}
-	} else {
-		w.frames = append(w.frames, f)
-	}
-	w.mu.Unlock()
-	notify(w.wake)
-}
-
-// queueAlone queues f to go on a QUIC stream of its own, which the writer opens, writes and
-// closes: the primary's delegations (PROTOCOL.md §14), which a packet of the control stream
-// lost behind the primary's own bytes would otherwise hold up. When the peer allows no more
-// streams for now, f goes on the control stream.
-func (w *controlWriter) queueAlone(f *pb.ControlFrame) {
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return
-	}
-	if len(w.frames)+len(w.alone) >= maxQueuedControlFrames {
-		if !w.overflow {
-			w.overflow = true
-			_ = w.p.ctrlStream.SetWriteDeadline(time.Now())
-		}
-	} else {
+	case alone:
 		w.alone = append(w.alone, f)
+	default:
+		w.frames = append(w.frames, f)
 	}
 	w.mu.Unlock()
 	notify(w.wake)

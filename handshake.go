@@ -121,7 +121,7 @@ func clientAuthenticate(ctx context.Context, conn *quic.Conn, conf *Config, req 
 	req.Version = protocolVersion
 	req.Params = conf.params()
 	// A client opening a session takes its delegations on streams of their own
-	// (path.acceptAlone), which a lost packet of the control stream does not hold up.
+	// (path.readAlone), which a lost packet of the control stream does not hold up.
 	req.Params.DelegationStreams = req.SessionId == ""
 	if err := writeFrame(cs, &pb.ControlFrame{Payload: &pb.ControlFrame_AuthenticationRequest{AuthenticationRequest: req}}); err != nil {
 		return nil, handshakeError(ctx, conn, err)

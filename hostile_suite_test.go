@@ -1335,29 +1335,14 @@ func TestHostilePrimaryAnswer(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			ql := listenRaw(t)
-			dialed := make(chan Session, 1)
-			go func() {
-				c, err := Dial(boundContext(t), ql.Addr().String(), testTLS.client, victimConf)
-				if err != nil {
-					t.Error(err)
-				}
-				dialed <- c
-			}()
-			h, _ := acceptRaw(t, ql)
-			h.offer(t, frames(authOK(sid, pathID)))
-			c := <-dialed
-			if c == nil {
-				return
-			}
-			defer c.Close()
+			c, h, _ := dialOffered(t, sid, pathID)
 			if c.ID() != sid {
 				t.Fatalf("session %s, want the offer's %s", c.ID(), sid)
 			}
 			if tc.answer != nil {
 				h.write(tc.answer)
 			}
-			err := endedWith(t, c.(*session))
+			err := endedWith(t, c)
 			var ke *Error
 			if !errors.Is(err, tc.want) || !errors.As(err, &ke) || ke.Remote != tc.remote {
 				t.Fatalf("the session ended with %v, want %v (remote %v)", err, tc.want, tc.remote)
@@ -1695,12 +1680,12 @@ func TestViolationsAreNotRejoined(t *testing.T) {
 	}
 }
 
-// dialRawPrimary has a KWIK client open a session at a raw primary, which offers and answers
-// it: the client's session, the raw primary, and the client's authentication request.
-func dialRawPrimary(t *testing.T) (*session, *rawPeer, *pb.AuthenticationRequest) {
+// dialOffered has a KWIK client dial a raw primary, which offers it session sid with path
+// pathID: the client's session (Dial returned it; closed at the test's end), the raw primary,
+// and the client's authentication request, which the raw primary has not answered.
+func dialOffered(t *testing.T, sid, pathID string) (*session, *rawPeer, *pb.AuthenticationRequest) {
 	t.Helper()
 	ql := listenRaw(t)
-	sid, pathID := randomID(16), randomID(8)
 	dialed := make(chan Session, 1)
 	go func() {
 		c, err := Dial(boundContext(t), ql.Addr().String(), testTLS.client, victimConf)
@@ -1710,13 +1695,22 @@ func dialRawPrimary(t *testing.T) (*session, *rawPeer, *pb.AuthenticationRequest
 		dialed <- c
 	}()
 	h, req := acceptRaw(t, ql)
-	h.open(t, sid, pathID)
+	h.offer(t, frames(authOK(sid, pathID)))
 	c := <-dialed
 	if c == nil {
 		t.FailNow()
 	}
 	t.Cleanup(func() { c.Close() })
 	return c.(*session), h, req
+}
+
+// dialRawPrimary is dialOffered, the raw primary then answering the request with its offer.
+func dialRawPrimary(t *testing.T) (*session, *rawPeer, *pb.AuthenticationRequest) {
+	t.Helper()
+	sid, pathID := randomID(16), randomID(8)
+	c, h, req := dialOffered(t, sid, pathID)
+	h.send(authOK(sid, pathID))
+	return c, h, req
 }
 
 // A client opening a session says it takes delegations on streams of their own, and reads

@@ -22,7 +22,9 @@ import (
 //   - readControl: reads the control stream and dispatches frames;
 //   - ctrl.run: writes queued control frames, coalescing credit updates and acks, and the
 //     heartbeats the watchdog asks for;
-//   - acceptData: accepts the peer's data streams and starts a readData for each;
+//   - acceptEach: accepts the peer's data streams and starts a readData for each; on the
+//     client's primary path, another accepts the primary's delegation streams and starts a
+//     readAlone for each;
 //   - watch, on a client's secondary paths only: has heartbeats sent and declares the path
 //     dead when its QUIC connection has received nothing for PathTimeout; fails the path's
 //     delegations that miss their progress deadline (progress.go).
@@ -110,10 +112,11 @@ func (p *path) start() {
 	p.sess.wg.Add(3)
 	go p.readControl()
 	go p.ctrl.run()
-	go p.acceptData()
+	go acceptEach(p, p.conn.AcceptUniStream, p.readData)
 	if p.sess.role == RoleClient && p.isPrimary {
+		// The primary's delegation streams (PROTOCOL.md §14).
 		p.sess.wg.Add(1)
-		go p.acceptAlone()
+		go acceptEach(p, p.conn.AcceptStream, p.readAlone)
 	}
 	if !p.essential {
 		p.sess.wg.Add(1)
@@ -167,29 +170,17 @@ func (p *path) watch() {
 	}
 }
 
-func (p *path) acceptData() {
+// acceptEach accepts the peer's streams of one kind, and serves each on a goroutine of its own,
+// until the path ends.
+func acceptEach[S any](p *path, accept func(context.Context) (S, error), serve func(S)) {
 	defer p.sess.wg.Done()
 	for {
-		qs, err := p.conn.AcceptUniStream(p.ctx)
+		st, err := accept(p.ctx)
 		if err != nil {
 			return
 		}
 		p.sess.wg.Add(1)
-		go p.readData(qs)
-	}
-}
-
-// acceptAlone (the client's primary path) takes the streams the primary opens for its
-// delegations, one each (PROTOCOL.md §14).
-func (p *path) acceptAlone() {
-	defer p.sess.wg.Done()
-	for {
-		qs, err := p.conn.AcceptStream(p.ctx)
-		if err != nil {
-			return
-		}
-		p.sess.wg.Add(1)
-		go p.readAlone(qs)
+		go serve(st)
 	}
 }
 

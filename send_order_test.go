@@ -13,6 +13,20 @@ func waitTurn(o *sendOrder, stream, off uint64, abort <-chan struct{}) <-chan bo
 	return got
 }
 
+// turned waits for the writer behind got to hear that it has the turn; it fails the test if
+// the writer is refused or hears nothing within 5 s.
+func turned(t *testing.T, got <-chan bool, what string) {
+	t.Helper()
+	select {
+	case ok := <-got:
+		if !ok {
+			t.Fatalf("%s: refused the turn", what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s: not given the turn", what)
+	}
+}
+
 // waiters reports how many writers wait, once n of them do.
 func waitForWaiters(t *testing.T, o *sendOrder, n int) {
 	t.Helper()
@@ -107,14 +121,7 @@ func TestSendOrderKeepsTheLowestRange(t *testing.T) {
 		}
 	}
 	o.release(4, 64<<10, false) // its last frame
-	select {
-	case ok := <-high:
-		if !ok {
-			t.Fatal("the next range was refused its turn")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the next range did not get the turn once the lowest was sent")
-	}
+	turned(t, high, "the next range, once the lowest was sent")
 }
 
 // A kept place lapses: a writer that does not come back within orderLinger (its application
@@ -126,14 +133,7 @@ func TestSendOrderKeptPlaceLapses(t *testing.T) {
 	high := waitTurn(&o, 4, 1<<20, nil)
 	waitForWaiters(t, &o, 1)
 	o.release(4, 16<<10, true) // and never comes back
-	select {
-	case ok := <-high:
-		if !ok {
-			t.Fatal("the waiter was refused its turn")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a kept place that its writer did not come back to held the turn")
-	}
+	turned(t, high, "a waiter, behind a place kept by a writer that does not come back")
 	// The lapsed writer comes back: it waits for the turn like any other.
 	back := waitTurn(&o, 4, 16<<10, nil)
 	waitForWaiters(t, &o, 1)
@@ -145,14 +145,7 @@ func TestSendOrderKeptPlaceLapses(t *testing.T) {
 	}
 	// Stream 8 waits, and has waited longest: the writer of stream 4 keeps no place before it.
 	o.release(4, 32<<10, true)
-	select {
-	case ok := <-other:
-		if !ok {
-			t.Fatal("the other stream's writer was refused its turn")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a kept place held up another stream's writer")
-	}
+	turned(t, other, "another stream's writer, which waited longest")
 	if len(o.waiting) != 0 {
 		t.Fatalf("%d writers still wait", len(o.waiting))
 	}
