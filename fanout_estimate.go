@@ -14,6 +14,7 @@ import (
 type fanoutSample struct {
 	rate float64
 	at   time.Time
+	weak bool // of completions over less than a round trip (resolved)
 }
 
 // fanoutMark is a count of bytes at a time.
@@ -111,7 +112,7 @@ func (src *fanoutSource) recall(m map[string]fanoutRecall, now time.Time) {
 		return
 	}
 	src.rate, src.lat = r.rate, r.lat
-	src.samples = []fanoutSample{{r.rate, now}}
+	src.samples = []fanoutSample{{rate: r.rate, at: now}}
 	src.recalled = true
 	src.round, src.roundRate = now, r.rate
 	// Out of its startup even if the last Fanout ended in it: its path's congestion window is
@@ -308,6 +309,15 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// the sample instead.
 	sample, ok := src.sampleReceived(now, received, s.rtt)
 	src.counted = ok
+	// weak: a sample of completions over less than fanoutWeakBusy, which tells nothing of the
+	// estimates' errors: the latency a piece's time is counted from is one. A first 64 KiB
+	// piece done just as its estimated latency ran out measured 524 Mbit/s (64 KiB over 1 ms)
+	// for a 50 Mbit/s path (traced under CPU contention at 10 ms one way: as the best sample
+	// it ended the secondary's startup when the next one was lower, 14 MiB were given to each
+	// secondary, and the primary sat idle for 700 ms at the end). On a fast path such a sample
+	// may be right, so it counts; but a sound one less than a quarter of it shows it an
+	// artefact, and removes it.
+	weak := false
 	for i := len(src.done) - 1; i >= 0 && !ok; i-- {
 		d := src.done[i]
 		bytes += d.bytes
@@ -317,10 +327,14 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		}
 		if busy >= span || i == 0 && !src.recalled {
 			sample, ok = float64(bytes)/max(busy, time.Millisecond).Seconds(), true
+			weak = busy < fanoutWeakBusy
 		}
 	}
 	if ok {
-		src.samples = append(src.samples, fanoutSample{sample, now})
+		if !weak {
+			src.samples = slices.DeleteFunc(src.samples, func(r fanoutSample) bool { return r.weak && r.rate > 4*sample })
+		}
+		src.samples = append(src.samples, fanoutSample{sample, now, weak})
 	}
 	// The best of the last fanoutRateWindow samples, none older than fanoutRateAge rounds
 	// but the latest: a source that slows down shows it soon, even with few completions.
@@ -328,10 +342,13 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	for len(src.samples) > fanoutRateWindow || len(src.samples) > 1 && now.Sub(src.samples[0].at) > age {
 		src.samples = src.samples[1:]
 	}
-	src.rate = 0
+	var best fanoutSample
 	for _, r := range src.samples {
-		src.rate = max(src.rate, r.rate)
+		if r.rate > best.rate {
+			best = r
+		}
 	}
+	src.rate = best.rate
 	if src.round.IsZero() {
 		src.round, src.roundRate = now, src.rate
 	} else if now.Sub(src.round) >= src.roundOf(lat, s.rtt) {
@@ -343,7 +360,7 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		src.doubling = src.rate >= 1.5*src.roundRate
 		src.round, src.roundRate = now, src.rate
 	}
-	if last := src.samples[len(src.samples)-1].rate; last < src.rate/2 {
+	if last := src.samples[len(src.samples)-1].rate; last < src.rate/2 && !best.weak {
 		src.flat = fanoutStartupRounds // slower than it was: not a slow start
 	}
 	// The latency: what a delegation made to an idle secondary took beyond its transfer
@@ -376,6 +393,9 @@ type fanoutCount struct {
 	bytes int64
 	at    time.Duration
 }
+
+// fanoutWeakBusy is the busy time below which a rate sample of completions is weak (resolved).
+const fanoutWeakBusy = 2 * time.Millisecond
 
 // fanoutCounterSpan is the least time a delivery rate measured from the client's counter
 // spans: its reports come with completions, in bursts.

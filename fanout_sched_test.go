@@ -384,7 +384,7 @@ func TestFanoutSchedulerDuplicate(t *testing.T) {
 	took := sim.run()
 	// Now the secondary slows down tenfold for the same resource, once measured fast.
 	s2 := newFanoutSim(t, 8<<20, 20*time.Millisecond, []float64{50 * mbit, 50 * mbit}, []time.Duration{40 * time.Millisecond})
-	s2.s.source("a").rate, s2.s.source("a").samples = 50*mbit, []fanoutSample{{50 * mbit, s2.now}}
+	s2.s.source("a").rate, s2.s.source("a").samples = 50*mbit, []fanoutSample{{rate: 50 * mbit, at: s2.now}}
 	s2.s.source("a").lat = 40 * time.Millisecond
 	s2.srcs["a"].rate = 5 * mbit
 	slow := s2.run()
@@ -437,7 +437,7 @@ func TestFanoutSchedulerStartupRecent(t *testing.T) {
 	if !src.doubling {
 		t.Errorf("a slow start's rate (%.1f Mbit/s) is not doubling", src.rate/mbit)
 	}
-	src.lat, src.samples = 2*rtt, []fanoutSample{{10e6, now}}
+	src.lat, src.samples = 2*rtt, []fanoutSample{{rate: 10e6, at: now}}
 	byRate := int64(fanoutStartupGain * 10e6 * (2*rtt + fanoutRound).Seconds()) // 8.4 MB
 	for _, tc := range []struct {
 		recent, delivered int64
@@ -519,7 +519,7 @@ func TestFanoutSchedulerDuplicateSuffix(t *testing.T) {
 				s.delegated("a", piece, now.Add(-tc.given))
 			}
 			src := s.source("a")
-			src.rate, src.samples, src.lat = tc.rate, []fanoutSample{{tc.rate, now}}, 2*rtt
+			src.rate, src.samples, src.lat = tc.rate, []fanoutSample{{rate: tc.rate, at: now}}, 2*rtt
 			off, n, ok := s.duplicate(now)
 			if !ok {
 				t.Fatal("nothing sent again")
@@ -891,5 +891,48 @@ func TestFanoutSchedulerJoiningAtTheEnd(t *testing.T) {
 	}
 	if len(held) > 0 {
 		t.Errorf("%d pieces held for a join that never ended were never sent again", len(held))
+	}
+}
+
+// A secondary's first completion, done just as its estimated latency ran out, measures an
+// absurd rate (64 KiB over the 1 ms floor: the latency it is counted from is an estimate):
+// traced under CPU contention at 10 ms one way, 524 Mbit/s for a 50 Mbit/s path, which as the
+// best sample ended the secondary's startup when the next one was lower, and gave it 14 MiB
+// while the primary sat idle for 700 ms at the end. Such a weak sample keeps the startup's
+// bound on the target, and a sound one (here the client's counter, over more than a round
+// trip) less than a quarter of it removes it.
+func TestFanoutSchedulerWeakFirstSample(t *testing.T) {
+	ms := time.Millisecond
+	zero := time.Unix(0, 0)
+	rtt := 20 * ms
+	s := newFanoutScheduler(32<<20, rtt, []string{"a"}, &FanoutOptions{})
+	s.off = fanoutFirstPiece
+	s.joining("a", zero)
+	for range 8 {
+		s.delegated("a", fanoutMinChunk, zero)
+	}
+	a := s.source("a")
+	s.joined("a", zero.Add(3*rtt))
+	first := a.given(a.pieces[0]).Add(s.latOf(a) + ms/2)
+	counted := int64(70 << 10)
+	s.resolved("a", fanoutFirstPiece, fanoutMinChunk, false, first, fanoutCount{bytes: counted, at: first.Sub(zero)})
+	if a.rate < 100*mbit {
+		t.Fatalf("first sample %.0f Mbit/s: the test needs the weak one", a.rate/mbit)
+	}
+	if got, bound := s.targetOf(a), fanoutProbe+fanoutStartupGain*a.delivered; got > bound {
+		t.Fatalf("target %d on a weak sample, want at most the startup's %d", got, bound)
+	}
+	// 30 ms later the client has received 187.5 KiB more on the path: 50 Mbit/s.
+	second := first.Add(30 * ms)
+	counted += 30 * 50 * mbit / 1000
+	s.resolved("a", fanoutFirstPiece+fanoutMinChunk, fanoutMinChunk, false, second, fanoutCount{bytes: counted, at: second.Sub(zero)})
+	if a.rate > 60*mbit || a.rate < 40*mbit {
+		t.Fatalf("rate %.0f Mbit/s after a counter's sample of 50, want that sample", a.rate/mbit)
+	}
+	if !a.startup() {
+		t.Error("the weak sample ended the startup")
+	}
+	if got := s.targetOf(a); got > 4*fanoutProbe {
+		t.Errorf("target %d after a sound sample of 50 Mbit/s, want a few MiB at most", got)
 	}
 }
