@@ -161,7 +161,7 @@ func NewHTTP(ctx context.Context, conf HTTPConfig) (_ *HTTP, err error) {
 	if h.first, err = h.round(ctx); err != nil {
 		return nil, fmt.Errorf("first download: %w", err)
 	}
-	h.drainFanouts()
+	h.awaitFanout(ctx) // or Run could take this one for its own
 	return h, nil
 }
 
@@ -222,6 +222,20 @@ func fetch1(ctx context.Context, rt http.RoundTripper, url string, resource []by
 
 // Close closes every client, server and link.
 func (h *HTTP) Close() { h.closers.run() }
+
+// awaitFanout waits (5 s at most) for the result of the last download's Fanout: OnFanout runs
+// as Fanout returns, which may follow the body's last byte a little.
+func (h *HTTP) awaitFanout(ctx context.Context) {
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case res := <-h.fanouts:
+		h.lastKWIK = res
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	h.drainFanouts()
+}
 
 func (h *HTTP) drainFanouts() {
 	for {
@@ -322,17 +336,8 @@ func (h *HTTP) Run(ctx context.Context, n int) (HTTPResult, error) {
 		r.HTTP3 += t.HTTP3
 		r.Stripe += t.Stripe
 		r.KWIK += t.KWIK
+		h.awaitFanout(ctx) // outside the timing: this round's shares
 	}
-	// OnFanout runs as Fanout returns, which may follow the body's last byte a little.
-	t := time.NewTimer(5 * time.Second)
-	select {
-	case res := <-h.fanouts:
-		h.lastKWIK = res
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	t.Stop()
-	h.drainFanouts()
 	if res := h.lastKWIK; res != nil {
 		r.Shares = []Share{{Bytes: res.Bytes[""]}}
 		for path, b := range res.Bytes {
