@@ -790,9 +790,7 @@ func TestFanoutSchedulerJoining(t *testing.T) {
 	ms := time.Millisecond
 	now := time.Unix(0, 0)
 	rtt := 80 * ms
-	s := newFanoutScheduler(1<<20, rtt, []string{"a"}, &FanoutOptions{})
-	s.off = fanoutFirstPiece
-	s.joining("a", now)
+	s := joiningScheduler(1<<20, rtt, now)
 	a := s.source("a")
 	if got := s.targetOf(a); got > fanoutJoiningProbe {
 		t.Fatalf("target while joining %d, want at most %d", got, fanoutJoiningProbe)
@@ -828,9 +826,7 @@ func TestFanoutSchedulerJoining(t *testing.T) {
 	}
 
 	// The join ends: its pieces count from a round trip before, and it may take a probe.
-	s = newFanoutScheduler(1<<20, rtt, []string{"a"}, &FanoutOptions{})
-	s.off = fanoutFirstPiece
-	s.joining("a", now)
+	s = joiningScheduler(1<<20, rtt, now)
 	a = s.source("a")
 	s.delegated("a", fanoutMinChunk, now)
 	end := now.Add(300 * ms)
@@ -851,6 +847,15 @@ func TestFanoutSchedulerJoining(t *testing.T) {
 	if got := s.targetOf(a); got != fanoutProbe {
 		t.Errorf("target once joined, the primary's first rate low: %d, want the probe %d", got, fanoutProbe)
 	}
+}
+
+// joiningScheduler is a scheduler of size bytes whose first piece is assigned, and whose one
+// secondary, "a", started joining at now.
+func joiningScheduler(size int64, rtt time.Duration, now time.Time) *fanoutScheduler {
+	s := newFanoutScheduler(size, rtt, []string{"a"}, &FanoutOptions{})
+	s.off = fanoutFirstPiece
+	s.joining("a", now)
+	return s
 }
 
 // A join that never ends, once everything is assigned: the transfer's bound on sending again
@@ -905,9 +910,7 @@ func TestFanoutSchedulerWeakFirstSample(t *testing.T) {
 	ms := time.Millisecond
 	zero := time.Unix(0, 0)
 	rtt := 20 * ms
-	s := newFanoutScheduler(32<<20, rtt, []string{"a"}, &FanoutOptions{})
-	s.off = fanoutFirstPiece
-	s.joining("a", zero)
+	s := joiningScheduler(32<<20, rtt, zero)
 	for range 8 {
 		s.delegated("a", fanoutMinChunk, zero)
 	}
