@@ -196,6 +196,23 @@ func (ms *multiSource) download(t *testing.T, size, chunk int64) []*DelegationEr
 	return failures
 }
 
+// The primary sends every delegation for an active secondary on a delegation stream of its
+// own, none on the control stream, where a lost packet would hold up all behind it
+// (PROTOCOL.md §14).
+func TestDelegationsOnTheirOwnStreams(t *testing.T) {
+	ms := newMultiSource(t, 1, delegationConf)
+	if f := ms.download(t, 4<<20, 256<<10); len(f) != 0 {
+		t.Fatalf("delegations failed: %v", f)
+	}
+	ms.p.server.delegs.mu.Lock()
+	made := ms.p.server.delegs.next
+	ms.p.server.delegs.mu.Unlock()
+	alone := ms.p.client.primary.stats.delegationsAlone.Load()
+	if made == 0 || alone != made {
+		t.Fatalf("%d of the primary's %d delegations came on delegation streams, want all", alone, made)
+	}
+}
+
 var delegationConf = &Config{StreamReceiveWindow: 2 << 20, HeartbeatInterval: 100e6, PathTimeout: 600e6}
 
 func TestDelegationInterleaved(t *testing.T) {

@@ -75,6 +75,7 @@ type path struct {
 		bytesSent, bytesReceived     atomic.Uint64 // DataPacket bytes, length prefix included
 		packetsSent, packetsReceived atomic.Uint64
 		packetsAcked                 atomic.Uint64 // our packets the peer acknowledged
+		delegationsAlone             atomic.Uint64 // DelegateRange frames read from delegation streams (readAlone)
 	}
 }
 
@@ -204,6 +205,7 @@ func (p *path) readAlone(qs *quic.Stream) {
 			if !ok {
 				err = &Error{Code: CodeInvalidFrame, Message: fmt.Sprintf("%T on a delegation stream", f.Payload)}
 			} else {
+				p.stats.delegationsAlone.Add(1)
 				err = p.sess.handleDelegateRange(m.DelegateRange)
 			}
 		}
