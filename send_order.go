@@ -29,9 +29,11 @@ type sendOrder struct {
 	// kept is the place of the writer whose turn ended with more of its range to send: the
 	// stream and the offset it resumes at. Until it comes back, or orderLinger passes
 	// (expire), waiters it comes before wait.
-	kept      *orderWaiter
-	keptUntil time.Time   // when the kept place lapses
-	expiry    *time.Timer // runs expire; made on first use
+	kept       bool
+	keptStream uint64
+	keptOff    uint64
+	keptUntil  time.Time   // when the kept place lapses
+	expiry     *time.Timer // runs expire; made on first use
 }
 
 // orderLinger is how long a writer keeps its place between two of its frames.
@@ -47,9 +49,9 @@ type orderWaiter struct {
 // not zero). It returns false if they came first: then the caller does not hold the turn.
 func (o *sendOrder) acquire(stream, off uint64, abort <-chan struct{}, deadline time.Time) bool {
 	o.mu.Lock()
-	if !o.busy && (o.kept == nil && len(o.waiting) == 0 || o.kept != nil && o.kept.stream == stream && off <= o.kept.off) {
+	if !o.busy && (!o.kept && len(o.waiting) == 0 || o.kept && o.keptStream == stream && off <= o.keptOff) {
 		o.busy = true
-		o.kept = nil
+		o.kept = false
 		o.mu.Unlock()
 		return true
 	}
@@ -92,7 +94,7 @@ func (o *sendOrder) release(stream, next uint64, more bool) {
 	if more {
 		if w := o.first(); w == nil || w.stream == stream && w.off > next {
 			o.busy = false
-			o.kept = &orderWaiter{stream: stream, off: next}
+			o.kept, o.keptStream, o.keptOff = true, stream, next
 			o.keptUntil = time.Now().Add(orderLinger)
 			if o.expiry == nil {
 				o.expiry = time.AfterFunc(orderLinger, o.expire)
@@ -111,11 +113,11 @@ func (o *sendOrder) release(stream, next uint64, more bool) {
 func (o *sendOrder) expire() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if o.busy || o.kept == nil || time.Now().Before(o.keptUntil) {
+	if o.busy || !o.kept || time.Now().Before(o.keptUntil) {
 		return
 	}
 	o.busy = true
-	o.kept = nil
+	o.kept = false
 	o.handOver()
 }
 
