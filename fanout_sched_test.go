@@ -496,42 +496,71 @@ func equalStrings(a, b []string) bool {
 // At the end, the primary, idle, sends again the last part of a secondary's piece, as much as
 // makes both parts arrive together, in whole 64 KiB blocks of the piece (the secondary sends
 // its piece in order, so its last bytes come last); a secondary behind its model may be slower
-// than its rate says, and has its whole piece sent again.
+// than its rate says, and has its whole piece sent again; one in its slow start, whose measure
+// lags its pipe, only if the primary would beat it by far.
 func TestFanoutSchedulerDuplicateSuffix(t *testing.T) {
 	const rtt = 20 * time.Millisecond
+	const (
+		none = iota
+		suffix
+		whole
+	)
 	for _, tc := range []struct {
-		name   string
-		given  time.Duration // how long ago its pieces were given
-		pieces int64         // the secondary's, the last one's end the resource's
-		rate   float64       // the secondary's measured rate
-		whole  bool
+		name    string
+		given   time.Duration // how long ago its pieces were given
+		pieces  int64         // the secondary's, the last one's end the resource's
+		rate    float64       // the secondary's measured rate (the primary's: 50 Mbit/s)
+		startup bool          // its rate still grows round after round
+		queued  int64         // the primary's own queue
+		want    int
 	}{
-		{"on time", 10 * time.Millisecond, 1, 50 * mbit, false},
-		{"behind", 2 * time.Second, 2, 5 * mbit, true},
+		{"on time", 10 * time.Millisecond, 1, 50 * mbit, false, 0, suffix},
+		{"behind", 2 * time.Second, 2, 5 * mbit, false, 0, whole},
+		// The primary has 80 ms of its own queue left. Measured at half its rate, a
+		// secondary out of its slow start is taken for late...
+		{"slower", 10 * time.Millisecond, 1, 25 * mbit, false, 512 << 10, suffix},
+		// ...but not one in its slow start, whose measure lags its pipe...
+		{"in its startup", 10 * time.Millisecond, 1, 25 * mbit, true, 512 << 10, none},
+		// ...unless it is far slower still, or behind even its measure (then whole).
+		{"in its startup, far slower", 10 * time.Millisecond, 1, 2 * mbit, true, 512 << 10, suffix},
+		{"in its startup, behind", 2 * time.Second, 2, 5 * mbit, true, 512 << 10, whole},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const size, piece = 8 << 20, 1 << 20
 			s := newFanoutScheduler(size, rtt, []string{"a"}, &FanoutOptions{})
 			now := time.Unix(10, 0)
 			s.pathRate = 50 * mbit
+			s.ownQueued = tc.queued
 			s.off = size - tc.pieces*piece
 			for range tc.pieces {
 				s.delegated("a", piece, now.Add(-tc.given))
 			}
 			src := s.source("a")
 			src.rate, src.samples, src.lat = tc.rate, []fanoutSample{{rate: tc.rate, at: now}}, 2*rtt
+			if !tc.startup {
+				src.flat = fanoutStartupRounds
+			}
+			if src.startup() != tc.startup {
+				t.Fatalf("startup %v, want %v", src.startup(), tc.startup)
+			}
 			off, n, ok := s.duplicate(now)
 			if !ok {
-				t.Fatal("nothing sent again")
+				if tc.want != none {
+					t.Fatal("nothing sent again")
+				}
+				return
 			}
 			start := int64(size - piece)
+			if tc.want == none {
+				t.Fatalf("sent again [%d, %d), want nothing", off, off+n)
+			}
 			if off+n != start+piece || (off-start)%fanoutMinChunk != 0 {
 				t.Fatalf("sent again [%d, %d) of the piece [%d, %d): not a suffix in whole blocks", off, off+n, start, start+piece)
 			}
-			if whole := off == start; whole != tc.whole {
-				t.Fatalf("sent again %d bytes of %d, want whole %v", n, piece, tc.whole)
+			if got := off == start; got != (tc.want == whole) {
+				t.Fatalf("sent again %d bytes of %d, want whole %v", n, piece, tc.want == whole)
 			}
-			if !tc.whole && (n < piece/4 || n > 3*piece/4) {
+			if tc.name == "on time" && (n < piece/4 || n > 3*piece/4) {
 				t.Fatalf("sent again %d bytes of %d: the primary and the secondary, equally fast, should share it", n, piece)
 			}
 			if _, _, again := s.duplicate(now); again {
