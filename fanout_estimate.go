@@ -133,10 +133,16 @@ func (s *fanoutScheduler) ownRate() float64 {
 	if s.pathRate > 0 {
 		return s.pathRate
 	}
-	if s.own.busy <= 0 || s.own.bytes < fanoutOwnPiece {
+	if !s.ownMeasured() {
 		return fanoutDefaultRate
 	}
 	return float64(s.own.bytes) / s.own.busy.Seconds()
+}
+
+// ownMeasured says whether anything measured the primary's rate yet: its path's deliveries
+// or its writes.
+func (s *fanoutScheduler) ownMeasured() bool {
+	return s.pathRate > 0 || s.own.busy > 0 && s.own.bytes >= fanoutOwnPiece
 }
 
 // ownPeak is the primary's best rate of its path's last three windows (ownRate without

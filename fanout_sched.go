@@ -238,6 +238,14 @@ func (s *fanoutScheduler) ownTarget() int64 {
 		}
 	}
 	t := max(int64(s.ownRate()*max(wait, fanoutRound).Seconds()), fanoutOwnQueue)
+	if !s.ownMeasured() {
+		// Unmeasured, the primary is a probe, as a secondary is: at fanoutDefaultRate, and
+		// a secondary's first measure from its slow start making its queue last seconds,
+		// it took 2.3 MiB on a path of 10 Mbit/s (traced at 40 ms one way, a secondary of
+		// 100); the reader then waited at its bytes for a second, and the secondary, the
+		// client's window full above them, idled.
+		t = min(t, fanoutProbe)
+	}
 	return min(t, (fanoutMaxOwnPieces-1)*fanoutOwnPiece)
 }
 

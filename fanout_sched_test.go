@@ -756,6 +756,56 @@ func TestFanoutSchedulerOwnDelay(t *testing.T) {
 	}
 }
 
+// Until something measures it, the primary queues no more than a secondary's probe for itself,
+// however long the secondaries' queues last: a secondary's first measure, from its slow start,
+// makes its queue last seconds, and at the assumed rate the primary took 2.3 MiB on a path of
+// 10 Mbit/s (traced at 40 ms one way, beside a secondary of 100: the reader waited at the
+// primary's bytes for a second, and the secondary, the client's window full above them,
+// idled). Once measured, its queue follows its rate.
+func TestFanoutSchedulerUnmeasuredPrimary(t *testing.T) {
+	ms := time.Millisecond
+	now := time.Unix(0, 0)
+	s := newFanoutScheduler(32<<20, 80*ms, []string{"a"}, &FanoutOptions{})
+	s.first = 640 << 10
+	_, n, _ := s.next(now)
+	s.reserved(n)
+	for s.source("a").outstanding < fanoutProbe {
+		path, n, ok := s.next(now)
+		switch {
+		case !ok || n == 0:
+			t.Fatalf("no piece (ok %v) before the secondary has its probe", ok)
+		case path == "":
+			s.reserved(n)
+		default:
+			s.delegated(path, n, now)
+		}
+	}
+	// The secondary's first piece, 64 KiB after 280 ms: 6 Mbit/s, still in its slow start.
+	at := now.Add(280 * ms)
+	s.resolved("a", 640<<10, fanoutMinChunk, false, at, fanoutCount{})
+	if a := s.source("a"); a.rate == 0 || !a.startup() {
+		t.Fatalf("secondary rate %.1f Mbit/s, startup %v: the test needs a first measure in the startup", a.rate/mbit, a.startup())
+	}
+	if got := s.ownTarget(); got > fanoutProbe {
+		t.Fatalf("unmeasured primary: queue target %d, want at most the probe %d", got, fanoutProbe)
+	}
+	for {
+		path, n, ok := s.next(at)
+		if !ok || path != "" || n == 0 {
+			break
+		}
+		s.reserved(n)
+	}
+	if s.ownQueued > fanoutProbe {
+		t.Fatalf("unmeasured primary took %d bytes for itself, want at most the probe %d", s.ownQueued, fanoutProbe)
+	}
+	// Its path measured at 80 Mbit/s, it queues as long as the secondary's queue lasts.
+	s.pathRate = 80 * mbit
+	if got := s.ownTarget(); got <= fanoutProbe {
+		t.Fatalf("measured primary: queue target %d, want more than the probe", got)
+	}
+}
+
 // Once everything is assigned, a measured secondary that runs out of work while the primary
 // still has a queue gets the queue's last pieces, as many as make both finish together; after
 // that, nothing more. A secondary busy until after the primary's end gets nothing, nor does
