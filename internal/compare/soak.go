@@ -305,7 +305,8 @@ func soakKWIK(ctx context.Context, conf SoakConfig, resource []byte, serverTLS, 
 				return
 			}
 			serving.Go(func() {
-				err := s.AddPath(secondary.Addr().String())
+				err := retryBusy(srvCtx, func() error { return s.AddPath(secondary.Addr().String()) },
+					func(error) bool { return true })
 				joined <- err
 				if err != nil {
 					return
@@ -331,7 +332,12 @@ func soakKWIK(ctx context.Context, conf SoakConfig, resource []byte, serverTLS, 
 	})
 	t0 := time.Now()
 	sessions, err := dialAll(ctx, conf.Sessions, func(ctx context.Context) (kwik.Session, error) {
-		return kwik.Dial(ctx, primary.Addr().String(), clientTLS, kconf)
+		var s kwik.Session
+		err := retryBusy(ctx, func() (err error) {
+			s, err = kwik.Dial(ctx, primary.Addr().String(), clientTLS, kconf)
+			return err
+		}, refused)
+		return s, err
 	})
 	defer func() {
 		// Concurrently: each Close waits for its peer's answer.
@@ -382,4 +388,38 @@ func soakKWIK(ctx context.Context, conf SoakConfig, resource []byte, serverTLS, 
 		share = float64(fromSecondary) / float64(total)
 	}
 	return side, share, nil
+}
+
+// retryBusy runs f until it succeeds, fails with an error that again does not take for
+// refusal, or has failed eight times, backing off from 20 ms to half a second between attempts, as a client or a
+// server under load would: a listener whose accept queue is full refuses a session (as quic-go
+// refuses a connection), and 500 sessions at once on two cores, each then joining the same
+// secondary, overflow the primary's queue and the secondary's now and then (a refused join
+// tells the primary only that the client could not join: every failed join is tried again).
+func retryBusy(ctx context.Context, f func() error, again func(error) bool) error {
+	wait := 20 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil || !again(err) || attempt == 8 {
+			return err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
+		wait = min(2*wait, 500*time.Millisecond)
+	}
+}
+
+// refused says whether err is a listener's refusal of a session, its accept queue full: KWIK's
+// answer, or the QUIC connection closed with CONNECTION_REFUSED when the client had not read
+// the answer yet.
+func refused(err error) bool {
+	var ke *kwik.Error
+	var te *quic.TransportError
+	return errors.As(err, &ke) && ke.Code == kwik.CodeConnectionRefused ||
+		errors.As(err, &te) && te.ErrorCode == quic.ConnectionRefused
 }
