@@ -1,7 +1,9 @@
 package kwik_test
 
 import (
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/kwik-go/kwik/internal/compare"
 )
@@ -19,6 +21,28 @@ import (
 func BenchmarkWAN(b *testing.B) {
 	for _, conf := range compare.WANSweep(compare.WANDelays) {
 		b.Run(conf.Name(), func(b *testing.B) { benchWAN(b, conf) })
+	}
+}
+
+// BenchmarkGeneralCases: BenchmarkWAN's three ways off its cases, where a scheduler tuned on
+// them could fail: smaller objects from 3x50 Mbit/s (every path in its slow start for most of
+// the transfer), a slow primary beside a fast secondary (10+100, 20+80), a fast primary beside
+// slow secondaries (100+10+10), and four servers (4x25), at 40 ms one way unless named:
+//
+//	go test -run '^$' -bench GeneralCases -benchtime 1x -timeout 30m .
+func BenchmarkGeneralCases(b *testing.B) {
+	const ms = time.Millisecond
+	for _, conf := range []compare.WANConfig{
+		{Rates: []int64{50, 50, 50}, Delay: 10 * ms, Size: 4 << 20},
+		{Rates: []int64{50, 50, 50}, Delay: 40 * ms, Size: 4 << 20},
+		{Rates: []int64{50, 50, 50}, Delay: 40 * ms, Size: 8 << 20},
+		{Rates: []int64{50, 50, 50}, Delay: 40 * ms, Size: 16 << 20},
+		{Rates: []int64{10, 100}, Delay: 40 * ms, Size: 32 << 20},
+		{Rates: []int64{20, 80}, Delay: 40 * ms, Size: 32 << 20},
+		{Rates: []int64{100, 10, 10}, Delay: 40 * ms, Size: 32 << 20},
+		{Rates: []int64{25, 25, 25, 25}, Delay: 40 * ms, Size: 32 << 20},
+	} {
+		b.Run(fmt.Sprintf("%s/%dMiB", conf.Name(), conf.Size>>20), func(b *testing.B) { benchWAN(b, conf) })
 	}
 }
 

@@ -17,7 +17,8 @@ import (
 //     delegated below the primary's own would use that credit up, and the primary would wait
 //     a round trip for more (traced: its path idle for 80 ms at 40 ms one way).
 //   - Each source keeps a queue of work: the primary, enough for its writer not to run dry
-//     between two decisions; a secondary, enough to cover its delegation latency (the trip
+//     between two decisions (until something measures its rate, no more than a secondary's
+//     probe); a secondary, enough to cover its delegation latency (the trip
 //     primary → client → secondary, and the notice of completion back) and a round more,
 //     with a margin, so that its pipe stays full and its congestion window can grow. Among
 //     the sources short of work, the one with the least queued relative to its target gets
@@ -37,7 +38,8 @@ import (
 //     round trip after the primary's bytes taken now (its queue full): the reader would
 //     wait at its gap with the window full of the primary's bytes.
 //   - Once everything is assigned, the estimates' errors are repaired both ways: the primary
-//     sends again the last bytes of a secondary slower than its model (duplicate), and gives
+//     sends again the last bytes of a secondary slower than its model (duplicate; one in its
+//     slow start, whose measure lags its pipe, only if the primary beats it by far), and gives
 //     the last pieces of its own queue that its writer has not started to a secondary that
 //     would deliver them sooner (handBack).
 //   - Credit is not the scheduler's concern: the client's window covers every range
