@@ -14,8 +14,9 @@ import (
 // default configuration (Fanout from the primary and its secondaries), each server behind its
 // own netsim link, at one-way delays of 10, 40 and 100 ms: 32 MiB from 3x50 Mbit/s and from
 // 80+20+20 Mbit/s (the primary on the 80), 48 MiB from a single 200 Mbit/s server (no
-// striping). peak-recv-MiB is the most the KWIK client's session held at once in received,
-// unread bytes:
+// striping). With rates that differ, striping by rate (ranges in proportion to the links'
+// rates, known in advance: an oracle's split) runs too, on connections of its own.
+// peak-recv-MiB is the most the KWIK client's session held at once in received, unread bytes:
 //
 //	go test -run '^$' -bench WAN -benchtime 1x -timeout 30m .
 func BenchmarkWAN(b *testing.B) {
@@ -27,7 +28,9 @@ func BenchmarkWAN(b *testing.B) {
 // BenchmarkGeneralCases: BenchmarkWAN's three ways off its cases, where a scheduler tuned on
 // them could fail: smaller objects from 3x50 Mbit/s (every path in its slow start for most of
 // the transfer), a slow primary beside a fast secondary (10+100, 20+80), a fast primary beside
-// slow secondaries (100+10+10), and four servers (4x25), at 40 ms one way unless named:
+// slow secondaries (100+10+10), 80+20+20 with half and twice the object (the slow starts'
+// share of the time halves as the object doubles), and four servers (4x25), at 40 ms one way
+// unless named:
 //
 //	go test -run '^$' -bench GeneralCases -benchtime 1x -timeout 30m .
 func BenchmarkGeneralCases(b *testing.B) {
@@ -40,6 +43,8 @@ func BenchmarkGeneralCases(b *testing.B) {
 		{Rates: []int64{10, 100}, Delay: 40 * ms, Size: 32 << 20},
 		{Rates: []int64{20, 80}, Delay: 40 * ms, Size: 32 << 20},
 		{Rates: []int64{100, 10, 10}, Delay: 40 * ms, Size: 32 << 20},
+		{Rates: []int64{80, 20, 20}, Delay: 40 * ms, Size: 16 << 20},
+		{Rates: []int64{80, 20, 20}, Delay: 40 * ms, Size: 64 << 20},
 		{Rates: []int64{25, 25, 25, 25}, Delay: 40 * ms, Size: 32 << 20},
 	} {
 		b.Run(fmt.Sprintf("%s/%dMiB", conf.Name(), conf.Size>>20), func(b *testing.B) { benchWAN(b, conf) })
@@ -65,6 +70,10 @@ func benchWAN(b *testing.B, conf compare.WANConfig) {
 	if r.Stripe > 0 {
 		b.ReportMetric(r.Mbps(r.Stripe), "stripe-Mbit/s")
 		b.ReportMetric(r.StripeRatio(), "kwik/stripe")
+	}
+	if r.RateStripe > 0 {
+		b.ReportMetric(r.Mbps(r.RateStripe), "rate-stripe-Mbit/s")
+		b.ReportMetric(r.RateStripeRatio(), "kwik/rate-stripe")
 	}
 	b.ReportMetric(r.OfLinksSum(), "of-links-sum")
 	b.ReportMetric(float64(r.PeakReceiveBuffered)/(1<<20), "peak-recv-MiB")

@@ -276,6 +276,13 @@ func benchWAN(ctx context.Context, o benchOptions) ([]benchRow, error) {
 					len(conf.Rates), len(conf.Rates)),
 			})
 		}
+		if r.RateStripe > 0 {
+			rows = append(rows, benchRow{
+				scenario: "wan:" + conf.Name() + ":striping-by-rate", unit: "Mbit/s",
+				kwik: r.Mbps(r.KWIK), quic: r.Mbps(r.RateStripe), ratio: r.RateStripeRatio(),
+				setup: "quic-go column: striping with each server's range in proportion to its link's rate, known in advance (an oracle no client has)",
+			})
+		}
 	}
 	return rows, nil
 }

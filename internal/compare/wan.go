@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -68,6 +69,12 @@ func WANSweep(delays []time.Duration) []WANConfig {
 //     connection to each server, through its link, and on each at once a stream on which the
 //     client asks for an equal range of the object ("offset,length"; the last range takes the
 //     remainder) and the server writes it;
+//   - striping by rate (only when the servers' rates differ): the same, with each range in
+//     proportion to its server's link rate, so that every range would end at once if each
+//     connection ran at its link's rate from the start. No client knows the rates in advance:
+//     this is striping given an oracle, the best a client of quic-go connections can split the
+//     object, and the yardstick for what is left to gain once every link's congestion control
+//     is the same;
 //   - KWIK with the default configuration (only the JoinKey set): with one server, the
 //     primary opens a stream and writes the object; with several, it serves the stream with
 //     kwik.Fanout from itself and its secondaries, which run kwik.ServeFanout.
@@ -86,7 +93,10 @@ type WAN struct {
 	quic struct{ client, server *quic.Conn }
 	// striping: the client's connection to each server; none with a single server.
 	stripes []*quic.Conn
-	kwik    *kwikSources
+	// striping by rate: connections of their own, as new as the others' at the first download
+	// (the second download on warm connections would gain a round trip or more of slow start).
+	rateStripes []*quic.Conn
+	kwik        *kwikSources
 }
 
 // wanQUICConfig keeps the quic-go connections alive while the other downloads run (quic-go's
@@ -122,17 +132,13 @@ func NewWAN(ctx context.Context, conf WANConfig) (_ *WAN, err error) {
 		return nil, err
 	}
 	if len(conf.Rates) > 1 {
-		for _, link := range links(conf.Rates, conf.Delay) {
-			q, err := newQUICLink(stls, link, &w.closers)
-			if err != nil {
-				return nil, err
-			}
-			client, server, err := q.connect(ctx, ctls, wanQUICConfig, &w.closers)
-			if err != nil {
-				return nil, err
-			}
-			w.serving.Go(func() { serveRanges(ctx, server, w.resource, &w.serving) })
-			w.stripes = append(w.stripes, client)
+		if w.stripes, err = w.stripingClients(ctx, stls, ctls); err != nil {
+			return nil, err
+		}
+	}
+	if slices.Min(conf.Rates) != slices.Max(conf.Rates) {
+		if w.rateStripes, err = w.stripingClients(ctx, stls, ctls); err != nil {
+			return nil, err
 		}
 	}
 
@@ -143,6 +149,25 @@ func NewWAN(ctx context.Context, conf WANConfig) (_ *WAN, err error) {
 	return w, err
 }
 
+// stripingClients starts a range server behind a link of its own for each of the scenario's
+// rates and returns the client's connection to each.
+func (w *WAN) stripingClients(ctx context.Context, stls, ctls *tls.Config) ([]*quic.Conn, error) {
+	var clients []*quic.Conn
+	for _, link := range links(w.conf.Rates, w.conf.Delay) {
+		q, err := newQUICLink(stls, link, &w.closers)
+		if err != nil {
+			return nil, err
+		}
+		client, server, err := q.connect(ctx, ctls, wanQUICConfig, &w.closers)
+		if err != nil {
+			return nil, err
+		}
+		w.serving.Go(func() { serveRanges(ctx, server, w.resource, &w.serving) })
+		clients = append(clients, client)
+	}
+	return clients, nil
+}
+
 // Close closes every connection, session, server and link.
 func (w *WAN) Close() { w.closers.run() }
 
@@ -151,6 +176,9 @@ type WANResult struct {
 	Downloads               // quic-go's and KWIK's times, and who served KWIK's last download
 	Conf      WANConfig     // the scenario
 	Stripe    time.Duration // striping's time in total over the repetitions; 0 with one server
+	// RateStripe is striping by rate's time in total over the repetitions; 0 unless the
+	// servers' rates differ.
+	RateStripe time.Duration
 	// PeakReceiveBuffered is the most memory the KWIK client's session held at once for bytes
 	// received and not yet read (kwik.SessionStats), over all the repetitions.
 	PeakReceiveBuffered uint64
@@ -165,8 +193,17 @@ func (r WANResult) StripeRatio() float64 {
 	return r.Stripe.Seconds() / r.KWIK.Seconds()
 }
 
-// Run downloads the object n times over, each time with quic-go, then striping, then KWIK, and
-// checks that every byte arrived intact.
+// RateStripeRatio is KWIK's speed relative to striping by rate's: above 1, KWIK was faster. 0
+// without it.
+func (r WANResult) RateStripeRatio() float64 {
+	if r.RateStripe == 0 {
+		return 0
+	}
+	return r.RateStripe.Seconds() / r.KWIK.Seconds()
+}
+
+// Run downloads the object n times over, each time with quic-go, then striping, then striping
+// by rate, then KWIK, and checks that every byte arrived intact.
 func (w *WAN) Run(ctx context.Context, n int) (WANResult, error) {
 	r := WANResult{Downloads: newDownloads(w.conf.Size, n, w.conf.Rates), Conf: w.conf}
 	var last *kwik.FanoutResult
@@ -177,11 +214,18 @@ func (w *WAN) Run(ctx context.Context, n int) (WANResult, error) {
 		}
 		r.QUIC += t
 		if len(w.stripes) > 0 {
-			t, err := w.stripe(ctx)
+			t, err := w.stripe(ctx, w.stripes, nil)
 			if err != nil {
 				return r, fmt.Errorf("striped download: %w", err)
 			}
 			r.Stripe += t
+		}
+		if len(w.rateStripes) > 0 {
+			t, err := w.stripe(ctx, w.rateStripes, w.conf.Rates)
+			if err != nil {
+				return r, fmt.Errorf("download striped by rate: %w", err)
+			}
+			r.RateStripe += t
 		}
 		t, fr, err := w.kwik.download(ctx, w.resource, w.serve, nil)
 		if err != nil {
@@ -211,19 +255,17 @@ func (w *WAN) quicDownload(ctx context.Context) (time.Duration, error) {
 	return elapsed, <-done
 }
 
-// stripe fetches a range of the object from each server at once.
-func (w *WAN) stripe(ctx context.Context) (time.Duration, error) {
+// stripe fetches a range of the object from each server of clients at once: equal ranges
+// with weights nil, otherwise ranges in proportion to weights, one a server.
+func (w *WAN) stripe(ctx context.Context, clients []*quic.Conn, weights []int64) (time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
-	part := w.conf.Size / int64(len(w.stripes))
-	errs := make([]error, len(w.stripes))
+	ranges := splitRanges(w.conf.Size, len(clients), weights)
+	errs := make([]error, len(clients))
 	var wg sync.WaitGroup
-	for i, c := range w.stripes {
-		off, n := int64(i)*part, part
-		if i == len(w.stripes)-1 {
-			n = w.conf.Size - off
-		}
+	for i, c := range clients {
+		off, n := ranges[i][0], ranges[i][1]
 		wg.Go(func() {
 			if errs[i] = fetch(ctx, c, w.resource, off, n); errs[i] != nil {
 				cancel() // the other ranges will not help
@@ -232,6 +274,36 @@ func (w *WAN) stripe(ctx context.Context) (time.Duration, error) {
 	}
 	wg.Wait()
 	return time.Since(start), errors.Join(errs...)
+}
+
+// splitRanges cuts size bytes into n consecutive ranges, {offset, length} each: equal ones
+// with weights nil, otherwise in proportion to weights (n of them, positive). The last range
+// takes what rounding leaves.
+func splitRanges(size int64, n int, weights []int64) [][2]int64 {
+	var total int64
+	for i := range n {
+		if weights == nil {
+			total++
+		} else {
+			total += weights[i]
+		}
+	}
+	out := make([][2]int64, n)
+	var off, cum int64
+	for i := range n {
+		if weights == nil {
+			cum++
+		} else {
+			cum += weights[i]
+		}
+		end := size
+		if i < n-1 {
+			end = size/total*cum + size%total*cum/total
+		}
+		out[i] = [2]int64{off, end - off}
+		off = end
+	}
+	return out
 }
 
 // fetch asks the server at the other end of c for bytes [off, off+n) of resource on a new

@@ -25,14 +25,15 @@ func TestWAN(t *testing.T) {
 	t.Logf("%s: quic-go %.1f, striping %.1f, KWIK %.1f Mbit/s; shares %s; peak receive %d KiB",
 		conf.Name(), r.Mbps(r.QUIC), r.Mbps(r.Stripe), r.Mbps(r.KWIK), r.SharesString(), r.PeakReceiveBuffered>>10)
 
-	if r.QUIC <= 0 || r.Stripe <= 0 || r.KWIK <= 0 {
-		t.Errorf("times: quic-go %v, striping %v, KWIK %v", r.QUIC, r.Stripe, r.KWIK)
+	if r.QUIC <= 0 || r.Stripe <= 0 || r.RateStripe <= 0 || r.KWIK <= 0 {
+		t.Errorf("times: quic-go %v, striping %v, by rate %v, KWIK %v", r.QUIC, r.Stripe, r.RateStripe, r.KWIK)
 	}
 	if r.Size != conf.Size || r.N != 1 || r.LinksMbit != 150 || !slices.Equal(r.Conf.Rates, conf.Rates) {
 		t.Errorf("size %d, n %d, links %d Mbit/s, conf %+v", r.Size, r.N, r.LinksMbit, r.Conf)
 	}
 	for name, v := range map[string]float64{
-		"kwik/quic": r.Ratio(), "kwik/stripe": r.StripeRatio(), "of-links-sum": r.OfLinksSum(),
+		"kwik/quic": r.Ratio(), "kwik/stripe": r.StripeRatio(), "kwik/rate-stripe": r.RateStripeRatio(),
+		"of-links-sum": r.OfLinksSum(),
 	} {
 		if !(v > 0) {
 			t.Errorf("%s = %v", name, v)
@@ -93,7 +94,31 @@ func TestWANRepetitions(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if _, err := w.Run(ctx, 110); err != nil {
+	r, err := w.Run(ctx, 110)
+	if err != nil {
 		t.Fatal(err)
+	}
+	if r.RateStripe != 0 || r.RateStripeRatio() != 0 {
+		t.Errorf("equal rates striped by rate too: %v", r.RateStripe)
+	}
+}
+
+func TestSplitRanges(t *testing.T) {
+	for _, c := range []struct {
+		size    int64
+		n       int
+		weights []int64
+		want    [][2]int64
+	}{
+		{size: 10, n: 3, want: [][2]int64{{0, 3}, {3, 3}, {6, 4}}},
+		{size: 120, n: 3, weights: []int64{80, 20, 20}, want: [][2]int64{{0, 80}, {80, 20}, {100, 20}}},
+		{size: 7, n: 2, weights: []int64{1, 100}, want: [][2]int64{{0, 0}, {0, 7}}},
+		{size: 1000, n: 3, weights: []int64{1, 1, 1}, want: [][2]int64{{0, 333}, {333, 333}, {666, 334}}},
+		{size: 1 << 62, n: 2, weights: []int64{3, 1}, want: [][2]int64{{0, 3 << 60}, {3 << 60, 1 << 60}}},
+		{size: 5, n: 1, weights: []int64{7}, want: [][2]int64{{0, 5}}},
+	} {
+		if got := splitRanges(c.size, c.n, c.weights); !slices.Equal(got, c.want) {
+			t.Errorf("splitRanges(%d, %d, %v) = %v, want %v", c.size, c.n, c.weights, got, c.want)
+		}
 	}
 }
