@@ -28,10 +28,12 @@ func TestBench(t *testing.T) {
 }
 
 // The wan sweep, shrunk to one delay and 1 MiB, prints a row for each scenario against
-// quic-go and one against striping for each with several servers.
+// quic-go, one against striping for each with several servers, and one against striping by
+// rate for each whose rates differ.
 func TestBenchWAN(t *testing.T) {
 	runBenchRows(t, []string{"--scenarios", "wan", "--wan-delays", "2ms", "--wan-size", "1"}, []string{
-		"wan:3x50/2ms", "wan:3x50/2ms:striping", "wan:80+20+20/2ms", "wan:80+20+20/2ms:striping", "wan:1x200/2ms",
+		"wan:3x50/2ms", "wan:3x50/2ms:striping", "wan:80+20+20/2ms", "wan:80+20+20/2ms:striping",
+		"wan:80+20+20/2ms:striping-by-rate", "wan:1x200/2ms",
 	})
 }
 
