@@ -69,7 +69,9 @@ quic-go and KWIK in turn in every repetition, and prints one row per scenario
                     fast as the fastest server's (row wan:<links>/<delay>), and, with several
                     servers, against striping: a quic-go connection to each server, each
                     fetching an equal range at once (row wan:<links>/<delay>:striping, whose
-                    quic-go column is striping's rate)
+                    quic-go column is striping's rate), and, with rates that differ, against
+                    striping by rate: each range in proportion to its link's rate, known in
+                    advance (row wan:<links>/<delay>:striping-by-rate)
   http              (only when named) the scenario of BenchmarkHTTPWAN, for each of
                     --http-delays: --http-size MiB (32) over HTTP from 3x50 Mbit/s links; an
                     http.Client with kwikhttp.Transport, from a kwikhttp primary and two
