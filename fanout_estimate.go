@@ -14,7 +14,9 @@ import (
 type fanoutSample struct {
 	rate float64
 	at   time.Time
-	weak bool // of completions over less than a round trip (resolved)
+	weak bool // of completions over less than fanoutWeakBusy, or guessed (resolved)
+	// guessed: of a completion whose start was guessed (fanoutDone) alone.
+	guessed bool
 }
 
 // fanoutMark is a count of bytes at a time.
@@ -126,6 +128,9 @@ func (src *fanoutSource) recall(m map[string]fanoutRecall, now time.Time) {
 type fanoutDone struct {
 	bytes      int64
 	start, end time.Time
+	// guessed: start is the piece's given time plus the latency assumed for a source not
+	// measured yet, neither a measure nor the previous completion.
+	guessed bool
 }
 
 // ownRate is the primary's rate, in bytes per second.
@@ -285,12 +290,13 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// loss held arrive at once. The source's rate is the best of the recent ones.
 	lat := s.latOf(src)
 	start := maxTime(src.given(p).Add(lat), src.lastDone)
+	guess := src.lat == 0 && start.After(src.lastDone)
 	if !start.Before(now) {
 		// Done before its latency was up (the estimate, from the primary's round trip, was
 		// too long): its whole time since it was given, or a burst would look instantaneous.
-		start = src.given(p)
+		start, guess = src.given(p), false
 	}
-	src.done = append(src.done, fanoutDone{bytes: delivered, start: start, end: now})
+	src.done = append(src.done, fanoutDone{bytes: delivered, start: start, end: now, guessed: guess})
 	if len(src.done) > fanoutRateWindow {
 		src.done = src.done[1:]
 	}
@@ -322,10 +328,24 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 	// it ended the secondary's startup when the next one was lower, 14 MiB were given to each
 	// secondary, and the primary sat idle for 700 ms at the end). On a fast path such a sample
 	// may be right, so it counts; but a sound one less than a quarter of it shows it an
-	// artefact, and removes it.
-	weak := false
+	// artefact, and removes it. A sample of guessed completions alone is weak too, whatever
+	// its length: a secondary nearer the client than the primary completes its first piece
+	// before the latency assumed for it (twice the primary's round trip) is up, or just after,
+	// and a 20 Mbit/s secondary 96 ms away beside a primary 58 ms away was measured at 84
+	// Mbit/s over 6 ms (found by FuzzFanoutScheduler: the next, sound sample ended its startup
+	// with that rate standing, it was given 3.4 MB of 8 MiB, and the whole took twice as long
+	// as the primary alone would have).
+	// Behind completions that are not guessed, a guessed one ends the sample: its error would
+	// carry into every sample it is part of. A sound sample less than half a weak one removes
+	// it (a quarter for one that is weak by its length alone, fanoutWeakBusy).
+	weak, guessed := false, false
 	for i := len(src.done) - 1; i >= 0 && !ok; i-- {
 		d := src.done[i]
+		if d.guessed && bytes > 0 {
+			sample, ok = float64(bytes)/max(busy, time.Millisecond).Seconds(), true
+			weak = busy < fanoutWeakBusy
+			break
+		}
 		bytes += d.bytes
 		busy += max(d.end.Sub(d.start), 0)
 		if busy >= span {
@@ -333,14 +353,17 @@ func (s *fanoutScheduler) resolved(path string, off, delivered int64, failed boo
 		}
 		if busy >= span || i == 0 && !src.recalled {
 			sample, ok = float64(bytes)/max(busy, time.Millisecond).Seconds(), true
-			weak = busy < fanoutWeakBusy
+			guessed = d.guessed
+			weak = busy < fanoutWeakBusy || guessed
 		}
 	}
 	if ok {
 		if !weak {
-			src.samples = slices.DeleteFunc(src.samples, func(r fanoutSample) bool { return r.weak && r.rate > 4*sample })
+			src.samples = slices.DeleteFunc(src.samples, func(r fanoutSample) bool {
+				return r.weak && (r.rate > 4*sample || r.guessed && r.rate > 2*sample)
+			})
 		}
-		src.samples = append(src.samples, fanoutSample{sample, now, weak})
+		src.samples = append(src.samples, fanoutSample{rate: sample, at: now, weak: weak, guessed: guessed})
 	}
 	// The best of the last fanoutRateWindow samples, none older than fanoutRateAge rounds
 	// but the latest: a source that slows down shows it soon, even with few completions.
