@@ -419,31 +419,35 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 		// says: only a whole piece is sent again then, whose arrival does not depend on it.
 		// So is a piece of a path whose join has not ended: the client holds all of it.
 		whole := src.joinPending || silent || s.behind(src, now, rate)
-		if src.startup() && !whole && !s.behind(src, now, fanoutDoublingGain*rate) {
+		if src.startup() && !whole && s.ownQueued > 0 && !s.behind(src, now, fanoutDoublingGain*rate) {
 			// In its slow start its measure lags its pipe, which doubles every round trip
 			// (traced at 40 ms one way, 8 MiB from three servers of 50 Mbit/s: measured at
 			// 23 Mbit/s, both secondaries were taken for late, and the primary, last to
 			// finish, sent 7 % of the resource again, 100 ms of its own path). Only one that
 			// the primary would beat even at the most its target allows for (a doubling
-			// pipe's) is sent again; one behind even its measure is, whole, above. Not once it
-			// is behind even that allowance: a secondary of 1 Mbit/s beside a primary of 192,
-			// modelled at eight times its measure, kept a quarter of its 1 MiB probe to the
-			// end (found by FuzzFanoutScheduler: 2.4 s, the primary alone 1.65).
+			// pipe's) is sent again; one behind even its measure is, whole, above. Not one
+			// behind even that allowance: a secondary of 1 Mbit/s beside a primary of 192,
+			// modelled at eight times its measure, kept its pieces of its 1 MiB probe to the
+			// end (found by FuzzFanoutScheduler: 2.4 s, the primary alone 1.65). Nor once the
+			// primary's own queue is sent: a copy then costs it nothing it would do instead (a
+			// secondary of 8 Mbit/s kept most of its probe 370 ms past a primary of 732).
 			rate *= fanoutDoublingGain
 		}
-		// Behind its model, a source tells nothing of when it will deliver (arrivals has it
-		// deliver at once): each piece is expected no sooner than as late again as its
-		// first already is, so that the primary, idle, sends again what it would deliver
-		// sooner. (Modelled at once, a 1 Mbit/s secondary beside a 192 Mbit/s primary held
-		// 512 KiB of a 3 MiB resource to twice the primary's time alone:
-		// FuzzFanoutScheduler.)
+		// Silent, a source tells nothing of when it will deliver (arrivals, at the bound of
+		// its rate, has it deliver at once): each piece is expected no sooner than as late
+		// again as its first already is, so that the primary, idle, sends again what it would
+		// deliver sooner. (Modelled at once, a 1 Mbit/s secondary beside a 192 Mbit/s primary
+		// held 512 KiB of a 3 MiB resource to twice the primary's time alone:
+		// FuzzFanoutScheduler.) Not one that completed pieces and is behind now: that one is
+		// usually recovering a loss, and copies on that guess slowed the primary's own queue
+		// (3 x 50 at 40 ms, 16 MiB: 0.97 to 0.90 of striping).
 		var lateBy time.Duration
-		if whole {
+		if silent {
 			lateBy = max(now.Sub(src.given(src.pieces[0]).Add(s.tripOf(src))), 0)
 		}
 		arrivals := s.arrivals(src, now, rate)
 		for i, arrival := range arrivals {
-			if whole { // the pieces after the first still come in order, at its rate
+			if silent { // the pieces after the first still come in order, at its rate
 				arrival = maxTime(arrival, now.Add(lateBy+arrival.Sub(arrivals[0])))
 			}
 			p := &src.pieces[i]
