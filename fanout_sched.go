@@ -155,8 +155,7 @@ type fanoutPiece struct {
 	off, n      int64
 	at          time.Time
 	outstanding int64 // the source's outstanding bytes when assigned, this piece included
-	dup         bool  // the primary sent it again: the last dupN bytes of it
-	dupN        int64
+	dupN        int64 // the primary sent its last dupN bytes again (0: none)
 	// probe: given before anything measured the source, on the bet that it is about as fast
 	// as the primary. Sending it again is the bet's safety net, whatever bounds copies.
 	probe bool
@@ -451,7 +450,7 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 				arrival = maxTime(arrival, now.Add(lateBy+arrival.Sub(arrivals[0])))
 			}
 			p := &src.pieces[i]
-			if p.dup && p.dupN == p.n {
+			if p.dupN == p.n {
 				continue
 			}
 			// The primary sends the piece's last k bytes again (the secondary sends its piece
@@ -489,7 +488,7 @@ func (s *fanoutScheduler) duplicate(now time.Time) (off, n int64, ok bool) {
 	if best == nil {
 		return 0, 0, false
 	}
-	best.dup, best.dupN = true, bestN
+	best.dupN = bestN
 	s.dupQueued += bestN
 	s.dupBytes += bestN
 	return best.off + best.n - bestN, bestN, true
@@ -582,7 +581,7 @@ func (s *fanoutScheduler) rescue(now time.Time, joining bool) (off, n int64, ok 
 			// most of its 1 MiB probe of a 3 MiB resource, the bound spent, and the whole
 			// took three times as long as the primary alone (found by FuzzFanoutScheduler).
 			capped := s.dupBytes+p.n > s.size/8 && !src.joinPending && !p.probe
-			if (!p.dup || p.dupN < p.n) && !capped && now.Sub(due) >= max(3*s.rtt, fanoutOverdue) {
+			if p.dupN < p.n && !capped && now.Sub(due) >= max(3*s.rtt, fanoutOverdue) {
 				low = p
 				break
 			}
@@ -591,7 +590,7 @@ func (s *fanoutScheduler) rescue(now time.Time, joining bool) (off, n int64, ok 
 	if low == nil {
 		return 0, 0, false
 	}
-	low.dup, low.dupN = true, low.n
+	low.dupN = low.n
 	s.dupQueued += low.n
 	s.dupBytes += low.n
 	return low.off, low.n, true

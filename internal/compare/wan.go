@@ -280,22 +280,17 @@ func (w *WAN) stripe(ctx context.Context, clients []*quic.Conn, weights []int64)
 // with weights nil, otherwise in proportion to weights (n of them, positive). The last range
 // takes what rounding leaves.
 func splitRanges(size int64, n int, weights []int64) [][2]int64 {
+	if weights == nil {
+		weights = slices.Repeat([]int64{1}, n)
+	}
 	var total int64
-	for i := range n {
-		if weights == nil {
-			total++
-		} else {
-			total += weights[i]
-		}
+	for _, w := range weights[:n] {
+		total += w
 	}
 	out := make([][2]int64, n)
 	var off, cum int64
 	for i := range n {
-		if weights == nil {
-			cum++
-		} else {
-			cum += weights[i]
-		}
+		cum += weights[i]
 		end := size
 		if i < n-1 {
 			end = size/total*cum + size%total*cum/total
